@@ -1,0 +1,97 @@
+"""Boot proof: boot the shipped kernel under QEMU with a livepatch module and prove it works."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from kgenv.boot import markers, payload, qemu
+from kgenv.boot.markers import Marker
+from kgenv.boot.module import livepatch_name
+from kgenv.boot.record import PHASES, TIMINGS, Boot
+from kgenv.boot.verdict import decide
+from kgenv.errors import ToolError, UserError
+
+__all__ = ["Boot", "PHASES", "TIMINGS", "boot_test", "log_dir"]
+
+DEFAULT_TIMEOUT = 90.0
+CHECK_TIMEOUT = 10
+
+
+def log_dir() -> Path:
+    """Where serial logs are kept after the temporary files are gone."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "kgenv" / "boot-logs"
+
+
+def _existing(path, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} not found: {p}")
+    return p
+
+
+def _read_sympos(sympos) -> str:
+    """The expected-sympos list: a path, or the text itself (lines "objname funcname sympos [offset]")."""
+    if sympos is None:
+        return ""
+    if isinstance(sympos, Path):
+        return _existing(sympos, "sympos list").read_text()
+    return str(sympos)
+
+
+def _default_log(name: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    d = log_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{name}-{stamp}-{os.getpid()}.log"
+
+
+def boot_test(module, kernel, *, check=None, sympos=None, timeout: float = DEFAULT_TIMEOUT,
+              transition_timeout: int | None = None, serial_log=None, keep_tmp: bool = False,
+              progress: Callable[[Marker, float], None] | None = None,
+              busybox: str | None = None, memory_mb: int = 512, cpus: int = 1) -> Boot:
+    """Boot `kernel` with `module` in a busybox initramfs and return the Boot record.
+
+    Raises UserError/ToolError for bad input or a missing QEMU/busybox; a patch that does not
+    load, transition, pass its check or revert is a Boot with result "fail", never an exception.
+    """
+    module, kernel = _existing(module, "module"), _existing(kernel, "kernel image")
+    check = _existing(check, "check script") if check is not None else None
+    name = livepatch_name(module)
+    qemu_bin, bb = qemu.find_qemu(), payload.find_busybox(busybox)
+    if transition_timeout is None:
+        transition_timeout = max(2, min(15, int(timeout / 4)))
+    serial_log = Path(serial_log) if serial_log else _default_log(name)
+    tmp = Path(tempfile.mkdtemp(prefix="kgenv-boot-"))
+    try:
+        initrd = payload.build(tmp / "initramfs.cpio", module=module, name=name, busybox=bb,
+                               check=check, sympos=_read_sympos(sympos),
+                               transition_timeout=transition_timeout, check_timeout=CHECK_TIMEOUT)
+        cmd = qemu.command(qemu_bin, kernel, initrd, serial_log, memory_mb=memory_mb, cpus=cpus)
+        seen: dict[str, float] = {}
+        stream, start = markers.Stream(), time.monotonic()
+
+        def on_output(chunk: bytes) -> None:
+            for m in stream.feed(chunk):
+                key = m.get("name") if m.kind == "phase" else m.kind
+                seen.setdefault(key, time.monotonic() - start)
+                if progress:
+                    progress(m, time.monotonic() - start)
+
+        run = qemu.run(cmd, serial_log, timeout, on_output)
+        text = markers.decode(serial_log.read_bytes())
+        if not text.strip() and not run.timed_out and run.returncode:
+            raise ToolError(f"QEMU failed (exit {run.returncode}): {run.stderr or 'no message'}")
+        return decide(markers.parse(text), run, timeout=timeout, module=name,
+                      kernel=str(kernel), seen=seen)
+    finally:
+        if keep_tmp:
+            (tmp / "qemu-command").write_text(" ".join(map(str, locals().get("cmd", []))) + "\n")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
