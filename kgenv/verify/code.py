@@ -73,7 +73,7 @@ class LinkedComparer:
             return CodeResult(False, 0, True)
         relocs = self.obj.relocs_in(osym)
         a, b = masked_pair(ocode, bcode, relocs, osym.value)
-        masked, patched = self._runtime_masks(a, b, runtime_masks or {})
+        masked, patched = self._runtime_masks(a, b, bcode, runtime_masks or {})
         size_differs = self.binary.kind != "live" and bsym.size != size
         diff = first_difference(a, b)
         if diff >= 0 or size_differs:
@@ -91,13 +91,14 @@ class LinkedComparer:
         return CodeResult(True, -1, False, None, checked, data, masked)
 
     @staticmethod
-    def _runtime_masks(a: bytearray, b: bytearray, masks: dict) -> tuple[tuple[str, ...], list]:
+    def _runtime_masks(a: bytearray, b: bytearray, raw: bytes, masks: dict
+                       ) -> tuple[tuple[str, ...], list]:
         """Live images: sites the kernel patched at boot are masked; all but ftrace NOPs reported."""
         out, patched = [], []
         for off, (length, what) in sorted(masks.items()):
             if a[off:off + length] != b[off:off + length]:
                 patched.append((off, off + length))
-                if not (what == "__mcount_loc" and b[off:off + 5] == NOP5):
+                if not (what == "__mcount_loc" and raw[off:off + 5] == NOP5):
                     out.append(f"{off:#x}:{what}")
             a[off:off + length] = bytes(length)
             b[off:off + length] = bytes(length)

@@ -46,7 +46,8 @@ def _target_reason(obj_code, bin_code, result, obj_base, bin_base):
     a, b = insn_at(oi, t.offset), insn_at(bi, t.offset)
     detail = f"object targets {t.wanted}, binary targets {t.found}"
     diff = Difference(a.offset if a else t.offset, _show(a), _show(b), detail)
-    if not t.code:
+    branch = a is not None and (a.mnemonic.startswith(("call", "j")))
+    if not (t.code or branch):
         return DIFFERENT_DATA, diff
     wanted, found = t.wanted.split("+")[0].split(" ")[0], t.found.split("+")[0].split(" ")[0]
     if ".cold" in wanted or ".cold" in found:
