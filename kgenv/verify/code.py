@@ -222,6 +222,8 @@ class ModuleComparer:
             return CodeResult(False, min(size, bsym.size), True)
         ocode = bytes(self.obj.index.code(osym))
         bcode = self.binary.code(bsym, size)
+        if bcode is None:
+            return CodeResult(False, 0, True)
         orel = self.obj.relocs_in(osym)
         brel = self.binary.relocs_in(bsym)
         a, b = masked_pair(ocode, bcode, orel, osym.value)
@@ -258,6 +260,8 @@ def _reloc_key(index, r: Reloc, off: int, code: bytes) -> tuple:
     kind = "code" if t.type == STT_FUNC or (sec is not None and sec.is_exec) else "sym"
     if t.type != STT_SECTION:
         return (kind, t.name, r.addend)
+    if sec is None:
+        return ("bad section", t.shndx)
     k = 4 if r.type in PC_RELATIVE else 0
     if r.type in PC_RELATIVE:
         insn = insn_at(decode(code), off)
