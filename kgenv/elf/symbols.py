@@ -95,7 +95,7 @@ class SymbolIndex:
                 if e[0] >= len(strtab) or end < 0:
                     raise self.elf.error(f"garbled symbol name (entry {i})")
                 raw = strtab[e[0]:end]
-            out.append(raw.decode("utf-8", "replace") if raw.isascii() is False else raw.decode())
+            out.append(raw.decode() if raw.isascii() else raw.decode("utf-8", "replace"))
         return out
 
     def _build(self, entries: list, names: list[str], first_global: int) -> None:

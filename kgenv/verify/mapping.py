@@ -132,8 +132,3 @@ class Mapper:
         if len(cands) == 1:
             return cands[0], OK
         return None, AMBIGUOUS
-
-    def section_symbol_target(self, sym: Symbol) -> Symbol | None:
-        """A named symbol of the same object section, used to locate that section in the binary."""
-        keys, syms = self.obj.index._section_sorted(sym.shndx)
-        return syms[0] if syms else None
