@@ -1,0 +1,139 @@
+"""`kgenv envs`: list, show, verify (image self-check), restore, export and import env images."""
+
+import json
+import shlex
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import manifest
+from .distro.archive import Archive
+from .errors import ToolError, UserError
+from .image import tree
+from .manifest import Manifest
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+PROBE = "int kgenv_probe(int x) { return x + 1; }\n"
+
+
+def _probe_script(m: Manifest) -> str:
+    cc = m.make.get("CC", "gcc")
+    cmd = tree.make_command(m.make, m.kernel.objtree, "olddefconfig", jobs=1)
+    return "\n".join([
+        f"echo CC=$({shlex.quote(cc)} --version | head -n1)",
+        "echo LD=$(ld --version | head -n1)",
+        "echo PAHOLE=$(pahole --version 2>/dev/null)",
+        f"printf %s {shlex.quote(PROBE)} > /tmp/probe.c",
+        f"{shlex.quote(cc)} -O2 -c /tmp/probe.c -o /tmp/probe.o",
+        "echo COMMENT=$(readelf -p .comment /tmp/probe.o | sed -n 's/^ *\\[ *[0-9a-f]*\\] *//p' | head -n1)",
+        f"cd {shlex.quote(m.kernel.srctree)} && cp {shlex.quote(m.kernel.objtree or '.')}/.config /tmp/before",
+        f"{shlex.join(cmd)} >/dev/null 2>&1; cmp -s /tmp/before {shlex.quote(m.kernel.objtree or '.')}/.config"
+        " && echo OLDDEFCONFIG=unchanged || echo OLDDEFCONFIG=changed",
+    ])
+
+
+def verify_image(rt, m: Manifest, progress) -> list[Check]:
+    """Inside the image: the exact compiler string, a probe's .comment, binutils, pahole, config stability."""
+    if rt.image_id(m.image.id) is None:
+        return [Check("image", False, f"{m.image.id[:19]} not in the engine (kgenv envs restore {m.name})")]
+    progress.step(f"self-check {m.name}")
+    r = rt.run(m.image.id, ["bash", "-c", _probe_script(m)])
+    got = dict(line.split("=", 1) for line in r.output.splitlines() if "=" in line and line.split("=")[0].isupper())
+    pahole = m.fingerprint.get("pahole_version", "0")
+    want_pahole = f"v{int(pahole) // 100}.{int(pahole) % 100}" if pahole.isdigit() and int(pahole) else ""
+    ld_ver = m.fingerprint.get("linux_compiler", "").rsplit(" ", 1)[-1]
+    return [
+        Check("compiler", got.get("CC") == m.fingerprint["cc_version_text"],
+              f"{got.get('CC', '?')!r} (recorded {m.fingerprint['cc_version_text']!r})"),
+        Check("comment", got.get("COMMENT") == m.fingerprint["comment"],
+              f"probe .comment {got.get('COMMENT', '?')!r} (vmlinux {m.fingerprint['comment']!r})"),
+        Check("binutils", got.get("LD", "").endswith(" " + ld_ver), f"{got.get('LD', '?')!r}"),
+        Check("pahole", not want_pahole or got.get("PAHOLE") == want_pahole,
+              f"{got.get('PAHOLE', '?')!r} (recorded {want_pahole or 'none'})"),
+        Check("config", got.get("OLDDEFCONFIG") == "unchanged", f"olddefconfig {got.get('OLDDEFCONFIG', 'failed')}"),
+    ]
+
+
+def show(m: Manifest) -> dict:
+    """Two levels deep: sections of scalars (packages and files summarised)."""
+    return {"name": m.name, "kernel": asdict(m.kernel), "fingerprint": m.fingerprint, "make": m.make,
+            "toolchain": m.toolchain, "image": asdict(m.image),
+            "files": {k: v.path for k, v in m.files.items()}, "packages": {"count": len(m.packages)}}
+
+
+def restore(rt, m: Manifest, progress, keep_tmp: bool = False) -> str:
+    """Re-create the image from the manifest alone; it must come back with the recorded ID."""
+    from .distro import debian
+    from .image.build import build
+    from .snapshot import inputs
+
+    if rt.image_id(m.image.id):
+        progress.step(f"{m.image.id[:19]} already present")
+        _tag(rt, m)
+        return m.image.id
+    line, abi = m.kernel.line, m.kernel.release
+    archive = Archive(line, progress=progress)
+    # Re-fetch (checksummed) the shipped files if the cache lost them.
+    if any(not ref.resolve().exists() for ref in m.files.values()):
+        debian.fetch(debian.resolve(f"{line}:{abi}", archive), archive, progress)
+    for role, ref in m.files.items():
+        from .fsutil import sha256_file
+
+        if sha256_file(ref.resolve()) != ref.sha256:
+            raise ToolError(f"{ref.resolve()}: sha256 differs from manifest files.{role}")
+    built = build(rt, inputs(m, archive, m.files, True, None), progress, keep_tmp)
+    if built.id != m.image.id:
+        rt.remove(built.id)
+        raise ToolError(f"{m.name}: restored image {built.id[:19]} differs from recorded {m.image.id[:19]} "
+                        f"(rootfs {built.rootfs_sha256[:12]} vs {m.image.rootfs_sha256[:12]}, "
+                        f"tree {built.tree_sha256[:12]} vs {m.image.tree_sha256[:12]})")
+    _tag(rt, m)
+    return built.id
+
+
+def _tag(rt, m: Manifest) -> None:
+    repo, tag = m.image.tag.rsplit(":", 1)
+    rt.tag(m.image.id, repo, tag)
+
+
+def export(rt, m: Manifest, dest: Path) -> None:
+    """The image as a docker-archive file plus the manifest, for hosts without a registry."""
+    if rt.image_id(m.image.id) is None:
+        raise UserError(f"{m.name}: image {m.image.id[:19]} not in the engine")
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    rt.save(m.image.id, tmp)
+    with tarfile.open(tmp, "a") as tar:
+        data = m.to_toml().encode()
+        info = tarfile.TarInfo("kgenv-manifest.toml")
+        info.size = len(data)
+        import io
+
+        tar.addfile(info, io.BytesIO(data))
+    tmp.replace(dest)
+
+
+def import_(rt, archive: Path, force: bool = False) -> Manifest:
+    """Load an exported env: the image must carry the manifest's ID; the manifest is then saved."""
+    try:
+        with tarfile.open(archive) as tar:
+            member = tar.getmember("kgenv-manifest.toml")
+            m = manifest.parse(tar.extractfile(member).read().decode(), f"{archive}:kgenv-manifest.toml")
+    except (tarfile.TarError, KeyError, OSError) as e:
+        raise UserError(f"{archive}: not a kgenv env export ({e})") from None
+    got = rt.load(archive)
+    if got != m.image.id:
+        raise UserError(f"{archive}: image {got[:19]} is not the manifest's {m.image.id[:19]}")
+    _tag(rt, m)
+    manifest.save(m, force=force)
+    return m
+
+
+def as_json(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)

@@ -1,0 +1,80 @@
+"""The prepared kernel tree: source + recorded config + `olddefconfig` (no change) + modules_prepare."""
+
+import filecmp
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..errors import RefusedError, ToolError
+from ..runtime.base import Mount
+
+CONFIG_CHANGED = 3  # exit code of the in-container script when olddefconfig changed the config
+
+
+def make_command(fp_make: dict[str, str], objtree: str, *targets: str, jobs: int | None = None) -> list[str]:
+    """The make line of the original build, for the given targets."""
+    cmd = ["make", f"-j{jobs or os.cpu_count() or 1}"]
+    if objtree:
+        cmd.append(f"O={objtree}")
+    return cmd + [f"{k}={v}" for k, v in fp_make.items()] + list(targets)
+
+
+def unpack_source(tarball: Path, stage: Path, srctree: str) -> Path:
+    """Unpack the source tarball so the tree sits at the recorded srctree path under stage."""
+    dest = stage / srctree.lstrip("/")
+    tmp = stage / ".unpack"
+    tmp.mkdir(parents=True)
+    r = subprocess.run(["tar", "-xf", str(tarball), "-C", str(tmp)], capture_output=True, text=True)
+    if r.returncode:
+        raise ToolError(f"{tarball}: cannot unpack: {r.stderr.strip()[:200]}")
+    (top,) = list(tmp.iterdir())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    top.rename(dest)
+    tmp.rmdir()
+    return dest
+
+
+def prepare(rt, base_image: str, tree: Path, srctree: str, objtree: str, config: Path,
+            symvers: Path | None, fp_make: dict[str, str], progress) -> None:
+    """Run olddefconfig and modules_prepare in the base image, with no network."""
+    out = tree / objtree
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config, out / ".config")
+    q = shlex.join
+    script = " && ".join([
+        "set -e", "cp $O/.config /tmp/recorded.config",
+        q(make_command(fp_make, objtree, "olddefconfig", jobs=1)) + " >/tmp/olddefconfig.log 2>&1",
+        f"if ! cmp -s /tmp/recorded.config $O/.config; then diff /tmp/recorded.config $O/.config | head -20; exit {CONFIG_CHANGED}; fi",
+        q(make_command(fp_make, objtree, "modules_prepare")),
+    ])
+    progress.step("prepare kernel tree (olddefconfig, modules_prepare)")
+    r = rt.run(base_image, ["bash", "-c", script], [Mount(tree, srctree, read_only=False)],
+               env={"O": objtree or "."}, workdir=srctree, progress=progress)
+    if r.exit_code == CONFIG_CHANGED:
+        raise RefusedError(f"{config}: olddefconfig changes the recorded config in this toolchain:\n{r.output[-1500:]}")
+    if r.exit_code:
+        raise ToolError(f"modules_prepare failed in the env image:\n{r.output[-2000:]}")
+    if symvers:
+        shutil.copyfile(symvers, out / "Module.symvers")
+
+
+def check_generated(tree_out: Path, shipped: Path) -> list[str]:
+    """Generated headers that differ from the shipped headers package (a faithful prepare has none)."""
+    differ = []
+    for name in ("autoconf.h", "bounds.h", "asm-offsets.h", "timeconst.h", "utsrelease.h"):
+        a, b = tree_out / "include" / "generated" / name, shipped / name
+        if a.exists() and b.exists() and not filecmp.cmp(a, b, shallow=False):
+            differ.append(name)
+    return differ
+
+
+def layer(stage: Path, dest: Path, epoch: int) -> None:
+    """A deterministic tar of everything under stage: sorted, fixed owner and mtime."""
+    tops = sorted(p.name for p in stage.iterdir())
+    r = subprocess.run(["tar", "-C", str(stage), "--sort=name", f"--mtime=@{epoch}", "--owner=0",
+                        "--group=0", "--numeric-owner", "--format=gnu", "-cf", str(dest), *tops],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise ToolError(f"{dest}: cannot write tree layer: {r.stderr.strip()[:200]}")

@@ -1,0 +1,170 @@
+"""The env manifest (envs/<name>.toml): schema, validation, atomic write, lookup."""
+
+import json
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import UserError
+from .fsutil import cache_dir, write_atomic
+
+SCHEMA = 1
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    distro: str
+    line: str
+    release: str
+    version: str
+    build_id: str
+    banner: str
+    srctree: str
+    objtree: str
+    source_package: str
+    source_sha256: str
+    config_sha256: str
+    source_date_epoch: int
+
+
+@dataclass(frozen=True)
+class Image:
+    id: str
+    tag: str
+    suite: str
+    include: str  # the mmdebstrap --include set, comma-separated: restore must repeat it exactly
+    base_id: str
+    rootfs_sha256: str
+    tree_sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A shipped binary later stages need, in the cache (path relative to it) with its sha256."""
+
+    path: str
+    sha256: str
+    package: str
+
+    def resolve(self) -> Path:
+        return cache_dir() / self.path
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    kernel: Kernel
+    fingerprint: dict[str, str]
+    make: dict[str, str]
+    toolchain: dict[str, str]
+    image: Image
+    packages: dict[str, str]
+    files: dict[str, FileRef]
+    schema: int = SCHEMA
+    kgenv_version: str = ""
+
+    def to_toml(self) -> str:
+        lines = [f"schema = {self.schema}", f"name = {_q(self.name)}", f"kgenv_version = {_q(self.kgenv_version)}", ""]
+        for section in ("kernel", "fingerprint", "make", "toolchain", "image", "packages"):
+            value = getattr(self, section)
+            lines += [f"[{section}]", *_pairs(value if isinstance(value, dict) else asdict(value)), ""]
+        for role, ref in sorted(self.files.items()):
+            lines += [f"[files.{role}]", *_pairs(asdict(ref)), ""]
+        return "\n".join(lines)
+
+
+def _q(v) -> str:
+    # JSON string escapes are valid TOML basic-string escapes.
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else json.dumps(str(v), ensure_ascii=False)
+
+
+def _pairs(d: dict) -> list[str]:
+    return [f"{k if re.fullmatch(r'[A-Za-z0-9_-]+', k) else _q(k)} = {_q(v)}" for k, v in d.items()]
+
+
+def envs_dir() -> Path:
+    return Path(os.environ.get("KGENV_ENVS", "envs"))
+
+
+def path_of(name: str) -> Path:
+    if not NAME_RE.match(name):
+        raise UserError(f"{name!r}: not a valid env name (letters, digits, '.', '_', '-')")
+    return envs_dir() / f"{name}.toml"
+
+
+def _record(cls, data, where: str):
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a table")
+    names = {f.name: f.type for f in fields(cls)}
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise UserError(f"{where}: missing key(s) {', '.join(missing)}")
+    for n, t in names.items():
+        want = int if t in (int, "int") else str
+        if not isinstance(data[n], want):
+            raise UserError(f"{where}.{n}: expected {want.__name__}")
+    return cls(**{n: data[n] for n in names})
+
+
+def _strings(data, where: str) -> dict[str, str]:
+    if not isinstance(data, dict) or not all(isinstance(v, (str, int)) for v in data.values()):
+        raise UserError(f"{where}: expected a table of strings")
+    return {k: str(v) for k, v in data.items()}
+
+
+def parse(text: str, where: str) -> Manifest:
+    """A Manifest from TOML text; UserError naming `where` and the problem otherwise."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{where}: not valid TOML: {e}") from None
+    if data.get("schema") != SCHEMA:
+        raise UserError(f"{where}: schema {data.get('schema')!r} is not {SCHEMA}")
+    if not isinstance(data.get("name"), str) or not NAME_RE.match(data["name"]):
+        raise UserError(f"{where}: name missing or invalid")
+    files = data.get("files", {})
+    if not isinstance(files, dict):
+        raise UserError(f"{where}: [files] must be a table")
+    refs = {role: _record(FileRef, ref, f"{where}: files.{role}") for role, ref in files.items()}
+    for role, ref in refs.items():
+        if ref.path.startswith("/") or ".." in Path(ref.path).parts:
+            raise UserError(f"{where}: files.{role}.path {ref.path!r} escapes the cache")
+    return Manifest(
+        name=data["name"], kernel=_record(Kernel, data.get("kernel"), f"{where}: [kernel]"),
+        fingerprint=_strings(data.get("fingerprint"), f"{where}: [fingerprint]"),
+        make=_strings(data.get("make"), f"{where}: [make]"),
+        toolchain=_strings(data.get("toolchain"), f"{where}: [toolchain]"),
+        image=_record(Image, data.get("image"), f"{where}: [image]"),
+        packages=_strings(data.get("packages"), f"{where}: [packages]"),
+        files=refs, kgenv_version=str(data.get("kgenv_version", "")))
+
+
+def load(name_or_path: str) -> Manifest:
+    """An env by name (envs/<name>.toml) or by path to a .toml file."""
+    path = Path(name_or_path) if name_or_path.endswith(".toml") else path_of(name_or_path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such env manifest") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    return parse(text, str(path))
+
+
+def save(m: Manifest, force: bool = False) -> Path:
+    """Write envs/<name>.toml atomically; an existing manifest is replaced only with force."""
+    path = path_of(m.name)
+    try:
+        write_atomic(path, m.to_toml(), exclusive=not force)
+    except FileExistsError:
+        raise UserError(f"{path}: env exists; use --force to replace it") from None
+    return path
+
+
+def names() -> list[str]:
+    d = envs_dir()
+    return sorted(p.stem for p in d.glob("*.toml")) if d.is_dir() else []
