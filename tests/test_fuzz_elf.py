@@ -6,8 +6,8 @@ import pytest
 
 from kgenv.errors import UserError
 from kgenv.verify import open_binary, verify
-from tests.test_verify_synthetic import B, C, SHIPPED_A
-from tests.verify_build import compile_c, link, link_module, runtime
+from test_verify_synthetic import B, C, SHIPPED_A
+from verify_build import compile_c, link, link_module, runtime
 
 CASES = 300
 

@@ -7,7 +7,7 @@ import pytest
 from kgenv.elf.symbols import SymbolIndex
 from kgenv.verify import ftrace, open_binary, verify
 from kgenv.verify.records import IDENTICAL, NOT_TRACEABLE, WEAK_OVERRIDDEN
-from tests import kernel_build
+import kernel_build
 
 pytestmark = pytest.mark.archive
 

@@ -11,7 +11,7 @@ from kgenv.verify.records import (
     AMBIGUOUS, DIFFERENT_CALLEE, DIFFERS, IDENTICAL, INSTRUCTION_SELECTION, LAYOUT_SIZE, MISSING,
     NOT_TRACEABLE, REGISTER_ALLOCATION, WEAK_OVERRIDDEN,
 )
-from tests.verify_build import compile_c, fake_kcore, link, link_module, runtime
+from verify_build import compile_c, fake_kcore, link, link_module, runtime
 
 SHIPPED_A = """
 extern int g1(int); extern int g2(int);
