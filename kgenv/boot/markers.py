@@ -9,9 +9,10 @@ PREFIX = "KGENV:"
 SUFFIX = ":KGENV"
 
 # CSI / OSC / two-character escapes from firmware and terminals, then other control bytes.
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[()*+][ -~]|[@-Z\\^_`-~])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _KERNEL_LINE = re.compile(r"^\s*\[\s*\d+\.\d+\]")
+_KERNEL_STAMP = re.compile(r"\[\s*\d+\.\d+\] ")
 _PANIC = re.compile(r"Kernel panic - not syncing|\bBUG:|\bOops\b|general protection fault|"
                     r"Attempted to kill init")
 
@@ -79,17 +80,24 @@ def parse_marker(body: str) -> Marker | None:
     return Marker(words[0], fields, msg.strip() if sep else "")
 
 
+def _cut_kernel(text: str) -> str:
+    """A kernel message printed into the middle of our line runs to its end: drop it."""
+    k = _KERNEL_STAMP.search(text)
+    return text[:k.start()] if k and SUFFIX not in text[:k.start()] else text
+
+
 def _join_split(lines: list[str], i: int) -> tuple[str, int]:
-    """A marker cut by kernel lines: skip those and glue the rest back (returns text, last index)."""
-    text = lines[i]
+    """A marker cut by kernel output: skip that and glue the rest back (returns text, last index)."""
+    start = lines[i].find(PREFIX)
+    text = lines[i][:start] + _cut_kernel(lines[i][start:])
     j = i + 1
     while SUFFIX not in text and j < len(lines) and j <= i + 20:
-        if _KERNEL_LINE.match(lines[j]):
-            j += 1
-            continue
-        text += lines[j]
+        if PREFIX in lines[j]:
+            return lines[i], i   # a new marker starts: this one was truncated, leave it
+        if not _KERNEL_LINE.match(lines[j]):
+            text += _cut_kernel(lines[j])
         j += 1
-    return text, j - 1
+    return (text, j - 1) if SUFFIX in text else (lines[i], i)
 
 
 def _markers_in(line: str) -> list[Marker]:
@@ -99,6 +107,10 @@ def _markers_in(line: str) -> list[Marker]:
         end = line.find(SUFFIX, start + len(PREFIX))
         if end < 0:
             break   # truncated marker: never guess its contents
+        later = line.find(PREFIX, start + len(PREFIX), end)
+        if later >= 0:   # the first prefix never got its end: start over at the later one
+            start = later
+            continue
         marker = parse_marker(line[start + len(PREFIX):end].strip())
         if marker:
             found.append(marker)
@@ -126,7 +138,8 @@ def parse(text: str) -> Transcript:
                 elif m.kind == "dmesg" and "end" in m.fields:
                     in_dmesg = False
         elif in_dmesg:
-            dmesg.append(line)
+            if line.strip():
+                dmesg.append(line)
         elif line.strip():
             console.append(line)
         i += 1

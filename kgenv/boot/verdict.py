@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from kgenv.boot.markers import Transcript
+from kgenv.boot.markers import Marker, Transcript
 from kgenv.boot.qemu import Run
 from kgenv.boot.record import PHASES, Boot
 
@@ -20,15 +20,16 @@ MEANING = {
     "unload": "the module did not unload",
 }
 
+# "panic" alone would match the command line (panic=-1).
 _INTERESTING = (r"livepatch|Unknown symbol|version magic|disagrees about version|"
-                r"module verification|Invalid module|Oops|BUG:|panic|WARNING:|Call Trace|RIP:|"
-                r"Code:|stuck|stack> |check> |unpatched|patching|transition")
+                r"module verification|Invalid module|Oops|BUG:|Kernel panic|WARNING:|Call Trace|"
+                r"RIP:|Code:|unpatched|patching|transition")
 LOG_LIMIT = 40
 
 
 def relevant_lines(lines, name: str, limit: int = LOG_LIMIT) -> tuple[str, ...]:
     """Kernel lines about the module, livepatch, symbols and crashes; else the log's tail."""
-    pattern = re.compile(f"{_INTERESTING}|{re.escape(name)}", re.IGNORECASE)
+    pattern = re.compile(f"{_INTERESTING}|{re.escape(name)}")   # case matters: "oops=panic"
     picked = [ln for ln in lines if pattern.search(ln)]
     return tuple((picked or list(lines)[-15:])[:limit])
 
@@ -53,6 +54,8 @@ def _timings(t: Transcript, run: Run, seen: dict[str, float]) -> dict[str, float
 def _failure(t: Transcript, run: Run, timeout: float) -> tuple[str, str | None]:
     """(reason, failing phase) when the guest did not report a pass."""
     failed = next((m for m in t.phases if m.get("status") == "fail"), None)
+    if failed is None and t.result is not None and t.result.get("phase") in MEANING:
+        failed = Marker("phase", {"name": t.result.get("phase"), "status": "fail"})
     if failed:
         phase = failed.get("name")
         what = MEANING.get(phase, f"phase {phase} failed")

@@ -1,0 +1,108 @@
+"""Real boots of the shipped Debian kernel under QEMU/TCG: pass, load failure, wrong check, wrong sympos."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from boot_kmod import build_module, livepatch_sample
+from kgenv.boot import boot_test
+from kgenv.cli_boot import boot_test_command
+
+pytestmark = pytest.mark.qemu
+
+REPO = Path(__file__).resolve().parents[1]
+PATCHED = "grep -q 'this has been live patched' /proc/cmdline\n"
+BAR_SECONDS = 30
+
+
+@pytest.fixture(scope="session")
+def boot_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("boot")
+
+
+@pytest.fixture(scope="session")
+def sample_ko(debian_kernel, boot_dir) -> Path:
+    src = livepatch_sample(debian_kernel, boot_dir / "src")
+    return build_module(debian_kernel, [src], boot_dir / "sample")
+
+
+@pytest.fixture(scope="session")
+def unresolved_ko(debian_kernel, boot_dir) -> Path:
+    src = REPO / "kernel/samples/kgenv-unresolved.c"
+    return build_module(debian_kernel, [src], boot_dir / "unresolved", allow_undefined=True)
+
+
+@pytest.fixture(scope="session")
+def check_patched(boot_dir) -> Path:
+    path = boot_dir / "check-patched.sh"
+    path.write_text(PATCHED)
+    return path
+
+
+def _offset_from_text(vmlinux: Path, name: str) -> str:
+    """Where `name` sits relative to _text in the -dbg vmlinux (KASLR keeps this distance)."""
+    out = subprocess.run(["nm", str(vmlinux)], capture_output=True, text=True, check=True).stdout
+    addr = {}
+    for line in out.splitlines():
+        a, _, sym = line.split()[:3]
+        if sym in ("_text", name):
+            addr.setdefault(sym, int(a, 16))
+    return hex(addr[name] - addr["_text"])
+
+
+def _log(tmp_path: Path) -> Path:
+    return tmp_path / "serial.log"
+
+
+def test_sample_livepatch_passes(debian_kernel, sample_ko, check_patched, tmp_path):
+    offset = _offset_from_text(debian_kernel.vmlinux, "cmdline_proc_show")
+    sympos = f"vmlinux cmdline_proc_show 0 {offset}\n"
+    boot = boot_test(sample_ko, debian_kernel.vmlinuz, check=check_patched, sympos=sympos,
+                     serial_log=_log(tmp_path))
+    assert boot.result == "pass", (boot.reason, boot.kernel_log)
+    assert boot.release == debian_kernel.abi
+    assert set(boot.phases.values()) == {"ok"}
+    assert boot.sympos == {"vmlinux:cmdline_proc_show:0": "ok"}
+    for phase in ("to_init", "kernel", "load", "enable", "disable", "guest"):
+        assert boot.timings[phase] is not None and boot.timings[phase] >= 0, phase
+    assert boot.timings["total"] <= BAR_SECONDS
+    log = Path(boot.serial_log).read_text(errors="replace")
+    assert "livepatch: 'livepatch_sample': patching complete" in log
+    assert "livepatch: 'livepatch_sample': unpatching complete" in log
+
+
+def test_unresolved_symbol_fails_with_the_kernel_reason(debian_kernel, unresolved_ko, check_patched,
+                                                        tmp_path):
+    boot = boot_test(unresolved_ko, debian_kernel.vmlinuz, check=check_patched,
+                     serial_log=_log(tmp_path))
+    assert boot.result == "fail"
+    assert boot.phases["load"] == "fail" and boot.phases["enable"] == "not-reached"
+    assert boot.reason.startswith("load: the module did not load")
+    assert any(re.search(r"kgenv_unresolved: Unknown symbol kgenv_no_such_symbol", ln)
+               for ln in boot.kernel_log), boot.kernel_log
+
+
+def test_check_that_never_passes_fails(debian_kernel, sample_ko, tmp_path):
+    check = tmp_path / "never.sh"
+    check.write_text("grep -q 'text no patch prints' /proc/cmdline\n")
+    result = CliRunner().invoke(boot_test_command, [
+        str(sample_ko), "--kernel", str(debian_kernel.vmlinuz), "--check", str(check),
+        "--json", "--log", str(_log(tmp_path))])
+    assert result.exit_code == 1, result.output
+    record = json.loads(result.output)
+    assert record["result"] == "fail"
+    assert record["phases"]["precheck"] == "ok" and record["phases"]["enable"] == "ok"
+    assert record["phases"]["check"] == "fail"
+    assert record["reason"].startswith("check: the check does not pass with the patch applied")
+
+
+def test_wrong_sympos_fails(debian_kernel, sample_ko, check_patched, tmp_path):
+    boot = boot_test(sample_ko, debian_kernel.vmlinuz, check=check_patched,
+                     sympos="vmlinux cmdline_proc_show 2\n", serial_log=_log(tmp_path))
+    assert boot.result == "fail" and boot.phases["sympos"] == "fail"
+    assert "sympos 2 but vmlinux has only 1 symbols cmdline_proc_show" in boot.reason
+    assert boot.sympos == {"vmlinux:cmdline_proc_show:2": "fail"}
