@@ -27,3 +27,22 @@ def test_rejects_a_file_that_is_no_module(not_a_module, tmp_path):
     assert isinstance(result.exception, UserError)
     assert result.exception.exit_code == 2
     assert "not a readable kernel module" in str(result.exception)
+
+
+def test_env_resolves_the_recorded_vmlinuz_and_checks_its_hash(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from kgenv import cli_boot, manifest
+    from kgenv.errors import ToolError
+    from kgenv.fsutil import sha256_file
+    from kgenv.progress import QUIET
+
+    vmlinuz = tmp_path / "vmlinuz"
+    vmlinuz.write_bytes(b"kernel image")
+    ref = SimpleNamespace(resolve=lambda: vmlinuz, sha256=sha256_file(vmlinuz))
+    env = SimpleNamespace(files={"vmlinuz": ref}, kernel=SimpleNamespace(line="bookworm", release="x"))
+    monkeypatch.setattr(manifest, "load", lambda name: env)
+    assert cli_boot._kernel_of(None, "bookworm-x", QUIET) == vmlinuz
+    vmlinuz.write_bytes(b"changed")
+    with pytest.raises(ToolError, match="sha256"):
+        cli_boot._kernel_of(None, "bookworm-x", QUIET)

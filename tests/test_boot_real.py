@@ -37,6 +37,11 @@ def unresolved_ko(debian_kernel, boot_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def stuck_ko(debian_kernel, boot_dir) -> Path:
+    return build_module(debian_kernel, [REPO / "kernel/samples/kgenv-stuck.c"], boot_dir / "stuck")
+
+
+@pytest.fixture(scope="session")
 def check_patched(boot_dir) -> Path:
     path = boot_dir / "check-patched.sh"
     path.write_text(PATCHED)
@@ -106,3 +111,12 @@ def test_wrong_sympos_fails(debian_kernel, sample_ko, check_patched, tmp_path):
     assert boot.result == "fail" and boot.phases["sympos"] == "fail"
     assert "sympos 2 but vmlinux has only 1 symbols cmdline_proc_show" in boot.reason
     assert boot.sympos == {"vmlinux:cmdline_proc_show:2": "fail"}
+
+
+def test_transition_that_never_completes_fails_naming_the_task(debian_kernel, stuck_ko, tmp_path):
+    boot = boot_test(stuck_ko, debian_kernel.vmlinuz, transition_timeout=3, serial_log=_log(tmp_path))
+    assert boot.result == "fail" and boot.phases["enable"] == "fail"
+    assert boot.reason.startswith("enable: the transition to the patched state did not complete")
+    assert 3 <= boot.timings["enable"] < 6
+    assert "stuck: kthreadd (pid 2)" in boot.kernel_log
+    assert any("kthreadd+" in line for line in boot.kernel_log if line.startswith("stack> "))

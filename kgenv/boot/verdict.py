@@ -48,7 +48,7 @@ def _timings(t: Transcript, run: Run, seen: dict[str, float]) -> dict[str, float
     init, result = next((m.t for m in t.phases if m.get("name") == "init"), None), t.result
     if init is not None and result is not None and result.t is not None:
         timings["guest"] = result.t - init
-    return timings
+    return {k: (round(v, 3) if v is not None else None) for k, v in timings.items()}
 
 
 def _failure(t: Transcript, run: Run, timeout: float) -> tuple[str, str | None]:
