@@ -1,5 +1,6 @@
 """`kgenv envs`: list, show, verify (image self-check), restore, export and import env images."""
 
+import io
 import json
 import shlex
 import tarfile
@@ -9,6 +10,7 @@ from pathlib import Path
 from . import manifest
 from .distro.archive import Archive
 from .errors import ToolError, UserError
+from .fsutil import sha256_file
 from .image import tree
 from .manifest import Manifest
 
@@ -84,8 +86,6 @@ def restore(rt, m: Manifest, progress, keep_tmp: bool = False) -> str:
     if any(not ref.resolve().exists() for ref in m.files.values()):
         debian.fetch(debian.resolve(f"{line}:{abi}", archive), archive, progress)
     for role, ref in m.files.items():
-        from .fsutil import sha256_file
-
         if sha256_file(ref.resolve()) != ref.sha256:
             raise ToolError(f"{ref.resolve()}: sha256 differs from manifest files.{role}")
     built = build(rt, inputs(m, archive, m.files, True, None), progress, keep_tmp)
@@ -113,8 +113,6 @@ def export(rt, m: Manifest, dest: Path) -> None:
         data = m.to_toml().encode()
         info = tarfile.TarInfo("kgenv-manifest.toml")
         info.size = len(data)
-        import io
-
         tar.addfile(info, io.BytesIO(data))
     tmp.replace(dest)
 
@@ -127,6 +125,8 @@ def import_(rt, archive: Path, force: bool = False) -> Manifest:
             m = manifest.parse(tar.extractfile(member).read().decode(), f"{archive}:kgenv-manifest.toml")
     except (tarfile.TarError, KeyError, OSError) as e:
         raise UserError(f"{archive}: not a kgenv env export ({e})") from None
+    if manifest.path_of(m.name).exists() and not force:
+        raise UserError(f"{manifest.path_of(m.name)}: env exists; use --force to replace it")
     got = rt.load(archive)
     if got != m.image.id:
         raise UserError(f"{archive}: image {got[:19]} is not the manifest's {m.image.id[:19]}")

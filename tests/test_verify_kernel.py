@@ -7,9 +7,9 @@ import pytest
 from kgenv.elf.symbols import SymbolIndex
 from kgenv.verify import ftrace, open_binary, verify
 from kgenv.verify.records import IDENTICAL, NOT_TRACEABLE, WEAK_OVERRIDDEN
-import kernel_build
+from kgenv.build.compile import compile_tus
 
-pytestmark = pytest.mark.archive
+pytestmark = [pytest.mark.archive, pytest.mark.docker]
 
 # builtin TUs of different kinds, plus one module checked against the shipped .ko
 SAMPLE = ["fs/proc/cmdline.o", "kernel/sys.o", "fs/namei.o", "lib/string.o", "net/ipv4/tcp.o",
@@ -23,10 +23,9 @@ def vmlinux(debian_kernel):
 
 
 @pytest.fixture(scope="session")
-def rebuilt(debian_kernel):
-    r = kernel_build.recipe(debian_kernel.vmlinux, debian_kernel.version)
-    kernel_build.prepare(r, debian_kernel.source_tarball, debian_kernel.config)
-    return kernel_build.build(r, SAMPLE + [MODULE[0]])
+def rebuilt(env, docker_rt, tmp_path_factory):
+    """The sample rebuilt in the env image, exactly as `kgenv build` compiles."""
+    return compile_tus(docker_rt, env, SAMPLE + [MODULE[0]], tmp_path_factory.mktemp("rebuilt"))
 
 
 def test_index_whole_vmlinux(debian_kernel):

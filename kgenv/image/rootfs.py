@@ -11,7 +11,9 @@ from ..fsutil import write_atomic
 # Dropped from the layer: host leakage and state that differs between runs.
 HOOK = ('rm -f "$1"/etc/resolv.conf "$1"/etc/hostname "$1"/var/cache/ldconfig/aux-cache '
         '"$1"/var/log/apt/* "$1"/var/log/dpkg.log "$1"/var/log/alternatives.log '
-        '"$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old')
+        '"$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old '
+        # mmdebstrap records our --aptopt here, with the (random) work directory in it.
+        '"$1"/etc/apt/apt.conf.d/99mmdebstrap')
 
 
 def preferences(pins: dict[str, str]) -> str:

@@ -1,0 +1,5 @@
+"""`python -m kgenv` is the kgenv command."""
+
+from .cli import main
+
+main()

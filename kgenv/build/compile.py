@@ -1,0 +1,50 @@
+"""Compile translation units inside an env image with the kernel's recorded make line."""
+
+import shlex
+from pathlib import Path, PurePosixPath
+
+from ..errors import ToolError, UserError
+from ..image.tree import make_command
+from ..manifest import Manifest
+from ..runtime.base import Mount
+
+OUT = "/kgenv-out"
+OVERLAY = "/kgenv-overlay"
+
+
+def _checked(tu: str) -> str:
+    p = PurePosixPath(tu)
+    if p.is_absolute() or ".." in p.parts or p.suffix != ".o":
+        raise UserError(f"{tu}: not a translation unit path like fs/proc/cmdline.o")
+    return str(p)
+
+
+def compile_tus(rt, m: Manifest, tus: list[str], outdir: Path, *, overlay: Path | None = None,
+                extra_cflags: str = "", progress=None) -> dict[str, Path]:
+    """Build each TU's .o in a throwaway container (no network) and copy it to outdir.
+
+    `overlay` holds patched source files (relative paths) copied over the tree first;
+    the image itself is never modified. `extra_cflags` is appended to the recorded KCFLAGS.
+    """
+    tus = [_checked(t) for t in tus]
+    outdir.mkdir(parents=True, exist_ok=True)
+    make = dict(m.make)
+    if extra_cflags:
+        make["KCFLAGS"] = f"{make.get('KCFLAGS', '')} {extra_cflags}".strip()
+    obj = m.kernel.objtree or "."
+    steps = ["set -e"]
+    mounts = [Mount(outdir.resolve(), OUT, read_only=False)]
+    if overlay:
+        mounts.append(Mount(overlay.resolve(), OVERLAY))
+        steps.append(f"cp -a {OVERLAY}/. .")
+    steps.append(shlex.join(make_command(make, m.kernel.objtree, *tus)) + " 2>&1 | tail -n 40")
+    steps.append("test ${PIPESTATUS[0]} -eq 0")
+    steps += [f"mkdir -p {OUT}/{shlex.quote(str(PurePosixPath(t).parent))} && "
+              f"cp {shlex.quote(obj)}/{shlex.quote(t)} {OUT}/{shlex.quote(t)}" for t in tus]
+    if progress:
+        progress.step(f"compile {len(tus)} unit(s) in {m.image.id[7:19]}")
+    r = rt.run(m.image.id, ["bash", "-c", "\n".join(steps)], mounts, workdir=m.kernel.srctree,
+               progress=progress)
+    if r.exit_code:
+        raise ToolError(f"compile of {', '.join(tus)} failed in env {m.name}:\n{r.output[-2000:]}")
+    return {t: outdir / t for t in tus}
