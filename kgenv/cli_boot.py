@@ -73,6 +73,10 @@ def _report(boot: Boot, verbose: bool) -> None:
         click.echo(f"serial log: {boot.serial_log}")
 
 
+def _report_kept(boot: Boot) -> None:
+    click.echo(f"kept: {Path(boot.serial_log).with_suffix('.d')} (initramfs.cpio, qemu-command)")
+
+
 @click.command("boot-test")
 @click.argument("module", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--kernel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -88,7 +92,7 @@ def _report(boot: Boot, verbose: bool) -> None:
               help="Where to keep the serial log (default: the kgenv cache).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result record as JSON only.")
 @click.option("-v", "--verbose", is_flag=True, help="Show timings, phases and the kernel log.")
-@click.option("--keep-tmp", is_flag=True, help="Keep the initramfs and QEMU command line.")
+@click.option("--keep-tmp", is_flag=True, help="Keep the initramfs and QEMU command line beside the serial log.")
 def boot_test_command(module, kernel, env, check, sympos, timeout, serial_log, as_json,
                       verbose, keep_tmp):
     """Boot the shipped kernel under QEMU (TCG) with MODULE and prove the livepatch works.
@@ -105,4 +109,6 @@ def boot_test_command(module, kernel, env, check, sympos, timeout, serial_log, a
         click.echo(json.dumps(boot.to_dict(), indent=2))
     else:
         _report(boot, verbose)
+        if keep_tmp:
+            _report_kept(boot)
     sys.exit(0 if boot.passed else 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -45,11 +46,27 @@ def _read_sympos(sympos) -> str:
     return str(sympos)
 
 
+KEEP_LOGS = 50
+
+
 def _default_log(name: str) -> Path:
+    """A new log in the cache; only the newest KEEP_LOGS are kept there."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     d = log_dir()
     d.mkdir(parents=True, exist_ok=True)
+    old = sorted(d.glob("*.log"), key=lambda p: p.stat().st_mtime)[:-KEEP_LOGS + 1]
+    for path in old:
+        path.unlink(missing_ok=True)
     return d / f"{name}-{stamp}-{os.getpid()}.log"
+
+
+def _workdir(serial_log: Path, keep: bool) -> Path:
+    """Scratch space; with keep=True it sits beside the serial log as <log>.d and stays."""
+    if not keep:
+        return Path(tempfile.mkdtemp(prefix="kgenv-boot-"))
+    d = serial_log.with_suffix(".d")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def boot_test(module, kernel, *, check=None, sympos=None, timeout: float = DEFAULT_TIMEOUT,
@@ -68,12 +85,14 @@ def boot_test(module, kernel, *, check=None, sympos=None, timeout: float = DEFAU
     if transition_timeout is None:
         transition_timeout = max(2, min(15, int(timeout / 4)))
     serial_log = Path(serial_log) if serial_log else _default_log(name)
-    tmp = Path(tempfile.mkdtemp(prefix="kgenv-boot-"))
+    tmp = _workdir(serial_log, keep_tmp)
     try:
         initrd = payload.build(tmp / "initramfs.cpio", module=module, name=name, busybox=bb,
                                check=check, sympos=_read_sympos(sympos),
                                transition_timeout=transition_timeout, check_timeout=CHECK_TIMEOUT)
         cmd = qemu.command(qemu_bin, kernel, initrd, serial_log, memory_mb=memory_mb, cpus=cpus)
+        if keep_tmp:   # enough to re-run the same boot by hand
+            (tmp / "qemu-command").write_text(shlex.join(cmd) + "\n")
         seen: dict[str, float] = {}
         stream, start = markers.Stream(), time.monotonic()
 
@@ -91,7 +110,5 @@ def boot_test(module, kernel, *, check=None, sympos=None, timeout: float = DEFAU
         return decide(markers.parse(text), run, timeout=timeout, module=name,
                       kernel=str(kernel), seen=seen)
     finally:
-        if keep_tmp:
-            (tmp / "qemu-command").write_text(" ".join(map(str, locals().get("cmd", []))) + "\n")
-        else:
+        if not keep_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
