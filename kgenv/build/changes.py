@@ -1,0 +1,330 @@
+"""Which functions and variables a fix changed: one TU's original and patched objects compared."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from kgenv.elf.disasm import decode, insn_at
+from kgenv.elf.reader import SHF_ALLOC, SHF_MERGE, SHF_STRINGS, SHT_NOBITS, SHT_RELA
+from kgenv.elf.relocs import PC_RELATIVE, Reloc, relocations
+from kgenv.elf.symbols import STB_LOCAL, STT_OBJECT, STT_SECTION, Symbol
+from kgenv.verify.code import masked_pair
+from kgenv.verify.mapping import ObjectFile
+
+UNCHANGED, CHANGED, NEW, REMOVED = "unchanged", "changed", "new", "removed"
+SHF_WRITE = 0x1
+BUG_TABLE = "__bug_table"
+# struct bug_entry on x86-64 (relative pointers, verbose): addr disp32, file disp32, line u16, flags u16
+BUG_ENTRY, BUG_LINE, BUG_FLAGS = 12, 8, 10
+
+_CLONE = re.compile(r"\.(isra|constprop|part|cold|lto_priv|localalias|clone)\.\d+")
+_LOCAL_NUMBER = re.compile(r"\.\d+$")
+# compiler-made constants holding a function's own name: they follow the code, not the fix
+_NAME_CONSTANTS = ("__func__", "__FUNCTION__", "__PRETTY_FUNCTION__")
+_DATA_PREFIXES = (".data", ".bss", ".rodata")
+
+
+@dataclass(frozen=True)
+class FunctionChange:
+    """One function (or IPA clone / cold part) and how the fix changed it."""
+
+    name: str            # patched name; the original name when removed
+    status: str
+    original: str = ""   # the original's name when it differs (a renumbered clone), else ""
+    section: str = ""
+    size: int = 0
+    binding: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "status": self.status, "original": self.original,
+                "section": self.section, "size": self.size, "binding": self.binding}
+
+
+@dataclass(frozen=True)
+class DataChange:
+    """A global or static variable the fix added, removed or re-initialised."""
+
+    name: str
+    status: str
+    section: str = ""
+    size: int = 0
+    binding: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "status": self.status, "section": self.section,
+                "size": self.size, "binding": self.binding}
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Everything a fix changed in one translation unit."""
+
+    tu: str
+    functions: tuple[FunctionChange, ...]
+    data: tuple[DataChange, ...]
+
+    def named(self, *statuses: str) -> list[str]:
+        return [f.name for f in self.functions if f.status in statuses]
+
+    @property
+    def changed(self) -> list[str]:
+        return self.named(CHANGED)
+
+    @property
+    def new(self) -> list[str]:
+        return self.named(NEW)
+
+    @property
+    def removed(self) -> list[str]:
+        return self.named(REMOVED)
+
+    @property
+    def data_changed(self) -> bool:
+        return any(d.status != UNCHANGED for d in self.data)
+
+    def to_dict(self) -> dict:
+        return {"tu": self.tu, "functions": [f.to_dict() for f in self.functions],
+                "data": [d.to_dict() for d in self.data]}
+
+
+def base_name(name: str, local_object: bool = False) -> str:
+    """A name without the numbers gcc gives clones (and function-scope statics): foo.isra.0 -> foo.isra."""
+    name = _CLONE.sub(r".\1", name)
+    return _LOCAL_NUMBER.sub("", name) if local_object else name
+
+
+def compare(original: str | Path, patched: str | Path, tu: str = "") -> Changes:
+    """Compare two builds of one TU (built with -ffunction-sections -fdata-sections)."""
+    a, b = _Side(original), _Side(patched)
+    a.shared = b.shared = a.shared | b.shared   # ambiguous on either side: compare callee bytes
+    funcs = _pair_all(a.functions(), b.functions())
+    data = _pair_all(a.variables(), b.variables())
+    return Changes(tu or str(patched), tuple(_function_change(*p) for p in funcs),
+                   tuple(_data_change(*p) for p in data))
+
+
+class _Item:
+    """A symbol with its comparison key (base name) and content fingerprint."""
+
+    def __init__(self, sym: Symbol, key: str, fingerprint: tuple, section: str):
+        self.sym, self.key, self.fp, self.section = sym, key, fingerprint, section
+
+
+def _pair_all(olds: list[_Item], news: list[_Item]) -> list[tuple]:
+    """(old, new, status) for every item; same key groups are paired by content, then by name."""
+    keys = list(dict.fromkeys([i.key for i in news] + [i.key for i in olds]))
+    out = []
+    for key in keys:
+        out += _pair_group([i for i in olds if i.key == key], [i for i in news if i.key == key])
+    return out
+
+
+def _pair_group(olds: list[_Item], news: list[_Item]) -> list[tuple]:
+    out, olds, news = [], list(olds), list(news)
+    for match, status in ((lambda o, n: o.fp == n.fp, UNCHANGED),
+                          (lambda o, n: o.sym.name == n.sym.name, CHANGED),
+                          (lambda o, n: True, CHANGED)):
+        for o in list(olds):
+            n = next((n for n in news if match(o, n)), None)
+            if n is not None:
+                out.append((o, n, status))
+                olds.remove(o)
+                news.remove(n)
+    out += [(None, n, NEW) for n in news] + [(o, None, REMOVED) for o in olds]
+    return out
+
+
+def _function_change(old: _Item | None, new: _Item | None, status: str) -> FunctionChange:
+    item = new or old
+    original = old.sym.name if old and new and old.sym.name != new.sym.name else ""
+    return FunctionChange(item.sym.name, status, original, item.section, item.sym.size,
+                          item.sym.binding)
+
+
+def _data_change(old: _Item | None, new: _Item | None, status: str) -> DataChange:
+    item = new or old
+    return DataChange(item.sym.name, status, item.section, item.sym.size, item.sym.binding)
+
+
+class _Side:
+    """One object file, with the look-ups a fingerprint needs."""
+
+    def __init__(self, path: str | Path):
+        self.obj = ObjectFile(path)
+        self.index = self.obj.index
+        self.sections = self.index.elf.sections
+        self.shared = self._shared_names()
+        self.incoming = self._incoming()
+
+    @cached_property
+    def bugs(self) -> list[tuple]:
+        return self._bug_entries()
+
+    def functions(self) -> list[_Item]:
+        return [_Item(s, base_name(s.name), self._function_fp(s), s.section)
+                for s in self.obj.functions()]
+
+    def variables(self) -> list[_Item]:
+        return [_Item(s, base_name(s.name, s.bind == STB_LOCAL), self._data_fp(s), s.section)
+                for s in self.index.symbols if self._is_variable(s)]
+
+    def _shared_names(self) -> set[str]:
+        """Base names held by several functions (foo.constprop.0 and .1): names alone are ambiguous."""
+        seen: dict[str, int] = {}
+        for s in self.obj.functions():
+            seen[base_name(s.name)] = seen.get(base_name(s.name), 0) + 1
+        return {name for name, n in seen.items() if n > 1}
+
+    def _callee(self, name: str, sym: Symbol | None) -> tuple:
+        """A reference to a function; when its base name is shared, the callee's own bytes say
+        which specialisation it is (a caller switching clones must not look unchanged)."""
+        base = base_name(name)
+        if base not in self.shared or sym is None or not sym.defined:
+            return (base,)
+        relocs = self.obj.relocs_in(sym)
+        code = bytes(self.index.code(sym))
+        return base, bytes(masked_pair(code, code, relocs, sym.value)[0]), \
+            tuple((r.offset - sym.value, r.type) for r in relocs)
+
+    def _is_variable(self, s: Symbol) -> bool:
+        sec = self.index.section_of(s)
+        if s.type != STT_OBJECT or sec is None or not sec.name.startswith(_DATA_PREFIXES):
+            return False
+        if sec.flags & SHF_MERGE and sec.flags & SHF_STRINGS:
+            return False   # string literals: their users' code compares them by content
+        return base_name(s.name, True) not in _NAME_CONSTANTS
+
+    # -- fingerprints ---------------------------------------------------------------------------
+
+    def _function_fp(self, sym: Symbol) -> tuple:
+        code = bytes(self.index.code(sym))
+        relocs = self.obj.relocs_in(sym)
+        masked = bytes(masked_pair(code, code, relocs, sym.value)[0])
+        insns = decode(code) if any(r.type in PC_RELATIVE for r in relocs) else []
+        targets = tuple((r.offset - sym.value, r.type, self._target(r, insns, r.offset - sym.value))
+                        for r in relocs)
+        return masked, targets, self._refs_into(sym), self._bugs_in(sym)
+
+    def _data_fp(self, sym: Symbol) -> tuple:
+        sec = self.index.section_of(sym)
+        raw = bytes(sym.size) if sec.type == SHT_NOBITS else bytes(self.index.code(sym))
+        relocs = self.obj.relocs_in(sym)
+        masked = bytes(masked_pair(raw, raw, relocs, sym.value)[0])
+        targets = tuple((r.offset - sym.value, r.type, self._target(r, [], 0)) for r in relocs)
+        return masked, targets, sym.size, bool(sec.flags & SHF_WRITE)
+
+    def _target(self, r: Reloc, insns: list, off: int) -> tuple:
+        """A build-independent name for what a relocation points at."""
+        t = self.obj.symbol(r.sym)
+        if t.type != STT_SECTION:
+            return ("sym", self._callee(t.name, t if t.is_func else None), r.addend)
+        sec = self.index.section_of(t)
+        if sec is None:
+            return ("section", t.shndx)
+        # a PC-relative addend is relative to the end of the instruction, not of the field
+        k = 0
+        if r.type in PC_RELATIVE and insns:
+            insn = insn_at(insns, off)
+            k = insn.offset + insn.size - off if insn else 4
+        where = t.value + r.addend + k
+        if sec.flags & SHF_MERGE and sec.flags & SHF_STRINGS:
+            return ("string", self._string(sec, where))
+        return self._holder(t.shndx, sec, where)
+
+    def _holder(self, shndx: int, sec, where: int) -> tuple:
+        holder = self.index.containing(shndx, where)
+        if holder is None:
+            # anonymous data (jump tables, constant pools): its bytes stand for it
+            return ("anon", base_name(sec.name), where, bytes(self.index.elf.section_data(sec)))
+        if holder.is_func:
+            return ("sym", self._callee(holder.name, holder), where - holder.value)
+        name = base_name(holder.name, holder.bind == STB_LOCAL and holder.type == STT_OBJECT)
+        if holder.type == STT_OBJECT and not sec.flags & SHF_WRITE and holder.bind == STB_LOCAL:
+            # local constants (__func__ and friends) are not reported as data: compare content
+            return ("const", name, where - holder.value, bytes(self.index.code(holder)))
+        return ("sym", name, where - holder.value)
+
+    def _string(self, sec, where: int) -> bytes | None:
+        data = bytes(self.index.elf.section_data(sec))
+        end = data.find(b"\0", where) if 0 <= where < len(data) else -1
+        return data[where:end] if end >= 0 else None
+
+    # -- references from other sections ---------------------------------------------------------
+
+    def _incoming(self) -> dict[int, list[tuple]]:
+        """Target section -> (from section, type, offset) of allocated data pointing into it.
+
+        Catches entries in special sections (exception table, jump labels, alternatives,
+        mcount records) that a fix adds or removes for a function without touching its bytes.
+        """
+        out: dict[int, list[tuple]] = {}
+        for sec in self.sections:
+            if sec.type != SHT_RELA or not 0 < sec.info < len(self.sections):
+                continue
+            src = self.sections[sec.info]
+            if not src.flags & SHF_ALLOC or src.is_exec or src.name == BUG_TABLE:
+                continue
+            for r in relocations(self.index.elf, sec.info):
+                t = self.obj.symbol(r.sym)
+                if t.defined and t.shndx < len(self.sections):
+                    out.setdefault(t.shndx, []).append(
+                        (base_name(src.name), r.type, t.value + r.addend))
+        return out
+
+    def _refs_into(self, sym: Symbol) -> tuple:
+        refs = self.incoming.get(sym.shndx, [])
+        return tuple(sorted((name, typ, where - sym.value) for name, typ, where in refs
+                            if sym.value <= where < sym.value + max(sym.size, 1)))
+
+    # -- __bug_table ----------------------------------------------------------------------------
+
+    def _bug_entries(self) -> list[tuple]:
+        """(section index, offset, file, flags, raw) per WARN/BUG entry; raw only when not understood.
+
+        The line field is provably just __LINE__ when the table has the kernel's 12-byte layout
+        and every entry's first field points at code; then the line is left out of the compare.
+        Any other layout keeps the whole entry (line included): a line-only move then shows as
+        a change, which is safe. An immediate __LINE__ passed to a function in the code itself
+        (warn_slowpath_fmt and friends) cannot be told apart from any other constant without
+        data-flow analysis, so it is never ignored.
+        """
+        sec = self.index.elf.section(BUG_TABLE)
+        if sec is None:
+            return []
+        data = bytes(self.index.elf.section_data(sec))
+        relocs = {r.offset: r for r in relocations(self.index.elf, sec.index)}
+        starts = range(0, len(data), BUG_ENTRY)
+        if len(data) % BUG_ENTRY or any(self._bug_code(relocs.get(e)) is None for e in starts):
+            return self._raw_bugs(relocs, data)
+        return [self._bug(relocs, data, e) for e in starts]
+
+    def _bug_code(self, r: Reloc | None) -> tuple | None:
+        if r is None:
+            return None
+        t = self.obj.symbol(r.sym)
+        sec = self.index.section_of(t)
+        return (t.shndx, t.value + r.addend) if sec is not None and sec.is_exec else None
+
+    def _bug(self, relocs: dict, data: bytes, e: int) -> tuple:
+        shndx, where = self._bug_code(relocs[e])
+        file_rel = relocs.get(e + 4)
+        # `.long file - entry`: the addend carries the field's distance from the entry start
+        file = self._target(file_rel._replace(addend=file_rel.addend - 4), [], 0) if file_rel else None
+        flags = int.from_bytes(data[e + BUG_FLAGS:e + BUG_FLAGS + 2], "little")
+        return shndx, where, file, flags, None
+
+    def _raw_bugs(self, relocs: dict, data: bytes) -> list[tuple]:
+        """Unknown layout: an entry runs from one code pointer to the next, all bytes compared."""
+        heads = sorted((off, self._bug_code(r)) for off, r in relocs.items() if self._bug_code(r))
+        ends = [off for off, _ in heads[1:]] + [len(data)]
+        return [(code[0], code[1], None, None, data[off:end])
+                for (off, code), end in zip(heads, ends)]
+
+    def _bugs_in(self, sym: Symbol) -> tuple:
+        return tuple(sorted(((where - sym.value, file, flags, raw)
+                             for shndx, where, file, flags, raw in self.bugs
+                             if shndx == sym.shndx and sym.value <= where < sym.value + sym.size),
+                            key=repr))

@@ -1,0 +1,222 @@
+"""changes: per-function and per-variable comparison of two gcc-12 builds of one small TU."""
+
+import subprocess
+
+from kgenv.build import changes
+from kgenv.elf.reader import open_elf
+from kgenv.build.changes import CHANGED, NEW, REMOVED, UNCHANGED
+
+FLAGS = ["-O2", "-ffunction-sections", "-fdata-sections", "-fno-PIE", "-mcmodel=kernel", "-pg",
+         "-mfentry", "-mrecord-mcount", "-fno-asynchronous-unwind-tables"]
+
+# A kernel-shaped TU: statics, an inline helper, an IPA-CP clone, a WARN-style __bug_table entry.
+BASE = r"""
+extern int printk(const char *fmt, ...);
+extern void report_line(int line);
+struct big { int a, b, c, d; };
+static int counter;
+int limit = 10;
+static const int table[4] = {1, 2, 3, 4};
+
+#define WARN_FLAGS(flags) asm volatile("1: ud2\n"                                  \
+        ".pushsection __bug_table,\"aw\"\n"                                        \
+        "2: .long 1b - 2b\n .long %c0 - 2b\n .word %c1\n .word %c2\n"              \
+        ".org 2b + 12\n .popsection" :: "i"(__FILE__), "i"(__LINE__), "i"(flags))
+
+static __attribute__((noinline)) int helper(int x) { return x * 3 + table[x & 3]; }
+static inline int tiny(int x) { return x + 1; }
+static __attribute__((noinline)) int scale(int x, int k) { return x * k + counter; }
+/*ANCHOR*/
+int user_a(int x) { counter++; return helper(x) + tiny(x); }
+int user_b(int x) { if (x > limit) WARN_FLAGS(0x100); return scale(x, 7) + tiny(x * 2); }
+int user_c(int x) { printk("%s: value %d\n", __func__, x); return scale(x + 1, 7); }
+int plain(int x) { return x ^ 0x55; }
+"""
+
+
+# ask gcc for one IPA-CP clone per constant, as a bigger kernel function would get
+CP_CLONES = ["-fipa-cp-clone", "--param", "ipa-cp-eval-threshold=1"]
+
+
+def build(tmp_path, name, src, *extra):
+    c = tmp_path / f"{name}.c"
+    c.write_text(src)
+    obj = tmp_path / f"{name}.o"
+    subprocess.run(["gcc", *FLAGS, *extra, "-c", str(c), "-o", str(obj)], check=True)
+    return obj
+
+
+def diff(tmp_path, *edits, src=BASE, flags=()):
+    patched = src
+    for old, new in edits:
+        assert old in patched, old
+        patched = patched.replace(old, new)
+    return changes.compare(build(tmp_path, "orig", src, *flags),
+                           build(tmp_path, "patched", patched, *flags), "kernel/x.o")
+
+
+def section_bytes(tmp_path, name, section):
+    elf = open_elf(tmp_path / f"{name}.o")
+    return bytes(elf.section_data(elf.section(section)))
+
+
+def statuses(ch):
+    return {f.name: f.status for f in ch.functions}
+
+
+def not_unchanged(ch):
+    return {f.name: f.status for f in ch.functions if f.status != UNCHANGED}
+
+
+def data(ch):
+    return {d.name: d.status for d in ch.data if d.status != UNCHANGED}
+
+
+def test_identical_builds_change_nothing(tmp_path):
+    ch = diff(tmp_path)
+    assert set(statuses(ch).values()) == {UNCHANGED}
+    assert {"helper", "scale.constprop.0", "user_a", "user_b", "user_c", "plain"} <= set(statuses(ch))
+    assert not ch.data_changed and ch.changed == ch.new == ch.removed == []
+
+
+def test_comment_only_change_moves_lines_but_changes_nothing(tmp_path):
+    ch = diff(tmp_path, ("/*ANCHOR*/", "/* a comment\n spanning\n three lines */"))
+    assert not_unchanged(ch) == {} and data(ch) == {}
+    # the WARN entry's line field did move: the bug-table rule is what kept user_b unchanged
+    assert section_bytes(tmp_path, "orig", "__bug_table") != \
+        section_bytes(tmp_path, "patched", "__bug_table")
+
+
+def test_changed_static_function(tmp_path):
+    ch = diff(tmp_path, ("x * 3 + table", "x * 5 + table"))
+    assert not_unchanged(ch) == {"helper": CHANGED}
+    assert ch.changed == ["helper"] and data(ch) == {}
+
+
+def test_changed_static_inline_changes_its_callers(tmp_path):
+    ch = diff(tmp_path, ("return x + 1; }", "return x + 2; }"))
+    assert not_unchanged(ch) == {"user_a": CHANGED, "user_b": CHANGED}
+
+
+def test_new_function_and_its_caller(tmp_path):
+    ch = diff(tmp_path, ("int plain(int x) { return x ^ 0x55; }",
+                         "static __attribute__((noinline)) int fresh(int x) { return x - 9; }\n"
+                         "int plain(int x) { return fresh(x) ^ 0x55; }"))
+    assert not_unchanged(ch) == {"fresh": NEW, "plain": CHANGED}
+    assert ch.new == ["fresh"]
+
+
+def test_removed_function(tmp_path):
+    ch = diff(tmp_path, ("int plain(int x) { return x ^ 0x55; }", ""))
+    assert not_unchanged(ch) == {"plain": REMOVED} and ch.removed == ["plain"]
+
+
+def test_changed_constprop_clone(tmp_path):
+    ch = diff(tmp_path, ("x * k + counter", "x * k - counter"))
+    assert not_unchanged(ch) == {"scale.constprop.0": CHANGED}
+
+
+def test_isra_clone_change(tmp_path):
+    src = BASE.replace("/*ANCHOR*/", "static __attribute__((noinline)) int pick(struct big *p) "
+                       "{ return p->b * 7; }\nint via(struct big *p) { return pick(p); }")
+    orig = statuses(diff(tmp_path, src=src))
+    clone = next(n for n in orig if n.startswith("pick."))
+    assert ".isra." in clone
+    ch = diff(tmp_path, ("p->b * 7", "p->b * 9"), src=src)
+    assert not_unchanged(ch) == {clone: CHANGED}
+
+
+def test_renumbered_clone_is_unchanged(tmp_path):
+    orig = build(tmp_path, "orig", BASE)
+    renamed = tmp_path / "renamed.o"
+    subprocess.run(["objcopy", "--redefine-sym", "scale.constprop.0=scale.constprop.3",
+                    "--rename-section", ".text.scale.constprop.0=.text.scale.constprop.3",
+                    str(orig), str(renamed)], check=True)
+    ch = changes.compare(orig, renamed)
+    assert not_unchanged(ch) == {}
+    (fc,) = [f for f in ch.functions if f.name == "scale.constprop.3"]
+    assert fc.original == "scale.constprop.0" and fc.status == UNCHANGED
+
+
+TWO_CLONES = BASE.replace("/*ANCHOR*/", "int other(int x) { return scale(x, 9) + 1; }")
+
+
+def test_swapped_clone_numbers_pair_by_content(tmp_path):
+    orig = build(tmp_path, "orig", TWO_CLONES, *CP_CLONES)
+    clones = sorted(n for n in statuses(changes.compare(orig, orig)) if n.startswith("scale."))
+    assert len(clones) == 2, clones
+    swap = tmp_path / "swap.txt"
+    swap.write_text(f"{clones[0]} {clones[1]}\n{clones[1]} {clones[0]}\n")
+    swapped = tmp_path / "swapped.o"
+    subprocess.run(["objcopy", f"--redefine-syms={swap}", str(orig), str(swapped)], check=True)
+    ch = changes.compare(orig, swapped)
+    assert not_unchanged(ch) == {}
+    assert {f.original for f in ch.functions if f.name in clones} == set(clones)
+
+
+def test_caller_switching_between_clones_is_changed(tmp_path):
+    ch = diff(tmp_path, ("return scale(x, 9) + 1;", "return scale(x, 7) + 1;"), src=TWO_CLONES,
+              flags=CP_CLONES)
+    assert ch.changed == ["other"], not_unchanged(ch)
+
+
+def test_new_global_variable_is_a_data_change(tmp_path):
+    ch = diff(tmp_path, ("int limit = 10;", "int limit = 10;\nint extra = 3;"))
+    assert data(ch) == {"extra": NEW} and ch.data_changed
+    assert not_unchanged(ch) == {}
+
+
+def test_changed_initialiser_is_a_data_change(tmp_path):
+    ch = diff(tmp_path, ("int limit = 10;", "int limit = 11;"))
+    assert data(ch) == {"limit": CHANGED} and not_unchanged(ch) == {}
+    ch = diff(tmp_path, ("{1, 2, 3, 4}", "{1, 2, 3, 5}"))
+    assert data(ch) == {"table": CHANGED}
+
+
+def test_static_variable_added_in_a_function(tmp_path):
+    ch = diff(tmp_path, ("int plain(int x) { return x ^ 0x55; }",
+                         "int plain(int x) { static int seen; seen++; return x ^ 0x55; }"))
+    assert data(ch) == {"seen.0": NEW} and not_unchanged(ch) == {"plain": CHANGED}
+
+
+def test_string_literal_change_changes_the_user_only(tmp_path):
+    ch = diff(tmp_path, ("value %d", "Value %d"))
+    assert not_unchanged(ch) == {"user_c": CHANGED} and data(ch) == {}
+
+
+def test_warn_flags_change_is_seen_though_code_is_equal(tmp_path):
+    ch = diff(tmp_path, ("WARN_FLAGS(0x100)", "WARN_FLAGS(0x101)"))
+    assert not_unchanged(ch) == {"user_b": CHANGED}
+    assert section_bytes(tmp_path, "orig", ".text.user_b") == \
+        section_bytes(tmp_path, "patched", ".text.user_b")
+
+
+def test_unknown_bug_table_layout_keeps_the_line(tmp_path):
+    src = BASE.replace(".org 2b + 12", ".org 2b + 16")   # not the kernel's layout: line not proven
+    ch = diff(tmp_path, ("/*ANCHOR*/", "\n\n"), src=src)
+    assert not_unchanged(ch) == {"user_b": CHANGED}
+
+
+def test_line_immediates_in_code_are_not_ignored(tmp_path):
+    src = BASE.replace("int plain(int x) {", "int plain(int x) { report_line(__LINE__);")
+    ch = diff(tmp_path, ("/*ANCHOR*/", "\n\n"), src=src)
+    assert not_unchanged(ch) == {"plain": CHANGED}
+
+
+def test_to_dict_is_two_levels_with_stable_keys(tmp_path):
+    ch = diff(tmp_path, ("int limit = 10;", "int limit = 12;"), ("x * 3 + table", "x * 4 + table"))
+    d = ch.to_dict()
+    assert list(d) == ["tu", "functions", "data"] and d["tu"] == "kernel/x.o"
+    assert all(list(f) == ["name", "status", "original", "section", "size", "binding"]
+               for f in d["functions"])
+    assert {"name": "limit", "status": CHANGED, "section": ".data.limit", "size": 4,
+            "binding": "global"} in d["data"]
+    assert all(not isinstance(v, (dict, list)) for f in d["functions"] + d["data"] for v in f.values())
+
+
+def test_base_name():
+    assert changes.base_name("foo.isra.0") == "foo.isra"
+    assert changes.base_name("foo.constprop.1.isra.0.cold") == "foo.constprop.isra.cold"
+    assert changes.base_name("foo.part.12") == "foo.part"
+    assert changes.base_name("__func__.3", local_object=True) == "__func__"
+    assert changes.base_name("count.3") == "count.3"
