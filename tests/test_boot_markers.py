@@ -154,13 +154,13 @@ def test_panic_without_result():
         "[    2.2] BUG: unable to handle page fault for address: ffff\r\n"
         "[    2.3] Kernel panic - not syncing: Fatal exception\r\n")
     b = verdict(log, code=0)
-    assert b.reason.startswith("kernel panic after phase load: [    2.2] BUG: unable to handle")
+    assert b.reason.startswith("kernel panic during phase enable: [    2.2] BUG: unable to handle")
     assert b.kernel_log[0].endswith("BUG: unable to handle page fault for address: ffff")
 
 
 def test_timeout_without_output():
     b = verdict(NOISE, timed_out=True)
-    assert b.reason == "no result within 60s (before /init reported anything); QEMU was stopped"
+    assert b.reason == "no result within 60s (before /init started); QEMU was stopped"
     assert b.timings["total"] == 7.0
 
 

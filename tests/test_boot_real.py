@@ -1,4 +1,4 @@
-"""Real boots of the shipped Debian kernel under QEMU/TCG: pass, load failure, wrong check, wrong sympos."""
+"""Real boots of the shipped Debian kernel under QEMU/TCG: a pass and each kind of failure."""
 
 import json
 import re
@@ -39,6 +39,11 @@ def unresolved_ko(debian_kernel, boot_dir) -> Path:
 @pytest.fixture(scope="session")
 def stuck_ko(debian_kernel, boot_dir) -> Path:
     return build_module(debian_kernel, [REPO / "kernel/samples/kgenv-stuck.c"], boot_dir / "stuck")
+
+
+@pytest.fixture(scope="session")
+def oops_ko(debian_kernel, boot_dir) -> Path:
+    return build_module(debian_kernel, [REPO / "kernel/samples/kgenv-oops.c"], boot_dir / "oops")
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +125,12 @@ def test_transition_that_never_completes_fails_naming_the_task(debian_kernel, st
     assert 3 <= boot.timings["enable"] < 6
     assert "stuck: kthreadd (pid 2)" in boot.kernel_log
     assert any("kthreadd+" in line for line in boot.kernel_log if line.startswith("stack> "))
+
+
+def test_kernel_panic_ends_the_run_with_the_oops(debian_kernel, oops_ko, tmp_path):
+    boot = boot_test(oops_ko, debian_kernel.vmlinuz, timeout=60, serial_log=_log(tmp_path))
+    assert boot.result == "fail" and boot.phases["load"] == "not-reached"
+    assert boot.reason.startswith("kernel panic during phase load: ")
+    assert "BUG: kernel NULL pointer dereference" in boot.reason
+    assert boot.timings["total"] < 40   # QEMU ended on the panic, not at the timeout
+    assert any("RIP: 0010:kgenv_oops_init" in line for line in boot.kernel_log)

@@ -51,6 +51,15 @@ def _timings(t: Transcript, run: Run, seen: dict[str, float]) -> dict[str, float
     return {k: (round(v, 3) if v is not None else None) for k, v in timings.items()}
 
 
+def _where(last: str | None) -> str:
+    """The phase that was running: the one after the last reported."""
+    if last is None:
+        return "before /init started"
+    if last in PHASES[:-1]:
+        return f"during phase {PHASES[PHASES.index(last) + 1]}"
+    return f"after phase {last}"
+
+
 def _failure(t: Transcript, run: Run, timeout: float) -> tuple[str, str | None]:
     """(reason, failing phase) when the guest did not report a pass."""
     failed = next((m for m in t.phases if m.get("status") == "fail"), None)
@@ -61,7 +70,7 @@ def _failure(t: Transcript, run: Run, timeout: float) -> tuple[str, str | None]:
         what = MEANING.get(phase, f"phase {phase} failed")
         return (f"{phase}: {what}: {failed.msg}" if failed.msg else f"{phase}: {what}"), phase
     last = t.phases[-1].get("name") if t.phases else None
-    where = f"after phase {last}" if last else "before /init reported anything"
+    where = _where(last)
     if t.panic:
         return f"kernel panic {where}: {t.panic[0].strip()}", last
     if run.timed_out:
@@ -82,10 +91,11 @@ def decide(t: Transcript, run: Run, *, timeout: float, module: str, kernel: str,
     else:
         verdict = "fail"
         reason, _ = _failure(t, run, timeout)
-        source = t.panic or (t.dmesg if t.dmesg is not None else t.console)
         stuck = [f"stuck: {m.get('comm')} (pid {m.get('pid')})" for m in t.of("stuck")]
         extra = [ln for ln in t.console if ln.startswith(("stack> ", "check> "))]
-        log = tuple(stuck) + tuple(extra) + relevant_lines(source, module)
+        # A crash is shown whole, as printed; otherwise only the lines about this failure.
+        log = t.panic or tuple(stuck) + tuple(extra) + relevant_lines(
+            t.dmesg if t.dmesg is not None else t.console, module)
     return Boot(result=verdict, reason=reason, module=module, kernel=kernel,
                 serial_log=str(run.serial_log), release=info[0].get("release") if info else "",
                 timings=_timings(t, run, seen), phases=phases, sympos=sympos,
