@@ -2,8 +2,11 @@
 
 import subprocess
 
+import pytest
+
 from kgenv.build import changes
 from kgenv.elf.reader import open_elf
+from kgenv.errors import UserError
 from kgenv.build.changes import CHANGED, NEW, REMOVED, UNCHANGED
 
 FLAGS = ["-O2", "-ffunction-sections", "-fdata-sections", "-fno-PIE", "-mcmodel=kernel", "-pg",
@@ -220,3 +223,16 @@ def test_base_name():
     assert changes.base_name("foo.part.12") == "foo.part"
     assert changes.base_name("__func__.3", local_object=True) == "__func__"
     assert changes.base_name("count.3") == "count.3"
+
+
+def test_unusable_objects_are_user_errors(tmp_path):
+    good = build(tmp_path, "orig", BASE)
+    junk = tmp_path / "junk.o"
+    junk.write_bytes(b"\x7fELF" + bytes(60))
+    exe = tmp_path / "exe"
+    subprocess.run(["gcc", "-nostdlib", "-static", "-Wl,--unresolved-symbols=ignore-all", "-o",
+                    str(exe), str(good)], check=True, capture_output=True)
+    for bad, what in ((junk, "junk.o"), (exe, "not a relocatable object"),
+                      (tmp_path / "none.o", "cannot read")):
+        with pytest.raises(UserError, match=what):
+            changes.compare(good, bad)
