@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -137,6 +138,10 @@ def _pair_group(olds: list[_Item], news: list[_Item]) -> list[tuple]:
     return out
 
 
+def _digest(data) -> bytes:
+    return hashlib.sha256(bytes(data)).digest()
+
+
 def _function_change(old: _Item | None, new: _Item | None, status: str) -> FunctionChange:
     item = new or old
     original = old.sym.name if old and new and old.sym.name != new.sym.name else ""
@@ -158,6 +163,7 @@ class _Side:
         self.sections = self.index.elf.sections
         self.shared = self._shared_names()
         self.incoming = self._incoming()
+        self._shallow: dict[int, tuple] = {}
 
     @cached_property
     def bugs(self) -> list[tuple]:
@@ -184,10 +190,12 @@ class _Side:
         base = base_name(name)
         if base not in self.shared or sym is None or not sym.defined:
             return (base,)
-        relocs = self.obj.relocs_in(sym)
-        code = bytes(self.index.code(sym))
-        return base, bytes(masked_pair(code, code, relocs, sym.value)[0]), \
-            tuple((r.offset - sym.value, r.type) for r in relocs)
+        if sym.index not in self._shallow:
+            relocs = self.obj.relocs_in(sym)
+            code = bytes(self.index.code(sym))
+            self._shallow[sym.index] = (_digest(masked_pair(code, code, relocs, sym.value)[0]),
+                                        tuple((r.offset - sym.value, r.type) for r in relocs))
+        return (base, *self._shallow[sym.index])
 
     def _is_variable(self, s: Symbol) -> bool:
         sec = self.index.section_of(s)
@@ -238,13 +246,13 @@ class _Side:
         holder = self.index.containing(shndx, where)
         if holder is None:
             # anonymous data (jump tables, constant pools): its bytes stand for it
-            return ("anon", base_name(sec.name), where, bytes(self.index.elf.section_data(sec)))
+            return ("anon", base_name(sec.name), where, _digest(self.index.elf.section_data(sec)))
         if holder.is_func:
             return ("sym", self._callee(holder.name, holder), where - holder.value)
         name = base_name(holder.name, holder.bind == STB_LOCAL and holder.type == STT_OBJECT)
         if holder.type == STT_OBJECT and not sec.flags & SHF_WRITE and holder.bind == STB_LOCAL:
             # local constants (__func__ and friends) are not reported as data: compare content
-            return ("const", name, where - holder.value, bytes(self.index.code(holder)))
+            return ("const", name, where - holder.value, _digest(self.index.code(holder)))
         return ("sym", name, where - holder.value)
 
     def _string(self, sec, where: int) -> bytes | None:
