@@ -53,3 +53,25 @@ def env(debian_kernel, envs_dir, docker_rt):
             return m
     return snapshot_debian(f"{debian_kernel.packages.line}:{debian_kernel.abi}", docker_rt, name,
                            force=True, progress=Progress())
+
+
+@pytest.fixture(scope="session")
+def livepatch_sample_src(debian_kernel, tmp_path_factory):
+    """The kernel's own samples/livepatch/livepatch-sample.c with a Kbuild file, from the shipped source."""
+    import subprocess
+
+    d = tmp_path_factory.mktemp("livepatch-sample")
+    tarball = debian_kernel.source_tarball
+    series = tarball.name.removesuffix(".tar.xz")
+    subprocess.run(["tar", "-xf", str(tarball), "-C", str(d), "--strip-components=3",
+                    f"{series}/samples/livepatch/livepatch-sample.c"], check=True)
+    (d / "Kbuild").write_text("obj-m += livepatch-sample.o\n")
+    return d
+
+
+@pytest.fixture(scope="session")
+def livepatch_sample_ko(env, docker_rt, livepatch_sample_src, tmp_path_factory):
+    """livepatch-sample.ko built by Kbuild in the env image against the prepared tree."""
+    from kgenv.build.kbuild import build_module
+
+    return build_module(docker_rt, env, livepatch_sample_src, tmp_path_factory.mktemp("sample-ko"))

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from boot_kmod import build_module, livepatch_sample
+from boot_kmod import build_module
 from kgenv.boot import boot_test
 from kgenv.cli_boot import boot_test_command
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.qemu, pytest.mark.docker]
 
 REPO = Path(__file__).resolve().parents[1]
 PATCHED = "grep -q 'this has been live patched' /proc/cmdline\n"
@@ -25,25 +25,24 @@ def boot_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sample_ko(debian_kernel, boot_dir) -> Path:
-    src = livepatch_sample(debian_kernel, boot_dir / "src")
-    return build_module(debian_kernel, [src], boot_dir / "sample")
+def sample_ko(livepatch_sample_ko) -> Path:
+    return livepatch_sample_ko
 
 
 @pytest.fixture(scope="session")
-def unresolved_ko(debian_kernel, boot_dir) -> Path:
+def unresolved_ko(env, docker_rt, boot_dir) -> Path:
     src = REPO / "kernel/samples/kgenv-unresolved.c"
-    return build_module(debian_kernel, [src], boot_dir / "unresolved", allow_undefined=True)
+    return build_module(env, docker_rt, [src], boot_dir / "unresolved", allow_undefined=True)
 
 
 @pytest.fixture(scope="session")
-def stuck_ko(debian_kernel, boot_dir) -> Path:
-    return build_module(debian_kernel, [REPO / "kernel/samples/kgenv-stuck.c"], boot_dir / "stuck")
+def stuck_ko(env, docker_rt, boot_dir) -> Path:
+    return build_module(env, docker_rt, [REPO / "kernel/samples/kgenv-stuck.c"], boot_dir / "stuck")
 
 
 @pytest.fixture(scope="session")
-def oops_ko(debian_kernel, boot_dir) -> Path:
-    return build_module(debian_kernel, [REPO / "kernel/samples/kgenv-oops.c"], boot_dir / "oops")
+def oops_ko(env, docker_rt, boot_dir) -> Path:
+    return build_module(env, docker_rt, [REPO / "kernel/samples/kgenv-oops.c"], boot_dir / "oops")
 
 
 @pytest.fixture(scope="session")
@@ -96,11 +95,11 @@ def test_unresolved_symbol_fails_with_the_kernel_reason(debian_kernel, unresolve
                for ln in boot.kernel_log), boot.kernel_log
 
 
-def test_check_that_never_passes_fails(debian_kernel, sample_ko, tmp_path):
+def test_check_that_never_passes_fails(env, sample_ko, tmp_path):
     check = tmp_path / "never.sh"
     check.write_text("grep -q 'text no patch prints' /proc/cmdline\n")
     result = CliRunner().invoke(boot_test_command, [
-        str(sample_ko), "--kernel", str(debian_kernel.vmlinuz), "--check", str(check),
+        str(sample_ko), "--env", env.name, "--check", str(check),
         "--json", "--log", str(_log(tmp_path))])
     assert result.exit_code == 1, result.output
     record = json.loads(result.output)

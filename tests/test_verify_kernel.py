@@ -66,3 +66,36 @@ def test_rebuilt_module_matches_shipped_ko(debian_kernel, rebuilt):
     ko = open_binary(debian_kernel.modules_dir / MODULE[1])
     report = verify([rebuilt[MODULE[0]]], ko)
     assert all(v.code_identical for v in report.verdicts), report.summary.by_verdict
+
+
+def test_another_compiler_is_flagged(env, docker_rt, vmlinux, tmp_path_factory):
+    """Negative control: the same TUs built by Debian's gcc-11 must not pass as identical."""
+    from kgenv.image.derive import with_packages
+
+    image = with_packages(docker_rt, env, ["gcc-11"])
+    tus = ["fs/proc/cmdline.o", "kernel/sys.o", "fs/namei.o"]
+    objs = compile_tus(docker_rt, env, tus, tmp_path_factory.mktemp("gcc-11"), image=image,
+                       make_overrides={"CC": "gcc-11"})
+    report = verify([objs[t] for t in tus], vmlinux)
+    differing = [v for v in report.verdicts if not v.code_identical]
+    assert len(differing) > 20, report.summary.by_verdict
+    assert all(v.name for v in differing)
+
+
+def test_cli_verify_against_the_env(env, rebuilt):
+    """`kgenv verify --env NAME` takes the env's recorded -dbg vmlinux; exit 0 when identical and traceable."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    obj = str(rebuilt["fs/proc/cmdline.o"])
+    run = lambda *a: subprocess.run([sys.executable, "-m", "kgenv", "verify", "--env", env.name, *a],
+                                    capture_output=True, text=True, env=dict(os.environ))
+    r = run("--function", "cmdline_proc_show", "--json", obj)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (fn,) = json.loads(r.stdout)["functions"]
+    assert fn["verdict"] == IDENTICAL and fn["trace"]
+    r = run("--json", obj)  # proc_cmdline_init is __init: identical code, but not traceable
+    assert r.returncode == 1
+    assert {f["name"]: f["verdict"] for f in json.loads(r.stdout)["functions"]}["proc_cmdline_init"] == NOT_TRACEABLE

@@ -20,15 +20,17 @@ def _checked(tu: str) -> str:
 
 
 def compile_tus(rt, m: Manifest, tus: list[str], outdir: Path, *, overlay: Path | None = None,
-                extra_cflags: str = "", progress=None) -> dict[str, Path]:
+                extra_cflags: str = "", image: str | None = None, make_overrides: dict | None = None,
+                progress=None) -> dict[str, Path]:
     """Build each TU's .o in a throwaway container (no network) and copy it to outdir.
 
     `overlay` holds patched source files (relative paths) copied over the tree first;
     the image itself is never modified. `extra_cflags` is appended to the recorded KCFLAGS.
+    `image` and `make_overrides` (e.g. CC=gcc-11) are for comparisons with another toolchain.
     """
     tus = [_checked(t) for t in tus]
     outdir.mkdir(parents=True, exist_ok=True)
-    make = dict(m.make)
+    make = {**m.make, **(make_overrides or {})}
     if extra_cflags:
         make["KCFLAGS"] = f"{make.get('KCFLAGS', '')} {extra_cflags}".strip()
     obj = m.kernel.objtree or "."
@@ -42,8 +44,8 @@ def compile_tus(rt, m: Manifest, tus: list[str], outdir: Path, *, overlay: Path 
     steps += [f"mkdir -p {OUT}/{shlex.quote(str(PurePosixPath(t).parent))} && "
               f"cp {shlex.quote(obj)}/{shlex.quote(t)} {OUT}/{shlex.quote(t)}" for t in tus]
     if progress:
-        progress.step(f"compile {len(tus)} unit(s) in {m.image.id[7:19]}")
-    r = rt.run(m.image.id, ["bash", "-c", "\n".join(steps)], mounts, workdir=m.kernel.srctree,
+        progress.step(f"compile {len(tus)} unit(s) in {(image or m.image.id)[7:19]}")
+    r = rt.run(image or m.image.id, ["bash", "-c", "\n".join(steps)], mounts, workdir=m.kernel.srctree,
                progress=progress)
     if r.exit_code:
         raise ToolError(f"compile of {', '.join(tus)} failed in env {m.name}:\n{r.output[-2000:]}")

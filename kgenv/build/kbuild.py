@@ -1,0 +1,40 @@
+"""Build an out-of-tree module (a livepatch module, a sample) with Kbuild inside an env image."""
+
+import shlex
+import shutil
+from pathlib import Path
+
+from ..errors import ToolError, UserError
+from ..image.tree import make_command
+from ..manifest import Manifest
+from ..runtime.base import Mount
+
+SRC = "/kgenv-module"
+
+
+def build_module(rt, m: Manifest, src: Path, outdir: Path, *, allow_undefined: bool = False,
+                 progress=None) -> Path:
+    """Run `make M=... modules` against the env's prepared tree and Module.symvers; return the .ko.
+
+    src holds the module's C files and its Kbuild file; it is copied so the build never
+    writes into the caller's sources.
+    """
+    if not (src / "Kbuild").is_file() and not (src / "Makefile").is_file():
+        raise UserError(f"{src}: no Kbuild or Makefile")
+    work = outdir / "kbuild"
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(src, work, symlinks=False)
+    cmd = make_command(m.make, m.kernel.objtree, f"M={SRC}", "modules")
+    if allow_undefined:
+        cmd.append("KBUILD_MODPOST_WARN=1")  # let the kernel's loader, not modpost, refuse it
+    if progress:
+        progress.step(f"kbuild {src.name} in {m.image.id[7:19]}")
+    r = rt.run(m.image.id, ["bash", "-c", shlex.join(cmd) + " 2>&1"],
+               [Mount(work.resolve(), SRC, read_only=False)], workdir=m.kernel.srctree, progress=progress)
+    kos = sorted(work.glob("*.ko"))
+    if r.exit_code or len(kos) != 1:
+        raise ToolError(f"module build of {src} failed in env {m.name}:\n{r.output[-2000:]}")
+    dest = outdir / kos[0].name
+    shutil.copyfile(kos[0], dest)
+    return dest
