@@ -1,7 +1,6 @@
 """The command line: options become records, each command calls one stage; errors become exit codes."""
 
 import json
-import os
 import sys
 from pathlib import Path
 

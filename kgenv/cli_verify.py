@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from kgenv import manifest
 from kgenv.errors import KgenvError, UserError
 from kgenv.verify import Report, verify
 from kgenv.verify.records import IDENTICAL
@@ -15,17 +16,11 @@ from kgenv.verify.sources import Binary, LiveBinary, open_binary
 
 
 def _env_binary(name: str) -> str:
-    """The vmlinux recorded by the snapshot stage for environment `name`."""
-    try:
-        from kgenv import manifest  # provided by the snapshot stage
-    except ImportError:
-        raise UserError(f"environment {name!r}: environments are not available yet; "
-                        "use --binary PATH") from None
-    env = manifest.load(name)
-    try:
-        return str(env.files["vmlinux"])
-    except (AttributeError, KeyError):
-        raise UserError(f"environment {name!r} records no vmlinux; use --binary PATH") from None
+    """The -dbg vmlinux recorded by the snapshot of environment `name` (in the cache)."""
+    ref = manifest.load(name).files.get("vmlinux")
+    if ref is None:
+        raise UserError(f"environment {name!r} records no vmlinux; use --binary PATH")
+    return str(ref.resolve())
 
 
 def _open_source(env: str | None, binary: str | None, kallsyms: str | None,

@@ -8,10 +8,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import manifest
+from .distro import debian
 from .distro.archive import Archive
 from .errors import ToolError, UserError
 from .fsutil import sha256_file
 from .image import tree
+from .image.build import build, from_manifest
 from .manifest import Manifest
 
 
@@ -72,10 +74,6 @@ def show(m: Manifest) -> dict:
 
 def restore(rt, m: Manifest, progress, keep_tmp: bool = False) -> str:
     """Re-create the image from the manifest alone; it must come back with the recorded ID."""
-    from .distro import debian
-    from .image.build import build
-    from .snapshot import inputs
-
     if rt.image_id(m.image.id):
         progress.step(f"{m.image.id[:19]} already present")
         _tag(rt, m)
@@ -88,7 +86,7 @@ def restore(rt, m: Manifest, progress, keep_tmp: bool = False) -> str:
     for role, ref in m.files.items():
         if sha256_file(ref.resolve()) != ref.sha256:
             raise ToolError(f"{ref.resolve()}: sha256 differs from manifest files.{role}")
-    built = build(rt, inputs(m, archive, m.files, True, None), progress, keep_tmp)
+    built = build(rt, from_manifest(m, archive.sources_lines(), True, None), progress, keep_tmp)
     if built.id != m.image.id:
         rt.remove(built.id)
         raise ToolError(f"{m.name}: restored image {built.id[:19]} differs from recorded {m.image.id[:19]} "

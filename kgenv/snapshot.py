@@ -1,14 +1,16 @@
 """`kgenv snapshot`: record a shipped kernel's toolchain into a manifest and a reproducible env image."""
 
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__, manifest, toolchain
 from .distro import debian
 from .distro.archive import Archive
+from .envs import verify_image
 from .errors import UserError
 from .fingerprint import Fingerprint, config_sha256, fingerprint
 from .fsutil import cache_dir, sha256_file
-from .image.build import ImageInputs, build
+from .image.build import build, from_manifest
 from .manifest import FileRef, Image, Kernel, Manifest
 
 REPO = "kgenv"
@@ -30,18 +32,6 @@ def _fingerprint_table(fp: Fingerprint) -> dict[str, str]:
             "producer")
     d = fp.to_dict()
     return {**{k: d[k] for k in keys}, **{k.lower(): v for k, v in fp.config.items()}}
-
-
-def inputs(m: Manifest, archive: Archive, files: dict[str, FileRef], exact: bool,
-           shipped_generated: Path | None) -> ImageInputs:
-    """Image inputs from a manifest; exact=True pins every recorded package (restore)."""
-    return ImageInputs(
-        name=m.name, suite=m.image.suite, sources=archive.sources_lines(),
-        include=m.image.include.split(","), pins=dict(m.packages) if exact else dict(m.toolchain),
-        epoch=m.kernel.source_date_epoch, source_tarball=files["source"].resolve(),
-        config=files["config"].resolve(), symvers=files["symvers"].resolve(),
-        shipped_generated=shipped_generated, srctree=m.kernel.srctree, objtree=m.kernel.objtree,
-        make=m.make, expect_packages=dict(m.packages) if exact else None)
 
 
 def snapshot_debian(spec: str, rt, name: str | None, force: bool, progress, keep_tmp: bool = False) -> Manifest:
@@ -67,17 +57,13 @@ def snapshot_debian(spec: str, rt, name: str | None, force: bool, progress, keep
     draft = Manifest(name=name, kernel=kernel, fingerprint=_fingerprint_table(fp), make=fp.make,
                      toolchain=pins, image=Image("", f"{REPO}/{name}:env", line, ",".join(include), "", "", "", 0),
                      packages={}, files=files, kgenv_version=__version__)
-    built = build(rt, inputs(draft, archive, files, False, kf.headers_dir / "include" / "generated"),
+    built = build(rt, from_manifest(draft, archive.sources_lines(), False, kf.headers_dir / "include" / "generated"),
                   progress, keep_tmp)
     return finish(rt, draft, built, force, progress)
 
 
 def finish(rt, draft: Manifest, built, force: bool, progress) -> Manifest:
     """Self-check the built image, then tag it and write the manifest (both or neither)."""
-    from dataclasses import replace
-
-    from .envs import verify_image
-
     image = replace(draft.image, id=built.id, base_id=built.base_id, rootfs_sha256=built.rootfs_sha256,
                     tree_sha256=built.tree_sha256, size=rt.size(built.id))
     m = replace(draft, image=image, packages=built.packages)

@@ -10,6 +10,7 @@ import pytest
 from kgenv import envs, manifest
 from kgenv.errors import UserError
 from kgenv.fingerprint import read_config
+from kgenv.image.derive import remove_with_derived
 from kgenv.progress import QUIET
 from kgenv.snapshot import snapshot_debian
 
@@ -72,7 +73,7 @@ def test_bad_manifest_is_a_one_line_error(envs_dir):
 
 def test_same_manifest_gives_same_image_id(env, docker_rt):
     """Remove the image, re-create it from the manifest alone: the ID must come back."""
-    docker_rt.remove(env.image.id)
+    remove_with_derived(docker_rt, env)
     assert docker_rt.image_id(env.image.id) is None
     assert envs.restore(docker_rt, env, QUIET) == env.image.id
     assert docker_rt.image_id(env.image.tag) == env.image.id
@@ -81,7 +82,7 @@ def test_same_manifest_gives_same_image_id(env, docker_rt):
 def test_export_import_round_trip(env, docker_rt, tmp_path, envs_dir):
     archive = tmp_path / "env.tar"
     assert kgenv("envs", "export", env.name, "-o", str(archive)).returncode == 0
-    docker_rt.remove(env.image.id)
+    remove_with_derived(docker_rt, env)
     r = kgenv("envs", "import", str(archive))
     assert r.returncode == 2 and "use --force" in r.stderr  # the manifest exists: never silently replaced
     assert kgenv("envs", "import", str(archive), "--force").returncode == 0

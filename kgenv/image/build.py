@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..errors import ToolError
 from ..fsutil import cache_dir, sha256_file
-from . import dockerarchive, rootfs, tree
+from ..manifest import Manifest
+from . import rootfs, tree
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,17 @@ class Built:
     rootfs_sha256: str
     tree_sha256: str
     packages: dict[str, str]
+
+
+def from_manifest(m: Manifest, sources: list[str], exact: bool, shipped_generated: Path | None) -> ImageInputs:
+    """Image inputs from a manifest; exact=True pins every recorded package (restore)."""
+    return ImageInputs(
+        name=m.name, suite=m.image.suite, sources=sources,
+        include=m.image.include.split(","), pins=dict(m.packages) if exact else dict(m.toolchain),
+        epoch=m.kernel.source_date_epoch, source_tarball=m.files["source"].resolve(),
+        config=m.files["config"].resolve(), symvers=m.files["symvers"].resolve(),
+        shipped_generated=shipped_generated, srctree=m.kernel.srctree, objtree=m.kernel.objtree,
+        make=m.make, expect_packages=dict(m.packages) if exact else None)
 
 
 def _env(inp: ImageInputs) -> dict[str, str]:

@@ -37,3 +37,10 @@ def with_packages(rt, m: Manifest, packages: list[str], progress=None) -> str:
         return container.commit(repository=repo, tag=name).id
     finally:
         container.remove(force=True)
+
+
+def remove_with_derived(rt, m: Manifest) -> None:
+    """Remove an env's image and the derivatives built on it (the engine refuses otherwise)."""
+    for image in rt.client.images.list(name=f"kgenv-derived/{m.name}"):
+        rt.remove(image.id)
+    rt.remove(m.image.id)

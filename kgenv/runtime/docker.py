@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 from ..errors import ToolError, UserError
-from .base import Mount, RunResult, Runtime
+from .base import RunResult, Runtime
 
 START_HINT = "start one with 'dockerd &' as root (the README's commands install and start it)"
 

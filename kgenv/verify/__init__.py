@@ -126,7 +126,9 @@ class Report:
     summary: Summary
 
     def to_dict(self) -> dict:
+        # Two levels deep: summary and per-TU counts are tables of scalars, functions a list of flat records.
         return {"binary": self.binary, "summary": self.summary.to_dict(),
+                "tus": {k: dict(v) for k, v in self.summary.by_tu.items()},
                 "functions": [v.to_dict() for v in self.verdicts]}
 
 

@@ -34,8 +34,9 @@ class Difference:
     detail: str = ""
 
     def to_dict(self) -> dict:
-        return {"offset": self.offset, "object": self.object_insn, "binary": self.binary_insn,
-                "detail": self.detail}
+        # Flat keys, so a function's record stays one level inside the report.
+        return {"diff_offset": self.offset, "diff_object": self.object_insn,
+                "diff_binary": self.binary_insn, "diff_detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class FunctionVerdict:
             "relocs_checked": self.relocs_checked, "data_refs": self.data_refs,
             "masked": list(self.masked), "candidates": list(self.candidates),
             "trace": self.trace, "note": self.note,
-            "difference": self.difference.to_dict() if self.difference else None,
+            **(self.difference or Difference(-1, "", "")).to_dict(),
         }
 
 
@@ -102,6 +103,5 @@ class Summary:
         return self.by_verdict.get(IDENTICAL, 0) + self.by_verdict.get(WEAK_OVERRIDDEN, 0) == self.total
 
     def to_dict(self) -> dict:
-        return {"total": self.total, "by_verdict": dict(self.by_verdict),
-                "by_tu": {k: dict(v) for k, v in self.by_tu.items()},
-                "relocs_checked": self.relocs_checked}
+        """Overall counts, one level: total, relocs_checked and one key per verdict."""
+        return {"total": self.total, "relocs_checked": self.relocs_checked, **self.by_verdict}
