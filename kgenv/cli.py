@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from . import __version__, envs, manifest
+from .cli_boot import boot_test_command
+from .cli_verify import verify_command
 from .errors import KgenvError, UserError
 from .progress import Progress
 
@@ -121,19 +123,9 @@ def _emit(data: dict, as_json: bool, line: str) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else line)
 
 
-def _register_optional():
-    """Stages that live in their own modules register their commands here."""
-    for module, attr in (("kgenv.cli_verify", "verify_command"), ("kgenv.cli_boot", "boot_test_command")):
-        try:
-            mod = __import__(module, fromlist=[attr])
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        cli.add_command(getattr(mod, attr))
-
-
-_register_optional()
+# Stages with larger option sets keep their commands in their own modules.
+cli.add_command(verify_command)
+cli.add_command(boot_test_command)
 
 
 def main():

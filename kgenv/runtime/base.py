@@ -1,6 +1,6 @@
 """The runtime contract: run a command in an env image with mounts and no network."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -17,12 +17,10 @@ class RunResult:
     output: str
 
 
-@dataclass
 class Runtime:
     """Back-ends override run(); images are named by ID."""
 
-    name: str = "base"
-    extra: dict = field(default_factory=dict)
+    name = "base"
 
     def run(self, image: str, command: list[str], mounts: list[Mount] = (), env: dict | None = None,
             workdir: str = "/", network: bool = False, progress=None) -> RunResult:

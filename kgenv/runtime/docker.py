@@ -24,8 +24,9 @@ def client():
 
 
 class DockerRuntime(Runtime):
+    name = "docker"
+
     def __init__(self):
-        super().__init__(name="docker")
         self.client = client()
 
     def image_id(self, ref: str) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from kgenv.elf.reader import ET_REL
 from kgenv.elf.relocs import Reloc, relocations
 from kgenv.elf.symbols import (
-    STB_LOCAL, STB_WEAK, STT_FILE, STT_FUNC, STT_NOTYPE, STT_OBJECT, STT_SECTION, Symbol, SymbolIndex,
+    STB_LOCAL, STB_WEAK, STT_FILE, STT_FUNC, STT_NOTYPE, STT_OBJECT, Symbol, SymbolIndex,
 )
 from kgenv.errors import UserError
 from kgenv.verify.sources import Binary

@@ -7,7 +7,7 @@ import struct
 from functools import cached_property
 from pathlib import Path
 
-from kgenv.elf.reader import ET_CORE, ET_EXEC, ET_REL, ElfFile, open_elf
+from kgenv.elf.reader import ET_CORE, ET_EXEC, ET_REL, open_elf
 from kgenv.elf.relocs import R_X86_64_64, relocations
 from kgenv.elf.symbols import STB_GLOBAL, STB_LOCAL, STT_FUNC, STT_OBJECT, Symbol, SymbolIndex
 from kgenv.errors import UserError
