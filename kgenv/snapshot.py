@@ -7,7 +7,7 @@ from . import __version__, manifest, toolchain
 from .distro import debian
 from .distro.archive import Archive
 from .envs import verify_image
-from .errors import UserError
+from .errors import RefusedError, UserError
 from .fingerprint import Fingerprint, config_sha256, fingerprint
 from .fsutil import cache_dir, sha256_file
 from .image.build import build, from_manifest
@@ -70,7 +70,7 @@ def finish(rt, draft: Manifest, built, force: bool, progress) -> Manifest:
     failures = [c for c in verify_image(rt, m, progress) if not c.ok]
     if failures:
         rt.remove(built.id)
-        raise UserError(f"{draft.name}: env self-check failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failures))
+        raise RefusedError(f"{draft.name}: env self-check failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failures))
     repo, tag = m.image.tag.rsplit(":", 1)
     rt.tag(built.id, repo, tag)
     try:
