@@ -15,19 +15,19 @@ def test_deb822_and_security(tmp_path, monkeypatch):
     monkeypatch.delenv("KGENV_MIRROR", raising=False)
     monkeypatch.delenv("KGENV_SECURITY_MIRROR", raising=False)
     apt = _apt(tmp_path, {"sources.list.d/debian.sources": (
-        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Types: deb\nURIs: file:///srv/mirror/debian\nSuites: bookworm bookworm-updates\n"
         "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
-        "Types: deb\nURIs: http://sec.example/debian-security/\nSuites: bookworm-security\n"
+        "Types: deb\nURIs: file:///srv/sec/debian-security/\nSuites: bookworm-security\n"
         "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"),
-        "sources.list.d/other.sources": "Types: deb\nURIs: https://vendor.example/apt\nSuites: x\n"})
-    assert aptsources.mirrors(apt) == ("http://mirror.example/debian", "http://sec.example/debian-security")
+        "sources.list.d/other.sources": "Types: deb\nURIs: file:///srv/vendor/apt\nSuites: x\n"})
+    assert aptsources.mirrors(apt) == ("file:///srv/mirror/debian", "file:///srv/sec/debian-security")
 
 
 def test_one_line_format_and_override(tmp_path, monkeypatch):
-    apt = _apt(tmp_path, {"sources.list": "# c\ndeb [arch=amd64] http://m.example/debian bookworm main\n"})
+    apt = _apt(tmp_path, {"sources.list": "# c\ndeb [arch=amd64] file:///srv/m/debian bookworm main\n"})
     monkeypatch.delenv("KGENV_SECURITY_MIRROR", raising=False)
-    monkeypatch.setenv("KGENV_MIRROR", "http://override.example/debian")
-    assert aptsources.mirrors(apt) == ("http://override.example/debian", "http://override.example/debian-security")
+    monkeypatch.setenv("KGENV_MIRROR", "file:///srv/override/debian")
+    assert aptsources.mirrors(apt) == ("file:///srv/override/debian", "file:///srv/override/debian-security")
 
 
 def test_no_mirror_is_a_clear_error(tmp_path, monkeypatch):
