@@ -29,7 +29,6 @@ PROBE = "int kgenv_probe(int x) { return x + 1; }\n"
 
 def _probe_script(m: Manifest) -> str:
     cc = m.make.get("CC", "gcc")
-    cmd = tree.make_command(m.make, m.kernel.objtree, "olddefconfig", jobs=1)
     return "\n".join([
         f"echo CC=$({shlex.quote(cc)} --version | head -n1)",
         "echo LD=$(ld --version | head -n1)",
@@ -37,8 +36,8 @@ def _probe_script(m: Manifest) -> str:
         f"printf %s {shlex.quote(PROBE)} > /tmp/probe.c",
         f"{shlex.quote(cc)} -O2 -c /tmp/probe.c -o /tmp/probe.o",
         "echo COMMENT=$(readelf -p .comment /tmp/probe.o | sed -n 's/^ *\\[ *[0-9a-f]*\\] *//p' | head -n1)",
-        f"cd {shlex.quote(m.kernel.srctree)} && cp {shlex.quote(m.kernel.objtree or '.')}/.config /tmp/before",
-        f"{shlex.join(cmd)} >/dev/null 2>&1; cmp -s /tmp/before {shlex.quote(m.kernel.objtree or '.')}/.config"
+        f"cd {shlex.quote(m.kernel.srctree)}",
+        f"{tree.config_stable(m.make, m.kernel.objtree)} >/dev/null 2>&1"
         " && echo OLDDEFCONFIG=unchanged || echo OLDDEFCONFIG=changed",
     ])
 

@@ -93,24 +93,24 @@ def _banner(f, path: Path) -> str:
     raise UserError(f"{path}: no 'Linux version' banner found; not a vmlinux?")
 
 
-def _first_units(elf) -> tuple[str, str, str]:
-    """(producer of the first C unit, srctree, objtree) from DWARF, or empty strings."""
+def _first_units(elf) -> tuple[str, str, str, str]:
+    """(producer and comp_dir of the first C unit, srctree, objtree) from DWARF, or empty strings."""
     if not elf.has_dwarf_info():
-        return "", "", ""
-    producer, abs_name, abs_dir = "", "", ""
+        return "", "", "", ""
+    producer, c_dir, abs_name, abs_dir = "", "", "", ""
     for i, cu in enumerate(elf.get_dwarf_info(relocate_dwarf_sections=False).iter_CUs()):
         attrs = cu.get_top_DIE().attributes
         val = {k: (a.value.decode(errors="replace") if isinstance(a.value, bytes) else "")
                for k, a in attrs.items()}
         if not producer and val.get("DW_AT_producer", "").startswith("GNU C"):
-            producer = val["DW_AT_producer"]
+            producer, c_dir = val["DW_AT_producer"], val.get("DW_AT_comp_dir", "")
         if not abs_dir and val.get("DW_AT_name", "").startswith("/"):
             abs_name, abs_dir = val["DW_AT_name"], val.get("DW_AT_comp_dir", "")
         if (producer and abs_dir) or i > 50:
             break
     srctree = os.path.commonpath([abs_name, abs_dir]) if abs_name and abs_dir else ""
     objtree = os.path.relpath(abs_dir, srctree) if srctree else ""
-    return producer, srctree, "" if objtree == "." else objtree
+    return producer, c_dir, srctree, "" if objtree == "." else objtree
 
 
 def read_vmlinux(path: Path) -> dict:
@@ -120,13 +120,16 @@ def read_vmlinux(path: Path) -> dict:
         comment_sec = elf.get_section_by_name(".comment")
         comments = comment_sec.data().split(b"\0") if comment_sec else []
         comment = next((c.decode(errors="replace") for c in comments if c.startswith(b"GCC:") or b"clang" in c), "")
-        producer, srctree, objtree = _first_units(elf)
+        producer, c_dir, srctree, objtree = _first_units(elf)
+        # C units with a relative comp_dir beside absolute assembler units: the build mapped
+        # the source prefix away for C only, i.e. through KCFLAGS (it affects debug info only).
+        mapped = srctree if c_dir and not c_dir.startswith("/") else ""
         return {"banner": _banner(f, path), "comment": comment, "build_id": _build_id(elf),
-                "producer": producer, "srctree": srctree, "objtree": objtree}
+                "producer": producer, "srctree": srctree, "objtree": objtree, "mapped_prefix": mapped}
 
 
 def make_variables(cfg: dict[str, str], compile_h: dict[str, str], uts: dict[str, str],
-                   release: str, srctree: str, kernelvariables: Path | None = None) -> dict[str, str]:
+                   release: str, mapped_prefix: str, kernelvariables: Path | None = None) -> dict[str, str]:
     """The make-line variables a faithful rebuild passes (they never reach .config)."""
     cc = cfg["CC_VERSION_TEXT"].split(" ", 1)[0]
     out = {"ARCH": "x86", "KERNELRELEASE": release, "CC": cc, "HOSTCC": cc}
@@ -142,10 +145,8 @@ def make_variables(cfg: dict[str, str], compile_h: dict[str, str], uts: dict[str
     if m:
         out["KBUILD_BUILD_VERSION"] = m.group(1)
         out["KBUILD_BUILD_VERSION_TIMESTAMP"] = m.group(2)
-    if srctree:
-        # C units carry a relative comp_dir while assembler units keep the absolute one:
-        # the build mapped the source prefix away for C (KCFLAGS), which only affects debug info.
-        out["KCFLAGS"] = f"-fdebug-prefix-map={srctree}/="
+    if mapped_prefix:
+        out["KCFLAGS"] = f"-fdebug-prefix-map={mapped_prefix}/="
     return out
 
 
@@ -168,7 +169,7 @@ def fingerprint(vmlinux: Path, config: Path, generated: Path, kernelvariables: P
         compile_by=compile_h.get("LINUX_COMPILE_BY", ""), compile_host=compile_h.get("LINUX_COMPILE_HOST", ""),
         linux_compiler=compile_h.get("LINUX_COMPILER", ""), uts_version=uts["UTS_VERSION"],
         producer=binary["producer"], srctree=srctree, objtree=binary["objtree"],
-        make=make_variables(cfg, compile_h, uts, release, srctree if binary["objtree"] else "", kernelvariables))
+        make=make_variables(cfg, compile_h, uts, release, binary["mapped_prefix"], kernelvariables))
 
 
 def config_sha256(path: Path) -> str:

@@ -34,13 +34,12 @@ def compile_tus(rt, m: Manifest, tus: list[str], outdir: Path, *, overlay: Path 
     if extra_cflags:
         make["KCFLAGS"] = f"{make.get('KCFLAGS', '')} {extra_cflags}".strip()
     obj = m.kernel.objtree or "."
-    steps = ["set -e"]
+    steps = ["set -eo pipefail"]
     mounts = [Mount(outdir.resolve(), OUT, read_only=False)]
     if overlay:
         mounts.append(Mount(overlay.resolve(), OVERLAY))
         steps.append(f"cp -a {OVERLAY}/. .")
     steps.append(shlex.join(make_command(make, m.kernel.objtree, *tus)) + " 2>&1 | tail -n 40")
-    steps.append("test ${PIPESTATUS[0]} -eq 0")
     steps += [f"mkdir -p {OUT}/{shlex.quote(str(PurePosixPath(t).parent))} && "
               f"cp {shlex.quote(obj)}/{shlex.quote(t)} {OUT}/{shlex.quote(t)}" for t in tus]
     if progress:

@@ -1,7 +1,6 @@
 """Debian kernels: resolve a release line or ABI to a complete package set, fetch and unpack it."""
 
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,20 +78,6 @@ class KernelFiles:
     def source_tarball(self) -> Path:
         series = self.packages.source.name.removeprefix("linux-source-")
         return self.root / "source" / "usr" / "src" / f"linux-source-{series}.tar.xz"
-
-    def source_dir(self) -> Path:
-        """The source tree unpacked once into the cache (read-only use)."""
-        series = self.packages.source.name.removeprefix("linux-source-")
-        dest = self.root / "src"
-        tree = dest / f"linux-source-{series}"
-        if not (dest / ".kgenv-extracted").exists():
-            dest.mkdir(parents=True, exist_ok=True)
-            r = subprocess.run(["tar", "-xf", str(self.source_tarball), "-C", str(dest)],
-                               capture_output=True)
-            if r.returncode:
-                raise ToolError(f"{self.source_tarball}: cannot unpack: {r.stderr.decode()[:200]}")
-            (dest / ".kgenv-extracted").touch()
-        return tree
 
 
 def line_of(spec: str) -> tuple[str, str | None]:

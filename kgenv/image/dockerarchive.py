@@ -1,6 +1,7 @@
 """Write a `docker load` archive whose image ID depends only on its layers and fixed config."""
 
 import hashlib
+import io
 import json
 import tarfile
 import time
@@ -46,8 +47,6 @@ def write(dest: Path, layers: list[Path], epoch: int, env: dict[str, str], label
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, epoch: int) -> None:
-    import io
-
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), epoch, 0o644
     tar.addfile(info, io.BytesIO(data))

@@ -21,6 +21,15 @@ def make_command(fp_make: dict[str, str], objtree: str, *targets: str, jobs: int
     return cmd + [f"{k}={v}" for k, v in fp_make.items()] + list(targets)
 
 
+def config_stable(fp_make: dict[str, str], objtree: str) -> str:
+    """A shell snippet: run olddefconfig; exit 0 if the config is unchanged, CONFIG_CHANGED (with the diff) if not."""
+    o = shlex.quote(objtree or ".")
+    return (f"(cp {o}/.config /tmp/recorded.config && "
+            f"{shlex.join(make_command(fp_make, objtree, 'olddefconfig', jobs=1))} >/tmp/olddefconfig.log 2>&1 && "
+            f"if ! cmp -s /tmp/recorded.config {o}/.config; then "
+            f"diff /tmp/recorded.config {o}/.config | head -20; exit {CONFIG_CHANGED}; fi)")
+
+
 def unpack_source(tarball: Path, stage: Path, srctree: str) -> Path:
     """Unpack the source tarball so the tree sits at the recorded srctree path under stage."""
     dest = stage / srctree.lstrip("/")
@@ -42,16 +51,11 @@ def prepare(rt, base_image: str, tree: Path, srctree: str, objtree: str, config:
     out = tree / objtree
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config, out / ".config")
-    q = shlex.join
-    script = " && ".join([
-        "set -e", "cp $O/.config /tmp/recorded.config",
-        q(make_command(fp_make, objtree, "olddefconfig", jobs=1)) + " >/tmp/olddefconfig.log 2>&1",
-        f"if ! cmp -s /tmp/recorded.config $O/.config; then diff /tmp/recorded.config $O/.config | head -20; exit {CONFIG_CHANGED}; fi",
-        q(make_command(fp_make, objtree, "modules_prepare")),
-    ])
+    script = "set -e\n" + config_stable(fp_make, objtree) + "\n" + shlex.join(
+        make_command(fp_make, objtree, "modules_prepare"))
     progress.step("prepare kernel tree (olddefconfig, modules_prepare)")
     r = rt.run(base_image, ["bash", "-c", script], [Mount(tree, srctree, read_only=False)],
-               env={"O": objtree or "."}, workdir=srctree, progress=progress)
+               workdir=srctree, progress=progress)
     if r.exit_code == CONFIG_CHANGED:
         raise RefusedError(f"{config}: olddefconfig changes the recorded config in this toolchain:\n{r.output[-1500:]}")
     if r.exit_code:

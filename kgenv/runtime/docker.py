@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from ..errors import ToolError, UserError
+from ..errors import ToolError
 from .base import RunResult, Runtime
 
 START_HINT = "start one with 'dockerd &' as root (the README's commands install and start it)"
@@ -105,8 +105,3 @@ class DockerRuntime(Runtime):
 
 def runtime() -> DockerRuntime:
     return DockerRuntime()
-
-
-def require_image(rt: DockerRuntime, image_id: str, what: str) -> None:
-    if rt.image_id(image_id) is None:
-        raise UserError(f"{what}: image {image_id[:19]} is not in the engine; run 'kgenv envs restore' or import it")
