@@ -19,6 +19,19 @@ def _checked(tu: str) -> str:
     return str(p)
 
 
+def cmd_file(tu: str) -> str:
+    """Kbuild's record of the exact command that built a TU: dir/.name.o.cmd."""
+    p = PurePosixPath(tu)
+    return str(p.parent / f".{p.name}.cmd")
+
+
+def _copy_out(obj: str, tu: str) -> str:
+    """Copy the .o and its .cmd file (the flags later stages reuse) to the output mount."""
+    d, o, c = (shlex.quote(x) for x in (str(PurePosixPath(tu).parent), tu, cmd_file(tu)))
+    return (f"mkdir -p {OUT}/{d} && cp {shlex.quote(obj)}/{o} {OUT}/{o} && "
+            f"cp {shlex.quote(obj)}/{c} {OUT}/{c}")
+
+
 def compile_tus(rt, m: Manifest, tus: list[str], outdir: Path, *, overlay: Path | None = None,
                 extra_cflags: str = "", image: str | None = None, make_overrides: dict | None = None,
                 progress=None) -> dict[str, Path]:
@@ -40,8 +53,7 @@ def compile_tus(rt, m: Manifest, tus: list[str], outdir: Path, *, overlay: Path 
         mounts.append(Mount(overlay.resolve(), OVERLAY))
         steps.append(f"cp -a {OVERLAY}/. .")
     steps.append(shlex.join(make_command(make, m.kernel.objtree, *tus)) + " 2>&1 | tail -n 40")
-    steps += [f"mkdir -p {OUT}/{shlex.quote(str(PurePosixPath(t).parent))} && "
-              f"cp {shlex.quote(obj)}/{shlex.quote(t)} {OUT}/{shlex.quote(t)}" for t in tus]
+    steps += [_copy_out(obj, t) for t in tus]
     if progress:
         progress.step(f"compile {len(tus)} unit(s) in {(image or m.image.id)[7:19]}")
     r = rt.run(image or m.image.id, ["bash", "-c", "\n".join(steps)], mounts, workdir=m.kernel.srctree,
