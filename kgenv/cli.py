@@ -8,6 +8,7 @@ import click
 
 from . import __version__, envs, manifest
 from .cli_boot import boot_test_command
+from .cli_build import build_command
 from .cli_verify import verify_command
 from .errors import KgenvError, UserError
 from .progress import Progress
@@ -126,6 +127,7 @@ def _emit(data: dict, as_json: bool, line: str) -> None:
 # Stages with larger option sets keep their commands in their own modules.
 cli.add_command(verify_command)
 cli.add_command(boot_test_command)
+cli.add_command(build_command)
 
 
 def main():

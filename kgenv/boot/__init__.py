@@ -72,9 +72,11 @@ def _workdir(serial_log: Path, keep: bool) -> Path:
 def boot_test(module, kernel, *, check=None, sympos=None, timeout: float = DEFAULT_TIMEOUT,
               transition_timeout: int | None = None, serial_log=None, keep_tmp: bool = False,
               progress: Callable[[Marker, float], None] | None = None,
-              busybox: str | None = None, memory_mb: int = 512, cpus: int = 1) -> Boot:
+              busybox: str | None = None, memory_mb: int = 512, cpus: int = 1,
+              targets: list = ()) -> Boot:
     """Boot `kernel` with `module` in a busybox initramfs and return the Boot record.
 
+    `targets` are shipped modules the patch applies to, loaded before it (dependencies first).
     Raises UserError/ToolError for bad input or a missing QEMU/busybox; a patch that does not
     load, transition, pass its check or revert is a Boot with result "fail", never an exception.
     """
@@ -89,7 +91,8 @@ def boot_test(module, kernel, *, check=None, sympos=None, timeout: float = DEFAU
     try:
         initrd = payload.build(tmp / "initramfs.cpio", module=module, name=name, busybox=bb,
                                check=check, sympos=_read_sympos(sympos),
-                               transition_timeout=transition_timeout, check_timeout=CHECK_TIMEOUT)
+                               transition_timeout=transition_timeout, check_timeout=CHECK_TIMEOUT,
+                               targets=[_existing(t, "target module") for t in targets])
         cmd = qemu.command(qemu_bin, kernel, initrd, serial_log, memory_mb=memory_mb, cpus=cpus)
         if keep_tmp:   # enough to re-run the same boot by hand
             (tmp / "qemu-command").write_text(shlex.join(cmd) + "\n")

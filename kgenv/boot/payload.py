@@ -44,7 +44,7 @@ def env_file(name: str, has_check: bool, transition_timeout: int, check_timeout:
 
 def build(dest: Path, *, module: Path, name: str, busybox: Path, check: Path | None,
           sympos: str, transition_timeout: int, check_timeout: int,
-          guest_init: Path = GUEST_INIT) -> Path:
+          targets: list[Path] = (), guest_init: Path = GUEST_INIT) -> Path:
     """Write the initramfs (uncompressed: unpacking gzip under TCG costs more than it saves)."""
     if not guest_init.is_file():
         raise UserError(f"guest init script missing: {guest_init}")
@@ -60,4 +60,8 @@ def build(dest: Path, *, module: Path, name: str, busybox: Path, check: Path | N
     a.add_file("kgenv/module.ko", Path(module).read_bytes())
     a.add_file("kgenv/check", Path(check).read_bytes() if check else b"", 0o755)
     a.add_file("kgenv/sympos", sympos.encode())
+    if targets:
+        a.add_dir("kgenv/target")
+    for n, ko in enumerate(targets):   # numbered: the guest loads them in this order
+        a.add_file(f"kgenv/target/{n:02d}-{Path(ko).name}", Path(ko).read_bytes())
     return a.write(dest)

@@ -1,0 +1,418 @@
+"""`kgenv build FIX.DIFF`: diff → compile orig/patched → changes → map → generate → Kbuild → klp → verify."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from kgenv import __version__
+from kgenv.build import changes as changes_mod
+from kgenv.build import diffapply, skeleton
+from kgenv.build.compile import cmd_file, compile_tus
+from kgenv.build.kbuild import build_module
+from kgenv.build.target import VMLINUX, Resolver, Target, compile_flags, find as find_target
+from kgenv.elf import klp
+from kgenv.elf.symbols import SymbolIndex
+from kgenv.errors import RefusedError, ToolError, UserError
+from kgenv.fsutil import sha256_file, write_atomic
+from kgenv.manifest import Manifest
+from kgenv.progress import QUIET
+from kgenv.runtime.base import Mount
+from kgenv.verify import verify
+from kgenv.verify.mapping import ObjectFile
+from kgenv.verify.records import IDENTICAL
+
+SECTIONS = "-ffunction-sections -fdata-sections"
+_CLONE = re.compile(r"\.(isra|constprop|part|cold|lto_priv|localalias)(\.\d+)?")
+# the kernel's "once" flags: a fresh copy in the patch module only means the message may repeat once
+ONCE_FLAGS = ("__already_done", "__print_once", "__warned")
+TREE_OUT = "/kgenv-tree"
+
+
+class Refusal(RefusedError):
+    """A check said no; carries per-function records for the report."""
+
+    def __init__(self, reason: str, functions: list[dict] | None = None):
+        super().__init__(reason)
+        self.functions = functions or []
+
+
+@dataclass
+class Request:
+    diff: Path
+    env: Manifest
+    outdir: Path
+    name: str
+    extra_tus: tuple[str, ...] = ()
+    keep_tmp: bool = False
+    jobs: int = 2
+    boot_test: bool = False
+    check: Path | None = None
+
+
+@dataclass
+class Unit:
+    """One touched translation unit on its way through the stages."""
+
+    tu: str                       # fs/proc/cmdline.o
+    source: str                   # fs/proc/cmdline.c
+    original: Path | None = None
+    patched: Path | None = None
+    target: Target | None = None
+    resolver: Resolver | None = None
+    changes: changes_mod.Changes | None = None
+    replaced: list[str] = field(default_factory=list)   # source-level names to register
+    generated: object = None
+
+
+@dataclass
+class Result:
+    """What one build did: the report's content and where the files went."""
+
+    report: dict
+    exit_code: int
+    module: Path | None = None
+
+
+def default_name(diff: Path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", diff.name.removesuffix(".diff").removesuffix(".patch"))
+    return stem.strip("-")[:55] or "fix"
+
+
+def check_name(name: str) -> str:
+    if not skeleton.NAME_RE.fullmatch(name):
+        raise UserError(f"--name {name!r}: use 1-55 characters of [A-Za-z0-9_-]")
+    return name
+
+
+class Build:
+    """One `kgenv build` run; stage methods fill `self.report` as they go."""
+
+    def __init__(self, req: Request, rt, progress=QUIET):
+        self.req, self.rt, self.progress = req, rt, progress
+        self.m = req.env
+        self.stages: dict[str, float] = {}
+        self.units: list[Unit] = []
+        self.functions: list[dict] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="kgenv-build-"))
+        self.diff = None
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self) -> Result:
+        outcome, reason, code, module = "built", "", 0, None
+        try:
+            module = self._stages()
+        except Refusal as exc:
+            outcome, reason, code = "refused", str(exc), 1
+            self.functions.extend(exc.functions)
+        except RefusedError as exc:
+            outcome, reason, code = "refused", str(exc), 1
+        except (UserError, ToolError) as exc:
+            outcome, reason, code = "error", str(exc), 2
+        finally:
+            if not self.req.keep_tmp:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        report = self._report(outcome, reason, code, module)
+        self.req.outdir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.req.outdir / "report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+        return Result(report, code, module)
+
+    def _timed(self, stage: str, fn, *args):
+        self.progress.step(stage)
+        t0 = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self.stages[stage] = round(self.stages.get(stage, 0) + time.monotonic() - t0, 3)
+
+    def _stages(self) -> Path:
+        self._timed("check", self._check_image)
+        overlay = self._timed("diff", self._apply_diff)
+        self._timed("compile", self._compile, overlay)
+        self._timed("changes", self._changes)
+        self._timed("map", self._map)
+        self._timed("generate", self._generate, overlay)
+        ko = self._timed("kbuild", self._kbuild)
+        self._timed("klp", self._klp, ko)
+        boot = self._timed("boot", self._boot, ko) if self.req.boot_test else None
+        return self._hand_off(ko, boot)
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def _check_image(self) -> None:
+        if not self.rt.image_id(self.m.image.id):
+            raise ToolError(f"env {self.m.name}: image {self.m.image.id[:19]} is not in the engine; "
+                            f"run `kgenv envs restore {self.m.name}`")
+
+    def _apply_diff(self) -> Path:
+        d = self.diff = diffapply.load(self.req.diff)
+        if d.assembly:
+            raise Refusal(f"{self.req.diff}: changes assembly file(s) {', '.join(d.assembly)}: "
+                          "only C functions can be replaced")
+        if any(f.deleted for f in d.files):
+            raise Refusal(f"{self.req.diff}: deletes a file; a live patch cannot remove code units")
+        if d.headers and not self.req.extra_tus:
+            raise Refusal(f"{self.req.diff}: changes header(s) {', '.join(d.headers)}; name the "
+                          "translation units that include them with --tu")
+        tus = list(dict.fromkeys([*d.translation_units, *self.req.extra_tus]))
+        if not tus:
+            raise UserError(f"{self.req.diff}: touches no C translation unit")
+        self.units = [Unit(tu, str(PurePosixPath(tu).with_suffix(".c"))) for tu in tus]
+        tree = self._fetch_files([u.source for u in self.units] + list(d.paths))
+        overlay = self.tmp / "overlay"
+        diffapply.apply(d, tree, overlay)
+        return overlay
+
+    def _fetch_files(self, paths: list[str]) -> Path:
+        """The touched files (and each parent directory, to see symlinks) out of the env's tree."""
+        parents = {str(p) for rel in paths for p in PurePosixPath(rel).parents if str(p) != "."}
+        names = sorted(parents) + sorted(set(paths))
+        out = self.tmp / "tree-files"
+        out.mkdir()
+        script = ("set -e; for p in " + " ".join(shlex.quote(n) for n in names) +
+                  '; do if [ -e "$p" ] || [ -L "$p" ]; then printf "%s\\n" "$p"; fi; done'
+                  f" | tar --no-recursion -cf {TREE_OUT}/files.tar -T -")
+        r = self.rt.run(self.m.image.id, ["bash", "-c", script], [Mount(out.resolve(), TREE_OUT, False)],
+                        workdir=self.m.kernel.srctree)
+        if r.exit_code:
+            raise ToolError(f"reading the env's source failed: {r.output[-500:]}")
+        tree = self.tmp / "tree"
+        with tarfile.open(out / "files.tar") as tar:
+            tar.extractall(tree, filter="data")
+        return tree
+
+    def _compile(self, overlay: Path) -> None:
+        tus = [u.tu for u in self.units]
+        with ThreadPoolExecutor(max_workers=max(1, min(2, self.req.jobs))) as pool:
+            orig = pool.submit(compile_tus, self.rt, self.m, tus, self.tmp / "orig", extra_cflags=SECTIONS)
+            patched = pool.submit(compile_tus, self.rt, self.m, tus, self.tmp / "patched",
+                                  overlay=overlay, extra_cflags=SECTIONS)
+            o, p = orig.result(), patched.result()
+        for u in self.units:
+            u.original, u.patched = o[u.tu], p[u.tu]
+            u.target = find_target(self.m, self.tmp / "orig" / cmd_file(u.tu))
+
+    def _changes(self) -> None:
+        for u in self.units:
+            u.changes = changes_mod.compare(u.original, u.patched, u.tu)
+            data = [d for d in u.changes.data if d.status != changes_mod.UNCHANGED
+                    and not _is_once_flag(d.name)]
+            if data:
+                raise Refusal(f"{u.source}: the fix changes data ({_names(d.name + ' ' + d.status for d in data)}); "
+                              "data and struct layout cannot be live patched without shadow variables")
+            for f in u.changes.functions:
+                if f.status != changes_mod.UNCHANGED and f.section.startswith(".init"):
+                    raise Refusal(f"{u.source}: the fix changes __init code ({f.name}), which has already "
+                                  "run and been freed in the running kernel")
+        if not any(u.changes.changed for u in self.units):
+            raise Refusal(f"{self.req.diff}: the fix changes no function's code")
+
+    def _map(self) -> None:
+        """Every changed function must be the running kernel's, out of line and traceable."""
+        failures = []
+        for u in self.units:
+            report = verify([ObjectFile(u.original, u.tu)], u.target.binary_path)
+            verdicts = {v.name: v for v in report.verdicts}
+            differs = [v.name for v in report.verdicts if v.verdict == "differs"]
+            if differs:
+                raise Refusal(f"{u.tu}: rebuilt with {SECTIONS} it no longer matches the running "
+                              f"{u.target.objname} ({_names(differs)}): the env does not reproduce it",
+                              [v.to_dict() for v in report.verdicts if v.verdict == "differs"])
+            u.resolver = Resolver(u.target, ObjectFile(u.original, u.tu))
+            for name in u.changes.changed:
+                f = next(c for c in u.changes.functions if c.name == name)
+                orig_name = f.original or name
+                if _CLONE.search(orig_name) and not orig_name.endswith(".cold") and ".cold." not in orig_name:
+                    failures.append(self._fn(u, orig_name, "refused", reason="clone",
+                                             note=f"only the IPA clone {orig_name} runs; its ABI differs "
+                                                  "from the source function (patching callers not supported)"))
+                    continue
+                if ".cold" in orig_name:
+                    continue   # moves with its parent
+                v = verdicts.get(orig_name)
+                if v is None or v.verdict != IDENTICAL:
+                    failures.append(self._fn(u, orig_name, "refused", reason=v.verdict if v else "missing",
+                                             note=(v.note or v.trace or v.reason) if v else "not in the object"))
+                    continue
+                u.replaced.append(orig_name)
+                self.functions.append(self._fn(u, orig_name, "replaced", sympos=v.sympos, address=v.address,
+                                               trace=v.trace, note=""))
+        if failures:
+            self.functions.extend(failures)
+            raise Refusal("; ".join(f"{f['name']}: {f['note']}" for f in failures), [])
+
+    def _fn(self, u: Unit, name: str, verdict: str, **kw) -> dict:
+        return {"name": name, "tu": u.tu, "object": u.target.objname, "verdict": verdict,
+                "sympos": 0, "address": None, "reason": "", "trace": "", "note": "", **kw}
+
+    def _generate(self, overlay: Path) -> None:
+        from kgenv.build.source import generate_source
+
+        for u in self.units:
+            keep = set(u.replaced) | {_base(n) for n in u.changes.new}
+            g = generate_source(self.rt, self.m, u.source, overlay, self.tmp / "patched" / cmd_file(u.tu),
+                                keep, u.resolver.present, self.tmp / "gen" / _slug(u.tu),
+                                progress=self.progress)
+            if g.refusals:
+                raise Refusal(f"{u.source}: " + "; ".join(g.refusals))
+            u.generated = g
+
+    def _kbuild(self) -> Path:
+        name = self.req.name
+        src = self.tmp / "module"
+        src.mkdir()
+        sources = []
+        for u in self.units:
+            fname = f"{name}-{_slug(u.tu)}.c"
+            (src / fname).write_text(u.generated.text)
+            flags = skeleton.tu_flags(compile_flags(self.tmp / "patched" / cmd_file(u.tu)),
+                                      self.m.kernel.srctree)
+            local = f"-I{self.m.kernel.srctree}/{PurePosixPath(u.source).parent}"
+            sources.append(skeleton.Source(fname, (local, *flags)))
+        reps = [skeleton.Replacement(u.target.objname, n, u.resolver.position(n)[1])
+                for u in self.units for n in u.replaced]
+        (src / f"{name}.c").write_text(skeleton.render_registration(
+            name, self.m.kernel.release, self.m.kernel.build_id, reps))
+        (src / "Kbuild").write_text(skeleton.render_kbuild(name, f"{name}.c", sources))
+        return build_module(self.rt, self.m, src, self.tmp / "kbuild-out", allow_undefined=True,
+                            progress=self.progress)
+
+    def _klp(self, ko: Path) -> None:
+        """Undefined symbols the kernel does not export become .klp.sym relocations."""
+        exported = _exported(self.m)
+        index = SymbolIndex.open(ko)
+        undefined = sorted({s.name for s in index.symbols if s.name and not s.defined
+                            and s.type != 4 and s.index})
+        mapping, unknown = {}, []
+        vmlinux = None
+        for name in undefined:
+            if name in exported or name == "__fentry__":
+                continue
+            pos = next((u.resolver.position(name) for u in self.units
+                        if u.resolver.position(name) is not None), None)
+            if pos is None:
+                if vmlinux is None:
+                    vmlinux = _vmlinux_resolver(self.m, self.units)
+                pos = vmlinux.position(name) if vmlinux else None
+            if pos is None:
+                unknown.append(name)
+            else:
+                mapping[name] = pos
+        if unknown:
+            raise Refusal(f"the module needs {_names(unknown)}, which the running kernel neither "
+                          "exports nor has as a symbol")
+        if mapping:
+            self.klp = klp.convert(ko, mapping)
+        self.klp_symbols = mapping
+
+    def _boot(self, ko: Path):
+        from kgenv.boot import boot_test
+
+        vmlinuz = self.m.files["vmlinuz"].resolve()
+        sympos = "".join(f"{f['object']} {f['name']} {f['sympos']}\n" for f in self.functions
+                         if f["verdict"] == "replaced")
+        extra = [u.target.binary_path for u in self.units if u.target.is_module]
+        boot = boot_test(ko, vmlinuz, check=self.req.check, sympos=sympos,
+                         targets=list(dict.fromkeys(extra)), keep_tmp=self.req.keep_tmp)
+        self.boot = boot
+        if not boot.passed:
+            raise Refusal(f"boot test failed: {boot.reason}")
+        return boot
+
+    def _hand_off(self, ko: Path, boot) -> Path:
+        out = self.req.outdir
+        out.mkdir(parents=True, exist_ok=True)
+        src = self.tmp / "module"
+        for f in sorted(src.glob("*.c")) + [src / "Kbuild"]:
+            write_atomic(out / f.name, f.read_bytes())
+        dest = out / f"livepatch-{self.req.name}.ko"
+        write_atomic(dest, ko.read_bytes())
+        return dest
+
+    # -- report ------------------------------------------------------------------------------
+
+    def _report(self, outcome: str, reason: str, code: int, module: Path | None) -> dict:
+        m, req = self.m, self.req
+        diff_sha = sha256_file(req.diff) if req.diff.is_file() else ""
+        report = {
+            "kgenv": {"version": __version__, "reproducer": shlex.join(self._reproducer())},
+            "env": {"name": m.name, "image_id": m.image.id, "kernel_release": m.kernel.release,
+                    "build_id": m.kernel.build_id, "version": m.kernel.version},
+            "fix": {"name": req.name, "diff": str(req.diff), "diff_sha256": diff_sha,
+                    "files": list(self.diff.paths) if self.diff else [],
+                    "tus": [u.tu for u in self.units]},
+            "result": {"outcome": outcome, "exit_code": code, "reason": reason,
+                       "module": str(module) if module else "",
+                       "module_sha256": sha256_file(module) if module else "",
+                       "klp_symbols": sorted(f"{o}.{n},{p}" for n, (o, p) in
+                                             getattr(self, "klp_symbols", {}).items())},
+            "functions": self.functions,
+            "stages": dict(self.stages),
+        }
+        boot = getattr(self, "boot", None)
+        if boot is not None:
+            report["boot"] = {"result": boot.result, "reason": boot.reason, "release": boot.release,
+                              "serial_log": boot.serial_log, "seconds": boot.timings.get("total"),
+                              **{f"phase_{k}": v for k, v in boot.phases.items()}}
+        return report
+
+    def _reproducer(self) -> list[str]:
+        cmd = ["kgenv", "build", str(self.req.diff), "--env", self.m.name, "--image", self.m.image.id,
+               "-o", str(self.req.outdir), "--name", self.req.name]
+        for tu in self.req.extra_tus:
+            cmd += ["--tu", tu]
+        if self.req.boot_test:
+            cmd.append("--boot-test")
+        if self.req.check:
+            cmd += ["--check", str(self.req.check)]
+        return cmd
+
+
+def _names(names) -> str:
+    names = list(names)
+    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+
+def _is_once_flag(name: str) -> bool:
+    return any(name.startswith(f) for f in ONCE_FLAGS)
+
+
+def _base(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+def _slug(tu: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", str(PurePosixPath(tu).with_suffix("")))
+
+
+def _exported(m: Manifest) -> set[str]:
+    ref = m.files.get("symvers")
+    if ref is None:
+        raise UserError(f"env {m.name}: its manifest records no Module.symvers")
+    out = set()
+    for line in ref.resolve().read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2:
+            out.add(parts[1])
+    return out
+
+
+def _vmlinux_resolver(m: Manifest, units: list[Unit]) -> Resolver | None:
+    """Module fixes may call vmlinux's non-exported globals: resolve those in vmlinux."""
+    unit = next((u for u in units if u.target.is_module), None)
+    if unit is None:
+        return None
+    return Resolver(Target(VMLINUX, m.files["vmlinux"].resolve()), ObjectFile(unit.original, unit.tu))
+
+
+def build(req: Request, rt, progress=QUIET) -> Result:
+    return Build(req, rt, progress).run()

@@ -1,0 +1,79 @@
+"""Render the module skeleton in kernel/livepatch/ (klp_patch/klp_object/klp_func) and its Kbuild."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from kgenv.build.target import VMLINUX
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "kernel" / "livepatch"
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,55}")
+# flags of a TU's own compile command the module build must repeat (defines and include dirs);
+# Kbuild supplies the rest, including KBUILD_MODNAME for the patch module itself
+_KEEP_FLAG = re.compile(r"-(I|D|U|include)")
+_SKIP_FLAG = re.compile(r"-D(MODULE$|KBUILD_|__KBUILD_)|-include$")
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """One klp_func: the running function and the object it lives in."""
+
+    objname: str
+    old_name: str
+    sympos: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """One generated C file of the module and the extra flags its TU was compiled with."""
+
+    filename: str
+    cflags: tuple[str, ...] = ()
+
+
+def _c_ident(name: str) -> str:
+    return re.sub(r"\W", "_", name)
+
+
+def tu_flags(flags: list[str], srctree: str) -> tuple[str, ...]:
+    """-I/-D/-U/-include flags of a TU's compile command, include dirs made absolute."""
+    out, it = [], iter(flags)
+    for f in it:
+        if not _KEEP_FLAG.match(f) or _SKIP_FLAG.match(f):
+            if f == "-include":
+                next(it, None)
+            continue
+        if f.startswith("-I") and not f[2:].startswith("/"):
+            f = f"-I{srctree}/{f[2:].removeprefix('./')}" if f[2:] else f
+        out.append(f)
+    return tuple(dict.fromkeys(out))
+
+
+def render_registration(name: str, release: str, build_id: str, reps: list[Replacement]) -> str:
+    """The module's registration file from kernel/livepatch/livepatch.c.in."""
+    decls = "\n".join(f"extern void livepatch_{r.old_name}(void);"
+                      for r in sorted(reps, key=lambda r: r.old_name))
+    funcs, objects = [], []
+    for objname in sorted({r.objname for r in reps}, key=lambda o: (o != VMLINUX, o)):
+        rows = "\n".join(f'\t{{ .old_name = "{r.old_name}", .new_func = livepatch_{r.old_name}, '
+                         f".old_sympos = {r.sympos} }},"
+                         for r in sorted(reps, key=lambda r: r.old_name) if r.objname == objname)
+        funcs.append(f"static struct klp_func funcs_{_c_ident(objname)}[] = {{\n{rows}\n\t{{ }}\n}};")
+        label = "NULL" if objname == VMLINUX else f'"{objname}"'
+        objects.append(f"\t{{ .name = {label}, .funcs = funcs_{_c_ident(objname)} }},")
+    text = (TEMPLATES / "livepatch.c.in").read_text()
+    for key, value in (("DECLS", decls), ("FUNCS", "\n\n".join(funcs)), ("OBJECTS", "\n".join(objects)),
+                       ("NAME", name), ("RELEASE", release), ("BUILD_ID", build_id)):
+        text = text.replace(f"@{key}@", value)
+    return text
+
+
+def render_kbuild(name: str, registration: str, sources: list[Source]) -> str:
+    objs = [registration.removesuffix(".c") + ".o"] + [s.filename.removesuffix(".c") + ".o" for s in sources]
+    cflags = [f"CFLAGS_{s.filename.removesuffix('.c')}.o := {' '.join(s.cflags)} "
+              "-Wno-unused-function -Wno-unused-variable" for s in sources]
+    text = (TEMPLATES / "Kbuild.in").read_text()
+    return (text.replace("@NAME@", name).replace("@OBJS@", " ".join(objs))
+            .replace("@CFLAGS@", "\n".join(cflags)))

@@ -1,0 +1,119 @@
+"""Which running object a translation unit was linked into, and where its symbols sit in it."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from kgenv.elf.symbols import STB_LOCAL, STT_FUNC, STT_NOTYPE, STT_OBJECT, Symbol
+from kgenv.errors import ToolError, UserError
+from kgenv.manifest import Manifest
+from kgenv.verify.mapping import OK, Mapper, ObjectFile
+from kgenv.verify.sources import Binary, open_binary
+
+VMLINUX = "vmlinux"
+_KALLSYMS_TYPES = (STT_FUNC, STT_OBJECT, STT_NOTYPE)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The livepatch object a TU belongs to: 'vmlinux' or a module name, and its shipped binary."""
+
+    objname: str
+    binary_path: Path
+
+    @property
+    def is_module(self) -> bool:
+        return self.objname != VMLINUX
+
+
+def compile_flags(cmd_file: Path) -> list[str]:
+    """The gcc command line Kbuild recorded in a TU's .cmd file (`savedcmd_`/`cmd_` line)."""
+    try:
+        lines = cmd_file.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        raise ToolError(f"{cmd_file}: cannot read: {exc.strerror}") from None
+    for line in lines:
+        key, sep, value = line.partition(" := ")
+        if sep and (key.startswith("cmd_") or key.startswith("savedcmd_")):
+            try:
+                return shlex.split(value.split(";", 1)[0])
+            except ValueError:
+                break
+    raise ToolError(f"{cmd_file}: no compile command recorded")
+
+
+def module_name(flags: list[str]) -> str | None:
+    """The module a TU is part of (Kbuild adds -DMODULE only then), else None for built-in code."""
+    if "-DMODULE" not in flags:
+        return None
+    for f in flags:
+        if f.startswith("-DKBUILD_MODNAME="):
+            return f.split("=", 1)[1].strip("'\"")
+    raise ToolError("module object without -DKBUILD_MODNAME in its compile command")
+
+
+def modules_dir(m: Manifest) -> Path:
+    """The shipped modules beside the shipped kernel image: <image root>/lib/modules/<release>."""
+    vmlinuz = m.files["vmlinuz"].resolve()
+    return vmlinuz.parent.parent / "lib" / "modules" / m.kernel.release
+
+
+def find(m: Manifest, cmd_file: Path) -> Target:
+    """vmlinux, or the module the TU's compile command names, with its shipped binary."""
+    mod = module_name(compile_flags(cmd_file))
+    if mod is None:
+        ref = m.files.get("vmlinux")
+        if ref is None:
+            raise UserError(f"env {m.name}: its manifest records no vmlinux")
+        return Target(VMLINUX, ref.resolve())
+    root = modules_dir(m)
+    order = root / "modules.order"
+    if not order.is_file():
+        raise ToolError(f"{order}: missing; fetch the env's kernel again (kgenv envs restore {m.name})")
+    for line in order.read_text().split():
+        if Path(line).name.removesuffix(".ko").replace("-", "_") == mod:
+            return Target(mod, root / line)
+    raise UserError(f"module {mod} is not among the modules shipped with {m.kernel.release}")
+
+
+def kallsyms_pos(binary: Binary, sym: Symbol) -> int:
+    """The kernel's sympos for a symbol: 0 when its name is unique, else its 1-based place among
+    same-named symbols in kallsyms order (address order in vmlinux, symtab order in a module)."""
+    same = [s for s in binary.lookup(sym.name) if s.type in _KALLSYMS_TYPES]
+    if len(same) <= 1:
+        return 0
+    key = (lambda s: s.value) if binary.linked else (lambda s: s.index)
+    same.sort(key=key)
+    return next(i for i, s in enumerate(same, 1) if s.index == sym.index)
+
+
+class Resolver:
+    """Finds a rebuilt TU's symbols in the running object: the copy of *this* TU for statics."""
+
+    def __init__(self, target: Target, original: ObjectFile, binary: Binary | None = None):
+        self.target = target
+        self.binary = binary or open_binary(target.binary_path)
+        self.obj = original
+        self.mapper = Mapper(original, self.binary)
+
+    def find(self, name: str) -> Symbol | None:
+        """The running binary's symbol the original object's `name` is, or None (inlined, absent)."""
+        syms = [s for s in self.obj.index.by_name.get(name, ()) if s.type != STT_FUNC or s.size]
+        for sym in sorted(syms, key=lambda s: not s.defined):
+            found, status = self.mapper.resolve(sym)
+            if status == OK and found is not None:
+                return found
+        if not syms:   # not in the object at all: a global only a declaration names
+            glob = [s for s in self.binary.lookup(name) if s.bind != STB_LOCAL]
+            return glob[0] if len(glob) == 1 else None
+        return None
+
+    def present(self, name: str, kind: str = "") -> bool:
+        return self.find(name) is not None
+
+    def position(self, name: str) -> tuple[str, int] | None:
+        """(objname, sympos) for a livepatch relocation to `name`, or None if not in the binary."""
+        sym = self.find(name)
+        return None if sym is None else (self.target.objname, kallsyms_pos(self.binary, sym))

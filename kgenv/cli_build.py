@@ -1,0 +1,83 @@
+"""`kgenv build FIX.DIFF --env NAME -o OUTDIR`: a verified livepatch module, or a reasoned refusal."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from kgenv import manifest
+from kgenv.build import pipeline
+from kgenv.errors import KgenvError, UserError
+from kgenv.progress import Progress
+
+
+def _summary(report: dict) -> str:
+    res, env = report["result"], report["env"]
+    lines = [f"{res['outcome'].upper()}: {report['fix']['name']} for {env['kernel_release']} "
+             f"(env {env['name']}, image {env['image_id'][7:19]})"]
+    if res["reason"]:
+        lines.append(f"  reason: {res['reason']}")
+    for f in report["functions"]:
+        where = f"{f['object']}:{f['name']}" + (f",{f['sympos']}" if f.get("sympos") else "")
+        lines.append(f"  {f['verdict']:<9} {where:<48} {f.get('note') or f.get('trace') or ''}")
+    if res["module"]:
+        lines.append(f"  module: {res['module']} sha256 {res['module_sha256'][:16]}")
+    if "boot" in report:
+        lines.append(f"  boot test: {report['boot']['result']} in {report['boot']['seconds']} s")
+    total = sum(report["stages"].values())
+    lines.append(f"  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in report["stages"].items())
+                 + f" (total {total:.1f}s)")
+    return "\n".join(lines)
+
+
+@click.command("build")
+@click.argument("diff", type=click.Path(path_type=Path))
+@click.option("--env", "env_name", required=True, metavar="NAME", help="Recorded environment to build in.")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path), metavar="OUTDIR")
+@click.option("--name", help="Patch name (livepatch-<name>.ko); default from the diff's file name.")
+@click.option("--image", metavar="ID", help="Require the env's image to be exactly this ID.")
+@click.option("--tu", "tus", multiple=True, metavar="PATH.o",
+              help="Also rebuild this translation unit (for header changes).")
+@click.option("--boot-test", is_flag=True, help="Boot the shipped kernel in QEMU and prove the module.")
+@click.option("--check", type=click.Path(path_type=Path), metavar="SCRIPT",
+              help="Guest shell snippet: exit 0 when the fix is in effect (with --boot-test).")
+@click.option("-j", "--jobs", default=2, show_default=True, help="Parallel compiles.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary.")
+@click.option("-v", "--verbose", is_flag=True)
+@click.option("--keep-tmp", is_flag=True, help="Keep the work directory and print its path.")
+def build_command(diff, env_name, outdir, name, image, tus, boot_test, check, jobs, as_json, verbose,
+                  keep_tmp):
+    """Build a livepatch module for FIX.DIFF in env NAME's image; verify it before hand-off."""
+    try:
+        if not diff.is_file():
+            raise UserError(f"{diff}: no such diff file")
+        if check is not None and not check.is_file():
+            raise UserError(f"{check}: no such check script")
+        if check is not None and not boot_test:
+            raise UserError("--check only makes sense with --boot-test")
+        m = manifest.load(env_name)
+        if image and image != m.image.id and f"sha256:{image}" != m.image.id:
+            raise UserError(f"env {env_name}: image is {m.image.id}, not {image}")
+        from kgenv.runtime.docker import runtime
+
+        req = pipeline.Request(diff=diff, env=m, outdir=outdir,
+                               name=pipeline.check_name(name or pipeline.default_name(diff)),
+                               extra_tus=tuple(tus), keep_tmp=keep_tmp, jobs=jobs,
+                               boot_test=boot_test, check=check)
+        b = pipeline.Build(req, runtime(), Progress(quiet=as_json and not verbose))
+        if keep_tmp:
+            click.echo(f"work directory: {b.tmp}", err=True)
+        result = b.run()
+    except KgenvError as exc:
+        click.echo(f"kgenv build: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    if as_json:
+        click.echo(json.dumps(result.report, indent=1))
+    elif result.report["result"]["outcome"] == "error":
+        click.echo(f"kgenv build: {result.report['result']['reason']}", err=True)
+    else:
+        click.echo(_summary(result.report))
+    sys.exit(result.exit_code)

@@ -1,0 +1,117 @@
+"""kgenv build on the fixture fixes against Debian's current kernel: built, verified, booted — or refused."""
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from kgenv.build import pipeline
+from kgenv.elf.symbols import SymbolIndex
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "patches"
+ALL = sorted(p.stem for p in FIXTURES.glob("*.diff"))
+BUILT = [n for n in ALL if tomllib.loads((FIXTURES / f"{n}.expect").read_text())["outcome"] == "built"]
+REFUSED = [n for n in ALL if n not in BUILT]
+
+pytestmark = pytest.mark.docker
+
+
+def expect(name: str) -> dict:
+    return tomllib.loads((FIXTURES / f"{name}.expect").read_text())
+
+
+@pytest.fixture(scope="session")
+def builds(env, docker_rt, tmp_path_factory):
+    """Each fixture built once (accepted ones with the boot proof); results shared by the tests."""
+    cache = {}
+
+    def get(name: str) -> tuple[pipeline.Result, Path]:
+        if name not in cache:
+            out = tmp_path_factory.mktemp(f"build-{name}")
+            check = FIXTURES / f"{name}.check"
+            boot = name in BUILT
+            req = pipeline.Request(diff=FIXTURES / f"{name}.diff", env=env, outdir=out, name=name,
+                                   boot_test=boot, check=check if boot else None)
+            cache[name] = (pipeline.build(req, docker_rt), out)
+        return cache[name]
+    return get
+
+
+def test_fixtures_cover_the_issue():
+    assert len(BUILT) >= 5 and len(REFUSED) >= 3
+    for name in BUILT:
+        assert (FIXTURES / f"{name}.check").is_file(), f"{name} has no guest check"
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("name", BUILT)
+def test_accepted_fix_builds_verifies_and_boots(builds, name):
+    result, out = builds(name)
+    rep = result.report
+    assert rep["result"]["outcome"] == "built", rep["result"]["reason"]
+    assert result.exit_code == 0
+    replaced = sorted(f"{f['object']}:{f['name']}" for f in rep["functions"] if f["verdict"] == "replaced")
+    assert replaced == sorted(expect(name)["replaced"])
+    ko = out / f"livepatch-{name}.ko"
+    assert ko.is_file() and rep["result"]["module_sha256"]
+    assert (out / f"{name}.c").is_file() and (out / "Kbuild").is_file()
+    for sym in expect(name).get("klp_symbols", []):
+        assert sym in rep["result"]["klp_symbols"]
+    # the klp symbols really are SHN_LIVEPATCH in the handed-off module
+    index = SymbolIndex.open(ko)
+    klp_syms = [s for s in index.symbols if s.name.startswith(".klp.sym.")]
+    assert len(klp_syms) == len(rep["result"]["klp_symbols"])
+    assert all(s.shndx == 0xFF20 for s in klp_syms)
+    # two levels deep, reproducer names the image
+    assert rep["env"]["image_id"] in rep["kgenv"]["reproducer"]
+    for group in rep.values():
+        for value in (group.values() if isinstance(group, dict) else group):
+            if isinstance(value, dict):
+                assert all(not isinstance(v, (dict, list)) for v in value.values())
+    assert rep["boot"]["result"] == "pass", rep["boot"]["reason"]
+    assert json.loads((out / "report.json").read_text()) == rep
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_refused_fix_writes_no_module(builds, name):
+    result, out = builds(name)
+    rep = result.report
+    assert result.exit_code == 1, rep["result"]
+    assert rep["result"]["outcome"] == "refused"
+    assert expect(name)["reason"] in rep["result"]["reason"]
+    assert not list(out.glob("*.ko")) and (out / "report.json").is_file()
+    assert "boot" not in rep
+
+
+def test_generated_source_is_the_fix_plus_declarations(builds):
+    """Reviewable: the fixed function as written; no second copy of kernel state."""
+    result, out = builds("filesystems-static")
+    text = (out / "filesystems-static-fs_filesystems.c").read_text()
+    assert 'seq_printf(m, "#kgenv\\t%d\\n", fs_maxindex());' in text
+    assert "static struct file_system_type *file_systems;" not in text
+    assert "extern" in text and "file_systems" in text
+    assert "int register_filesystem(struct file_system_type * fs)\n{" not in text   # unchanged: dropped
+    assert "EXPORT_SYMBOL" not in text and "module_init(" not in text
+
+
+def test_cli_bad_diff_is_one_line_error(tmp_path, env):
+    bad = tmp_path / "bad.diff"
+    bad.write_text("--- a/../../etc/passwd\n+++ b/../../etc/passwd\n@@ -1 +1 @@\n-x\n+y\n")
+    r = subprocess.run([sys.executable, "-m", "kgenv", "build", str(bad), "--env", env.name,
+                        "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "bad.diff" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not list((tmp_path / "out").glob("*.ko"))
+
+
+def test_cli_json_report(tmp_path, env):
+    r = subprocess.run([sys.executable, "-m", "kgenv", "build", str(FIXTURES / "refuse-init.diff"),
+                        "--env", env.name, "-o", str(tmp_path), "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["result"]["outcome"] == "refused" and "proc_cmdline_init" in rep["result"]["reason"]
