@@ -244,7 +244,9 @@ class Build:
                                              note=(v.note or v.trace or v.reason) if v else "not in the object"))
                     continue
                 u.replaced.append(orig_name)
-                self.functions.append(self._fn(u, orig_name, "replaced", sympos=v.sympos, address=v.address,
+                pos = u.resolver.position(orig_name)
+                self.functions.append(self._fn(u, orig_name, "replaced", sympos=pos[1] if pos else 0,
+                                               address=v.address,
                                                trace=v.trace, note=""))
         if failures:
             self.functions.extend(failures)
@@ -278,8 +280,8 @@ class Build:
                                       self.m.kernel.srctree)
             local = f"-I{self.m.kernel.srctree}/{PurePosixPath(u.source).parent}"
             sources.append(skeleton.Source(fname, (local, *flags)))
-        reps = [skeleton.Replacement(u.target.objname, n, u.resolver.position(n)[1])
-                for u in self.units for n in u.replaced]
+        reps = [skeleton.Replacement(f["object"], f["name"], f["sympos"])
+                for f in self.functions if f["verdict"] == "replaced"]
         (src / f"{name}.c").write_text(skeleton.render_registration(
             name, self.m.kernel.release, self.m.kernel.build_id, reps))
         (src / "Kbuild").write_text(skeleton.render_kbuild(name, f"{name}.c", sources))
@@ -318,8 +320,7 @@ class Build:
         from kgenv.boot import boot_test
 
         vmlinuz = self.m.files["vmlinuz"].resolve()
-        sympos = "".join(f"{f['object']} {f['name']} {f['sympos']}\n" for f in self.functions
-                         if f["verdict"] == "replaced")
+        sympos = "".join(self._sympos_line(f) for f in self.functions if f["verdict"] == "replaced")
         extra = [u.target.binary_path for u in self.units if u.target.is_module]
         boot = boot_test(ko, vmlinuz, check=self.req.check, sympos=sympos,
                          targets=list(dict.fromkeys(extra)), keep_tmp=self.req.keep_tmp)
@@ -327,6 +328,15 @@ class Build:
         if not boot.passed:
             raise Refusal(f"boot test failed: {boot.reason}")
         return boot
+
+    def _sympos_line(self, f: dict) -> str:
+        """"obj func sympos [offset from _text]" for the guest to find in /proc/kallsyms."""
+        line = f"{f['object']} {f['name']} {f['sympos']}"
+        unit = next(u for u in self.units if u.tu == f["tu"])
+        text = unit.resolver.binary.index.address("_text") if not unit.target.is_module else None
+        if text is not None and f.get("address") is not None:
+            line += f" {f['address'] - text:#x}"
+        return line + "\n"
 
     def _hand_off(self, ko: Path, boot) -> Path:
         out = self.req.outdir
