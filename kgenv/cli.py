@@ -9,6 +9,7 @@ import click
 from . import __version__, envs, manifest
 from .cli_boot import boot_test_command
 from .cli_build import build_command
+from .cli_farm import farm_group
 from .cli_verify import verify_command
 from .errors import KgenvError, UserError
 from .progress import Progress
@@ -128,6 +129,7 @@ def _emit(data: dict, as_json: bool, line: str) -> None:
 cli.add_command(verify_command)
 cli.add_command(boot_test_command)
 cli.add_command(build_command)
+cli.add_command(farm_group)
 
 
 def main():
