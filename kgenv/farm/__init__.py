@@ -1,0 +1,1 @@
+"""kgenv farm: plans of kernels × fixes run as cached jobs on a local or Buildbot engine."""
