@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from . import __version__, envs, manifest
+from .cli_audit import audit_command
 from .cli_boot import boot_test_command
 from .cli_build import build_command
 from .cli_farm import farm_group
@@ -130,6 +131,7 @@ cli.add_command(verify_command)
 cli.add_command(boot_test_command)
 cli.add_command(build_command)
 cli.add_command(farm_group)
+cli.add_command(audit_command)
 
 
 def main():
