@@ -1,0 +1,382 @@
+"""Facts about a kernel C file's top-level declarations, read with libclang inside the env image.
+
+Runs as `python3 -m kgenv.build.cfacts` in the env's container (stdlib + clang.cindex only, so
+it must not import the rest of kgenv). The TU is parsed with the include paths and macros of
+the gcc command Kbuild recorded in its .cmd file; gensrc.py turns the facts into a livepatch
+source on the host. Byte offsets index the file's bytes; `end` is exclusive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import os
+import shlex
+import sys
+from bisect import bisect_left
+from dataclasses import asdict, dataclass, field
+
+SCHEMA = 1
+
+# gcc options whose argument is the next word when not glued on
+_SPLIT = {"-I", "-isystem", "-include", "-iquote", "-idirafter", "-imacros", "-D", "-U", "-o", "-MF", "-MT",
+          "-MQ", "-x", "-Xassembler", "-Xlinker", "-Xpreprocessor", "-aux-info", "--param"}
+# options that change what the preprocessor or the parser sees; everything else gcc-only or codegen
+_KEEP_PREFIX = ("-I", "-D", "-U", "-std=", "-isystem", "-iquote", "-idirafter", "-include", "-imacros")
+_KEEP_EXACT = {"-nostdinc", "-m64", "-m32", "-fshort-wchar", "-funsigned-char", "-fsigned-char", "-fno-PIE",
+               "-fno-pie", "-fms-extensions", "-mno-sse", "-mno-mmx", "-mno-sse2", "-mno-3dnow",
+               "-mno-avx", "-mno-80387"}
+_CONDITIONALS = {"if", "ifdef", "ifndef", "elif", "elifdef", "elifndef", "else", "endif"}
+_STORAGE_WORDS = {"static", "inline", "__inline", "__inline__"}
+# clang's printing-policy properties (enum CXPrintingPolicyProperty)
+_SUPPRESS_INITIALIZERS, _TERSE_OUTPUT = 6, 17
+
+
+@dataclass
+class Decl:
+    name: str
+    kind: str                    # function | variable | type | asm | other
+    cursor: str                  # clang cursor kind, for the curious
+    storage: str                 # static | extern | none
+    is_definition: bool
+    start: int
+    end: int                     # whole macro invocation and the trailing ';' included
+    name_offset: int
+    macro: str | None = None     # top-level macro the declaration comes from
+    extern_decl: str | None = None
+    extern_problem: str | None = None
+    section: str | None = None
+    notrace: bool = False
+    const: bool = False
+    storage_tokens: list = field(default_factory=list)   # [start, end] of literal static/inline words
+    refs: list = field(default_factory=list)              # file-scope functions/variables used
+    type_refs: list = field(default_factory=list)
+    local_statics: list = field(default_factory=list)     # {name, const, line}
+
+
+# --- the compile command -------------------------------------------------------------------
+
+def read_command(cmd_file: str) -> list[str]:
+    """The compiler argv Kbuild recorded in `cmd_<obj> := ...` (or `savedcmd_`), make-unescaped."""
+    with open(cmd_file, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            key, sep, value = line.partition(" := ")
+            if sep and key.startswith(("cmd_", "savedcmd_")):
+                # Kbuild's make-cmd writes '$' as '$$' and '#' as '$(pound)'
+                value = value.replace("$(pound)", "#").replace("$$", "$")
+                words = shlex.split(value)
+                return words[:words.index(";")] if ";" in words else words
+    raise ValueError(f"{cmd_file}: no cmd_ line")
+
+
+def clang_args(argv: list[str]) -> tuple[list[str], str | None]:
+    """gcc argv -> (clang parse args, the source file it compiles)."""
+    args, source, it = [], None, iter(argv[1:])
+    for a in it:
+        if a in _SPLIT:
+            value = next(it, "")
+            if a in _KEEP_PREFIX:
+                args += [a, value]
+        elif a.startswith(_KEEP_PREFIX) or a in _KEEP_EXACT or (a.startswith("-O") and len(a) <= 3):
+            args.append(a)        # -O2 defines __OPTIMIZE__, which compiletime_assert tests
+        elif not a.startswith("-") and a.endswith((".c", ".i")):
+            source = a
+    return args + ["-ferror-limit=0", "-w"], source
+
+
+# --- libclang helpers ----------------------------------------------------------------------
+
+def _lib():
+    from clang import cindex as ci
+
+    lib = ci.conf.lib
+    lib.clang_getCursorPrintingPolicy.restype = ctypes.c_void_p
+    lib.clang_getCursorPrintingPolicy.argtypes = [ci.Cursor]
+    lib.clang_PrintingPolicy_setProperty.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint]
+    lib.clang_PrintingPolicy_dispose.argtypes = [ctypes.c_void_p]
+    lib.clang_getCursorPrettyPrinted.restype = ci._CXString
+    lib.clang_getCursorPrettyPrinted.argtypes = [ci.Cursor, ctypes.c_void_p]
+    return ci, lib
+
+
+def pretty(lib, ci, cursor) -> str:
+    """clang's own printout of a declaration, without body or initializer (attributes expanded)."""
+    policy = lib.clang_getCursorPrintingPolicy(cursor)
+    try:
+        lib.clang_PrintingPolicy_setProperty(policy, _TERSE_OUTPUT, 1)
+        lib.clang_PrintingPolicy_setProperty(policy, _SUPPRESS_INITIALIZERS, 1)
+        return ci._CXString.from_result(lib.clang_getCursorPrettyPrinted(cursor, policy))
+    finally:
+        lib.clang_PrintingPolicy_dispose(policy)
+
+
+def printed_section(text: str) -> str | None:
+    """The last section("...") clang printed among a declaration's attributes."""
+    key, found, pos = 'section("', None, 0
+    while (pos := text.find(key, pos)) >= 0:
+        i, out = pos + len(key), []
+        while i < len(text) and text[i] != '"':
+            if text[i] == "\\" and i + 1 < len(text):
+                i += 1
+            out.append(text[i])
+            i += 1
+        found, pos = "".join(out), i
+    return found
+
+
+def _kind(t):
+    try:
+        return t.kind.name
+    except ValueError:           # a type kind newer than these bindings: print it as written
+        return "UNEXPOSED"
+
+
+_NEEDS_PARENS = {"CONSTANTARRAY", "INCOMPLETEARRAY", "VARIABLEARRAY", "FUNCTIONPROTO", "FUNCTIONNOPROTO"}
+
+
+def declarator(t, inner: str) -> str:
+    """C declaration of `inner` with type t: inside-out, so arrays and function pointers come out right."""
+    k = _kind(t)
+    if k == "POINTER":
+        quals = " ".join(q for q, on in (("const", t.is_const_qualified()),
+                                         ("volatile", t.is_volatile_qualified()),
+                                         ("restrict", t.is_restrict_qualified())) if on)
+        s = "*" + (quals + (" " if inner else "") if quals else "") + inner
+        pointee = t.get_pointee()
+        return declarator(pointee, f"({s})" if _kind(pointee) in _NEEDS_PARENS else s)
+    if k == "CONSTANTARRAY":
+        return declarator(t.element_type, f"{inner}[{t.element_count}]")
+    if k in ("INCOMPLETEARRAY", "VARIABLEARRAY"):
+        return declarator(t.element_type, f"{inner}[]")
+    if k == "FUNCTIONPROTO":
+        params = [declarator(a, "") for a in t.argument_types()]
+        if t.is_function_variadic():
+            params.append("...")
+        return declarator(t.get_result(), f"{inner}({', '.join(params) or 'void'})")
+    if k == "FUNCTIONNOPROTO":
+        return declarator(t.get_result(), f"{inner}()")
+    spelling = t.spelling
+    if "(unnamed " in spelling or "(anonymous " in spelling:
+        raise _Anonymous(spelling)
+    return f"{spelling} {inner}".rstrip() if inner else spelling
+
+
+class _Anonymous(Exception):
+    pass
+
+
+def extern_decl(cursor, name: str, section: str | None) -> tuple[str | None, str | None]:
+    """`extern <type> name;` for a function or variable, or (None, why not)."""
+    try:
+        text = "extern " + declarator(cursor.type, name)
+    except _Anonymous as e:
+        return None, f"its type has no name ({e.args[0].split(' (')[0]} without a tag)"
+    if section and cursor.kind.name == "VAR_DECL":
+        text += f' __attribute__((section("{section}")))'
+    return text + ";", None
+
+
+def _const(t) -> bool:
+    while _kind(t) in ("CONSTANTARRAY", "INCOMPLETEARRAY", "VARIABLEARRAY"):
+        t = t.element_type
+    return t.is_const_qualified()
+
+
+# --- tokens of the main file --------------------------------------------------------------
+
+class Tokens:
+    """The main file's tokens (raw-lexed, so inactive #if branches and directives are there too)."""
+
+    def __init__(self, tu, path: str, size: int):
+        toks = list(tu.get_tokens(extent=tu.get_extent(path, (0, size))))
+        self.start = [t.extent.start.offset for t in toks]
+        self.end = [t.extent.end.offset for t in toks]
+        self.text = [t.spelling for t in toks]
+        self.line = [t.extent.start.line for t in toks]
+
+    def next_at(self, offset: int) -> int:
+        return bisect_left(self.start, offset)
+
+    def directives(self) -> list:
+        """[offset, word] of every conditional directive (#if .. #endif)."""
+        out = []
+        for i, word in enumerate(self.text):
+            if word == "#" and (i == 0 or self.line[i - 1] != self.line[i]) and i + 1 < len(self.text) \
+                    and self.text[i + 1] in _CONDITIONALS:
+                out.append([self.start[i], self.text[i + 1]])
+        return out
+
+    def storage_words(self, start: int, stop: int) -> list:
+        i, out = self.next_at(start), []
+        while i < len(self.start) and self.start[i] < stop:
+            if self.text[i] in _STORAGE_WORDS:
+                out.append([self.start[i], self.end[i]])
+            i += 1
+        return out
+
+    def semicolon_after(self, offset: int) -> int | None:
+        i = self.next_at(offset)
+        return self.end[i] if i < len(self.text) and self.text[i] == ";" else None
+
+
+# --- declarations ---------------------------------------------------------------------------
+
+_FUNCTION_KINDS = {"FUNCTION_DECL"}
+_TYPE_KINDS = {"STRUCT_DECL", "UNION_DECL", "ENUM_DECL", "TYPEDEF_DECL"}
+_STORAGE = {"STATIC": "static", "EXTERN": "extern"}
+
+
+def _body_facts(cursor):
+    """(refs, type_refs, local statics) of a definition's subtree."""
+    refs, types, statics = {}, {}, []
+    for c in cursor.walk_preorder():
+        kind = c.kind.name
+        if kind == "DECL_REF_EXPR":
+            r = c.referenced
+            if r is not None and r.kind.name in ("FUNCTION_DECL", "VAR_DECL") and (
+                    r.semantic_parent is None or r.semantic_parent.kind.name == "TRANSLATION_UNIT"
+                    or r.storage_class.name == "EXTERN"):
+                refs[r.spelling] = None
+        elif kind == "TYPE_REF":
+            r = c.referenced
+            if r is not None and r.spelling:
+                types[r.spelling] = None
+        elif kind == "VAR_DECL" and c != cursor and c.storage_class.name == "STATIC":
+            statics.append({"name": c.spelling, "const": _const(c.type), "line": c.location.line})
+    if cursor.kind.name == "VAR_DECL":
+        refs.pop(cursor.spelling, None)     # LIST_HEAD(x) points at itself
+    return list(refs), list(types), statics
+
+
+def _classify(c, printed: str) -> str:
+    k = c.kind.name
+    if k in _FUNCTION_KINDS:
+        return "function"
+    if k == "VAR_DECL":
+        return "variable"
+    if k in _TYPE_KINDS:
+        return "type"
+    if k == "UNEXPOSED_DECL" and printed.startswith("__asm"):
+        return "asm"      # a file-scope asm() statement (EXPORT_SYMBOL, initcalls)
+    return "other"
+
+
+def _macro_at(macros: list, offset: int) -> tuple | None:
+    """(start, end, name) of the outermost macro invocation (sorted, disjoint) holding offset."""
+    i = bisect_left(macros, (offset + 1,)) - 1
+    return macros[i] if i >= 0 and macros[i][0] <= offset < macros[i][1] else None
+
+
+def collect(tu, path: str, data: bytes) -> list[Decl]:
+    ci, lib = _lib()
+    toks = Tokens(tu, path, len(data))
+    main, macros, decls = [], [], []
+    for c in tu.cursor.get_children():
+        f = c.location.file
+        if f is None or f.name != path:
+            continue
+        if c.kind.name == "MACRO_INSTANTIATION":
+            macros.append((c.extent.start.offset, c.extent.end.offset, c.spelling))
+        elif c.kind.is_declaration():
+            main.append(c)
+    macros.sort()
+    # outermost only: a macro whose extent lies inside an earlier one is an argument or body use
+    outer, reach = [], -1
+    for s, e, name in macros:
+        if e > reach:
+            outer.append((s, e, name))
+            reach = e
+    for c in main:
+        decls.append(_decl(c, ci, lib, toks, outer))
+    return decls, toks
+
+
+def _decl(c, ci, lib, toks: Tokens, macros: list) -> Decl:
+    printed = pretty(lib, ci, c)
+    kind = _classify(c, printed)
+    start, end = c.extent.start.offset, c.extent.end.offset
+    storage = _STORAGE.get(c.storage_class.name, "none")
+    definition = c.is_definition() or (kind == "variable" and storage != "extern")   # tentative too
+    name_at = c.location.offset
+    macro = _macro_at(macros, name_at)
+    if macro:     # clang may collapse a macro-made declaration's extent to one point
+        start, end = min(start, macro[0]), max(end, macro[1])
+    if not (kind == "function" and definition):
+        end = toks.semicolon_after(end) or end
+    name = "" if kind == "type" and "(unnamed " in c.spelling else c.spelling
+    d = Decl(name=name, kind=kind, cursor=c.kind.name, storage=storage, is_definition=definition,
+             start=start, end=max(end, start), name_offset=name_at, macro=macro and macro[2])
+    if kind in ("function", "variable"):
+        d.section = printed_section(printed)
+        d.notrace = "__attribute__((no_instrument_function))" in printed
+        d.extern_decl, d.extern_problem = extern_decl(c, c.spelling, d.section)
+        d.storage_tokens = toks.storage_words(start, name_at) if macro is None else []
+        if kind == "variable":
+            d.const = _const(c.type)
+        if definition:
+            d.refs, d.type_refs, d.local_statics = _body_facts(c)
+    return d
+
+
+# --- the whole run --------------------------------------------------------------------------
+
+def _diagnostics(tu, path: str) -> dict:
+    errors = [d for d in tu.diagnostics if d.severity >= 3]
+    where = [(d.location.file.name if d.location.file else "", d.location.line, d.spelling) for d in errors]
+    return {"errors": len(errors), "main_file_errors": sum(1 for f, _, _ in where if f == path),
+            "first": [f"{f}:{line}: {msg}" for f, line, msg in where[:10]]}
+
+
+def facts(cmd_file: str, cwd: str, source: str | None = None) -> dict:
+    """Parse the TU as Kbuild compiled it (from `cwd`, Kbuild's objtree) and describe its main file."""
+    from clang import cindex as ci
+
+    argv = read_command(cmd_file)
+    args, recorded = clang_args(argv)
+    path = source or recorded
+    if not path:
+        raise ValueError(f"{cmd_file}: the command names no C source")
+    os.chdir(cwd)
+    with open(path, "rb") as f:
+        data = f.read()
+    tu = ci.Index.create().parse(path, args=args,
+                                 options=ci.TranslationUnit.PARSE_DETAILED_PROCESSING_RECORD)
+    decls, toks = collect(tu, path, data)
+    return {"schema": SCHEMA, "file": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "compiler": argv[0], "clang_args": args, "diagnostics": _diagnostics(tu, path),
+            "directives": toks.directives(), "decls": [asdict(d) for d in decls]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m kgenv.build.cfacts", description=__doc__.splitlines()[0])
+    p.add_argument("--cmd", required=True, help="the TU's Kbuild .cmd file")
+    p.add_argument("--cwd", required=True, help="directory Kbuild ran the compiler in (the objtree)")
+    p.add_argument("--source", help="C file to describe (default: the one the command compiles)")
+    p.add_argument("--out", required=True, help="where to write the facts JSON")
+    a = p.parse_args(argv)
+    try:
+        result = facts(a.cmd, a.cwd, a.source)
+    except (OSError, ValueError) as e:
+        print(f"cfacts: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:     # libclang's TranslationUnitLoadError and friends
+        print(f"cfacts: {a.cmd}: libclang failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    tmp = a.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, a.out)
+    d = result["diagnostics"]
+    print(f"cfacts: {path_tail(result['file'])}: {len(result['decls'])} declarations, "
+          f"{d['errors']} clang error(s)")
+    return 0
+
+
+def path_tail(path: str) -> str:
+    return "/".join(path.split("/")[-3:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

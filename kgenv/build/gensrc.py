@@ -1,0 +1,345 @@
+"""The reviewable livepatch source of one patched file, kGraft-style, from cfacts' declaration facts.
+
+Everything that is not a code or data definition stays as written. The replaced functions (and
+the helpers they need that the running kernel has no out-of-line copy of) stay verbatim; every
+other definition is dropped, or turned into a declaration when kept code uses it, so the
+reference resolves to the running kernel's object — never a second copy of kernel state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+# the kernel's "print/warn once" flags: a fresh copy only means a message may repeat once
+ONCE_FLAGS = ("__already_done", "__print_once", "__warned")
+# dynamic-debug descriptors: per-module metadata the module loader registers for the patch module
+DDEBUG_PREFIX = "__UNIQUE_ID_ddebug"
+# sections that are gone (or never loaded) by the time a livepatch arrives
+FREED_SECTIONS = (".init.", ".exit.", ".meminit.", ".memexit.")
+NOINSTR_SECTION = ".noinstr.text"
+ALIAS_PREFIX = "livepatch_"
+
+
+@dataclass(frozen=True)
+class Extern:
+    """A definition of the file the module must take from the running kernel."""
+
+    name: str
+    kind: str          # function | variable
+    static: bool       # a local symbol there: only a klp relocation can reach it
+
+
+@dataclass
+class Generated:
+    text: str
+    replaced: list[str] = field(default_factory=list)     # keep ∩ running kernel, in file order
+    copied: list[str] = field(default_factory=list)       # kept as code: new, or inlined everywhere
+    externs: list[Extern] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)  # replaced function -> global alias
+    refusals: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    facts: dict | None = None                              # cfacts' JSON, for --keep-tmp
+
+    def to_dict(self) -> dict:
+        return {"replaced": self.replaced, "copied": self.copied,
+                "externs": [f"{e.kind} {e.name}{' (static)' if e.static else ''}" for e in self.externs],
+                "aliases": self.aliases, "refusals": self.refusals, "notes": self.notes}
+
+
+@dataclass
+class _Group:
+    """Declarations whose text overlaps (one macro invocation, `int a, b;`, `struct s {..} v;`)."""
+
+    start: int
+    end: int
+    members: list = field(default_factory=list)
+    role: str = ""     # "" | replaced | copied
+
+    @property
+    def is_definition(self) -> bool:
+        return any(d["is_definition"] and d["kind"] in ("function", "variable", "asm") for d in self.members)
+
+    @property
+    def macro(self) -> str | None:
+        return next((d["macro"] for d in self.members if d["macro"]), None)
+
+    def defs(self, kind: str) -> list:
+        return [d for d in self.members if d["kind"] == kind and d["is_definition"]]
+
+
+def _groups(decls: list) -> list[_Group]:
+    out: list[_Group] = []
+    for d in sorted(decls, key=lambda d: (d["start"], -d["end"])):
+        g = out[-1] if out else None
+        if g and (d["start"] < g.end or d["start"] == g.start):
+            g.end = max(g.end, d["end"])
+            g.members.append(d)
+        else:
+            out.append(_Group(d["start"], d["end"], [d]))
+    return out
+
+
+def _freed(section: str | None) -> bool:
+    return bool(section) and section.startswith(FREED_SECTIONS)
+
+
+class _Planner:
+    """Decides, group by group, what stays, what is dropped and what becomes a declaration."""
+
+    def __init__(self, facts: dict, present: Callable[[str, str], bool], original: dict | None):
+        self.file = facts["file"].rsplit("/", 1)[-1]
+        self.present = present
+        self.groups = _groups(facts["decls"])
+        self.fdef, self.vdef = {}, {}
+        for g in self.groups:
+            for d in g.defs("function"):
+                self.fdef.setdefault(d["name"], (g, d))
+            for d in g.defs("variable"):
+                self.vdef.setdefault(d["name"], (g, d))
+        self.new_vars = set()
+        if original is not None:
+            before = {d["name"] for d in original["decls"] if d["kind"] == "variable" and d["is_definition"]}
+            self.new_vars = {n for n in self.vdef if n not in before and not n.startswith("__UNIQUE_ID")}
+        self.externs: dict[str, Extern] = {}
+        self.replaced, self.copied = [], []
+        self.refusals, self.notes = [], []
+
+    def refuse(self, why: str) -> None:
+        if why not in self.refusals:
+            self.refusals.append(why)
+
+    def plan(self, keep: set[str]) -> None:
+        for name in sorted(keep, key=lambda n: self.fdef[n][1]["start"] if n in self.fdef else -1):
+            if name not in self.fdef:
+                self.refuse(f"{name}: no definition of it in {self.file}")
+                continue
+            g, d = self.fdef[name]
+            if self.present(name, "function"):
+                self.replaced.append(name)
+                self._check_replaceable(d)
+            else:
+                self.copied.append(name)
+                self.notes.append(f"{name}: not in the running kernel, compiled in as a new function")
+            self._take(g, "replaced")
+        for name in sorted(self.new_vars):
+            d = self.vdef[name][1]
+            kind = "static" if d["storage"] == "static" else "global"
+            self.refuse(f"new {kind} variable {name}: the running kernel has no such state "
+                        "(shadow variables are not supported yet)")
+
+    def _check_replaceable(self, d: dict) -> None:
+        name, section = d["name"], d["section"]
+        if section == NOINSTR_SECTION:
+            self.refuse(f"{name} is noinstr: no ftrace site for the livepatch core to redirect")
+        elif d["notrace"]:
+            self.refuse(f"{name} is notrace: no ftrace site for the livepatch core to redirect")
+        if _freed(section):
+            self.refuse(f"{name} is __init/__exit code (section {section}): it has run and been freed")
+
+    def _take(self, g: _Group, role: str) -> None:
+        if g.role:
+            return
+        g.role = role
+        state = [d["name"] for d in g.defs("variable")]
+        if state:
+            self.refuse(f"{', '.join(d['name'] for d in g.defs('function'))}: {g.macro or 'its definition'} "
+                        f"also defines {', '.join(dict.fromkeys(state))} (a second copy of kernel state)")
+        for d in g.defs("function"):
+            self._local_statics(d)
+            for ref in d["refs"]:
+                self._use(ref, d["name"])
+
+    def _local_statics(self, d: dict) -> None:
+        for s in d["local_statics"]:
+            where = f"{d['name']}: static {s['name']} (line {s['line']})"
+            if s["name"] in ONCE_FLAGS:
+                self.notes.append(f"{where} is a fresh once-flag: the message may be printed once more")
+            elif s["name"].startswith(DDEBUG_PREFIX):
+                self.notes.append(f"{where} is a dynamic-debug descriptor, now the patch module's")
+            elif s["const"]:
+                self.notes.append(f"{where} is read-only data, copied")
+            else:
+                self.refuse(f"{where} is function-local state a copy would not share with the running kernel")
+
+    def _use(self, name: str, user: str) -> None:
+        if name in self.fdef:
+            g, d = self.fdef[name]
+            if g.role or name in self.externs:
+                return
+            if _freed(d["section"]):
+                self.refuse(f"{user} uses {name}, which is __init/__exit code (section {d['section']})")
+            elif self.present(name, "function"):
+                self._extern(d, "function")
+            else:
+                self.copied.append(name)
+                self._take(g, "copied")
+        elif name in self.vdef and name not in self.externs:
+            d = self.vdef[name][1]
+            if name in self.new_vars:
+                return     # refused on its own
+            if _freed(d["section"]):
+                self.refuse(f"{user} uses {name}, which is __initdata (section {d['section']})")
+            elif not self.present(name, "variable"):
+                self.refuse(f"{user} uses static variable {name}, which the running kernel does not have "
+                            "as a symbol (optimised away or new)")
+            else:
+                self._extern(d, "variable")
+
+    def _extern(self, d: dict, kind: str) -> None:
+        if d["extern_decl"] is None:
+            self.refuse(f"{d['name']} cannot be declared extern: {d['extern_problem']}")
+        self.externs[d["name"]] = Extern(d["name"], kind, d["storage"] == "static")
+
+
+class _Editor:
+    """Byte-range edits of the file text; cuts keep unbalanced #if lines so the nesting survives."""
+
+    def __init__(self, data: bytes, directives: list):
+        self.data = data
+        self.directives = directives
+        self.edits: list[tuple[int, int, bytes]] = []
+
+    def replace(self, start: int, end: int, text: str) -> None:
+        start, end, whole = self._lines(start, end)
+        new = text.encode() + (b"\n" if whole and text else b"")
+        kept = self._kept_directives(start, end)
+        if kept:
+            new += b"".join(self.data[s:e] for s, e in kept)
+        elif whole and not text and self._blank_before(start):
+            end = self._eat_blank_line(end)
+        self.edits.append((start, end, new))
+
+    def remove(self, start: int, end: int) -> None:
+        """A word (static/inline) and the blanks after it on its line."""
+        while end < len(self.data) and self.data[end:end + 1] in (b" ", b"\t"):
+            end += 1
+        self.edits.append((start, end, b""))
+
+    def _lines(self, start: int, end: int) -> tuple[int, int, bool]:
+        ls = self.data.rfind(b"\n", 0, start) + 1
+        le = self.data.find(b"\n", end)
+        le = len(self.data) if le < 0 else le
+        if self.data[ls:start].strip() or self.data[end:le].strip():
+            return start, end, False
+        return ls, min(le + 1, len(self.data)), True
+
+    def _blank_before(self, start: int) -> bool:
+        prev = self.data.rfind(b"\n", 0, max(start - 1, 0)) + 1
+        return start == 0 or not self.data[prev:start].strip()
+
+    def _eat_blank_line(self, end: int) -> int:
+        le = self.data.find(b"\n", end)
+        return le + 1 if le >= 0 and not self.data[end:le].strip() else end
+
+    def _kept_directives(self, start: int, end: int) -> list:
+        inside = [(o, w) for o, w in self.directives if start <= o < end]
+        depth, balanced = 0, True
+        for _, w in inside:
+            if w.startswith("if"):
+                depth += 1
+            elif w == "endif":
+                depth -= 1
+            elif depth == 0:
+                balanced = False      # an #else/#elif of a block opened outside
+            if depth < 0:
+                balanced = False
+        if balanced and depth == 0:
+            return []
+        return [(o, self._line_end(o)) for o, _ in inside]
+
+    def _line_end(self, offset: int) -> int:
+        """End of a directive's line, following backslash continuations."""
+        while True:
+            nl = self.data.find(b"\n", offset)
+            if nl < 0:
+                return len(self.data)
+            if self.data[nl - 1:nl] != b"\\":
+                return nl + 1
+            offset = nl + 1
+
+    def apply(self) -> bytes:
+        out, pos = [], 0
+        for s, e, new in sorted(self.edits):
+            if s < pos:
+                raise ValueError(f"overlapping edits at byte {s}")
+            out += [self.data[pos:s], new]
+            pos = e
+        return b"".join(out + [self.data[pos:]])
+
+
+def _edit(p: _Planner, ed: _Editor) -> None:
+    dropped_statics = {n for n, (g, d) in p.fdef.items()
+                       if not g.role and n not in p.externs and d["storage"] == "static"}
+    for g in p.groups:
+        if g.role:
+            continue
+        if g.is_definition:
+            ed.replace(g.start, g.end, _declarations(p, g, ed.data))
+            continue
+        protos = [d for d in g.members if d["kind"] == "function" and not d["is_definition"]]
+        if protos and len(protos) == len(g.members) and all(d["name"] in dropped_statics for d in protos):
+            ed.replace(g.start, g.end, "")        # a prototype of a dropped static function
+            continue
+        for d in protos:
+            if d["name"] in p.externs and d["storage"] == "static":
+                if d["storage_tokens"]:
+                    for s, e in d["storage_tokens"]:
+                        ed.remove(s, e)
+                elif len(g.members) == 1:
+                    ed.replace(g.start, g.end, d["extern_decl"])
+                else:
+                    p.refuse(f"{d['name']}: its static prototype comes from macro {d['macro']} "
+                             "and cannot be made extern")
+
+
+def _declarations(p: _Planner, g: _Group, data: bytes) -> str:
+    """What a dropped definition group leaves behind: the type definitions it carried and
+    the extern declarations kept code needs."""
+    out = []
+    for d in g.members:
+        if d["kind"] == "type" and d["is_definition"]:
+            if g.macro:
+                p.notes.append(f"type {d['name'] or '(unnamed)'} defined by macro {g.macro} is dropped with it")
+            elif d["name"]:
+                out.append(data[d["start"]:d["end"]].decode(errors="surrogateescape") + ";")
+    seen = set()
+    for d in g.members:
+        if d["kind"] in ("function", "variable") and d["name"] in p.externs and d["name"] not in seen \
+                and d["is_definition"] and d["extern_decl"]:
+            seen.add(d["name"])
+            out.append(d["extern_decl"])
+    return "\n".join(out)
+
+
+def generate(text: str | bytes, facts: dict, keep: set[str], present: Callable[[str, str], bool], *,
+             original: dict | None = None, alias_prefix: str = ALIAS_PREFIX) -> Generated:
+    """The livepatch source for `keep` (function names) from the patched file's text and facts.
+
+    present(name, kind) says whether the running kernel has that function/variable out of line;
+    `original` is the unpatched file's facts (to refuse new variables).
+    """
+    data = text.encode(errors="surrogateescape") if isinstance(text, str) else text
+    if hashlib.sha256(data).hexdigest() != facts["sha256"]:
+        raise ValueError(f"{facts['file']}: the facts describe another version of the file")
+    p = _Planner(facts, present, original)
+    diag = facts["diagnostics"]
+    if diag["main_file_errors"]:
+        p.refuse(f"clang could not parse {p.file} cleanly ({diag['main_file_errors']} error(s), "
+                 f"first: {diag['first'][0] if diag['first'] else '?'})")
+    elif diag["errors"]:
+        p.notes.append(f"clang reported {diag['errors']} error(s) in headers (gcc-only code); "
+                       f"{p.file} itself parsed cleanly")
+    p.plan(keep)
+    ed = _Editor(data, facts["directives"])
+    _edit(p, ed)
+    body = ed.apply().decode(errors="surrogateescape")
+    aliases = {n: alias_prefix + n for n in p.replaced}
+    if aliases:
+        body = body.rstrip("\n") + "\n\n/* livepatch: global names of the replaced functions for the registration file */\n"
+        body += "".join(f'extern typeof({n}) {a} __attribute__((alias("{n}")));\n' for n, a in aliases.items())
+    order = {d["name"]: d["start"] for d in facts["decls"]}
+    return Generated(text=body, replaced=p.replaced, copied=p.copied,
+                     externs=sorted(p.externs.values(), key=lambda e: order.get(e.name, 0)),
+                     aliases=aliases, refusals=p.refusals, notes=p.notes, facts=facts)
