@@ -60,7 +60,7 @@ def text(r: AuditReport, limit: int = 10) -> str:
     for f in r.findings:
         mark = "ok  " if f.same else "DIFF"
         note = f"  ({f.note})" if f.note and (not f.same or f.kind == "vendor") else ""
-        out.append(f"  {mark} {f.item:<30} {_cut(f.expected, 34):<34} {_cut(f.candidate, 34):<34}{note}")
+        out.append(f"  {mark} {_cut(f.item, 38):<38} {_cut(f.expected, 32):<32} {_cut(f.candidate, 32):<32}{note}")
     out += ["", f"  {'TU':<44} {'status':<13} {'fns':>5} {'ident':>6} {'differ':>6} {'unmat':>6} {'%ident':>7}"]
     for t in r.tus:
         out.append(f"  {_cut(t.tu, 44):<44} {t.status:<13} {t.compared:>5} {t.identical:>6} {t.differing:>6} "
@@ -171,13 +171,13 @@ def _disasm(r: AuditReport, max_tus: int = 6) -> list:
     for tu in seen[:max_tus]:
         rows = [x for x in r.disasm if x.tu == tu]
         diff = next((d for d in r.differing if d.tu == tu and d.name == rows[0].function), None)
-        first = diff.offset if diff else -1
+        firsts = next((i for i, x in enumerate(rows) if not x.same), -1)
         out.append(H.tag("h3", f"{rows[0].function} — {tu}"))
         if diff:
             out.append(H.tag("p", f"{diff.reason}: {diff.detail}" if diff.detail else diff.reason, class_="muted"))
         out.append(H.side_by_side(
             "rebuilt by the candidate", "shipped vmlinux",
-            [(x.object, x.binary, "first" if x.offset == first else "same" if x.same else "") for x in rows],
+            [(x.object, x.binary, "same" if x.same else "first" if i == firsts else "") for i, x in enumerate(rows)],
             [f"+{x.offset:#x}" if x.offset >= 0 else "" for x in rows]))
     return out
 

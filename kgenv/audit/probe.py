@@ -48,7 +48,8 @@ def parse(output: str) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
         if line.startswith(("DRIFT< ", "DRIFT> ")):
             m = _CONFIG_LINE.match(line[7:].strip())
             if m:
-                (old if line[5] == "<" else new)[m[1]] = m[2] if m[2] is not None else "n"
+                value = m[2] if m[2] is not None else "n"
+                (old if line[5] == "<" else new)[m[1]] = value[1:-1] if value[:1] == value[-1:] == '"' else value
         elif "=" in line and re.match(r"^[A-Z][A-Z_]*(?:_[\w.+-]+)?=", line):
             key, _, value = line.partition("=")
             facts.setdefault(key, value.strip())

@@ -25,6 +25,10 @@ def script(m: Manifest, cand: Candidate, tus: list[str], jobs: int) -> str:
     obj = shlex.quote(m.kernel.objtree or ".")
     make = {**m.make, **cand.make}
     lines = ["set -o pipefail"]
+    if make.get("HOSTCC") != m.make.get("HOSTCC"):
+        # tools/ (objtool, resolve_btfids) has its own build whose .d files name the env compiler's
+        # headers by absolute path; another host compiler finds them missing and stops: rebuild them.
+        lines.append(f"rm -rf {obj}/tools")
     # a stale object from the tree would pass for a rebuilt one
     lines += [f"rm -f {obj}/{shlex.quote(t)}" for t in tus]
     cmd = make_command(make, m.kernel.objtree, *tus, jobs=jobs)
@@ -50,8 +54,10 @@ def rebuild(runner, m: Manifest, cand: Candidate, tus: list[str], outdir: Path, 
 
 
 def _error_for(tu: str, output: str) -> str:
-    """The compiler/make lines about this TU, else the end of the log."""
-    src = tu[:-2]
-    lines = [ln for ln in output.splitlines()
-             if re.search(rf"(?:^|[\s/\[]){re.escape(src)}\.[co]\b", ln) and ("rror" in ln or "***" in ln)]
-    return "\n".join(lines[:12]) or "\n".join(output.splitlines()[-12:]) or "no object produced"
+    """The compiler/make errors about this TU, else the build's first errors (a failure before any TU)."""
+    src = re.escape(tu[:-2])
+    log = [ln for ln in output.splitlines() if "not remade because of errors" not in ln]
+    mine = [ln for ln in log if re.search(rf"(?:^|[\s/\[']){src}\.[co]\b", ln)
+            and ("error" in ln or "***" in ln)]
+    first = [ln for ln in log if " error: " in ln or "*** " in ln]
+    return "\n".join((mine or first)[:12]) or "\n".join(log[-12:]) or "no object produced"
