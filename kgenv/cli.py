@@ -40,15 +40,21 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @click.option("-v", "--verbose", is_flag=True)
 @click.option("--keep-tmp", is_flag=True, help="Keep the work directory (rootfs, layers, tree).")
-def snapshot(build_dir, debian_spec, name, force, as_json, verbose, keep_tmp):
+@click.option("--line", help="BUILD_DIR: the Debian release whose archive holds the compiler (default: from its version).")
+@click.option("--make", "make_vars", multiple=True, metavar="VAR=VALUE", help="BUILD_DIR: a make-line variable of the build.")
+def snapshot(build_dir, debian_spec, name, force, as_json, verbose, keep_tmp, line, make_vars):
     """Record a shipped kernel's toolchain into envs/<name>.toml and a reproducible env image."""
     from .snapshot import snapshot_debian
 
     if bool(build_dir) == bool(debian_spec):
         raise UserError("snapshot: give either --debian LINE|ABI or a BUILD_DIR")
     if build_dir:
-        raise UserError(f"{build_dir}: snapshot from a vendor build tree is not implemented yet; use --debian")
-    m = snapshot_debian(debian_spec, _runtime(), name, force, _progress(as_json, verbose), keep_tmp)
+        from .snapshot_tree import snapshot_build_dir, parse_make_vars
+
+        m = snapshot_build_dir(build_dir, _runtime, name, line, force, _progress(as_json, verbose), keep_tmp,
+                               parse_make_vars(make_vars))
+    else:
+        m = snapshot_debian(debian_spec, _runtime(), name, force, _progress(as_json, verbose), keep_tmp)
     _emit(envs.show(m), as_json, f"{manifest.path_of(m.name)}: {m.kernel.release} in image {m.image.id[:19]} "
           f"({m.image.size / 1e9:.2f} GB)")
 
