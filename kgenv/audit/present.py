@@ -30,11 +30,16 @@ class FleetRow:
         return self.report.exit_code if self.report else 2
 
     def to_dict(self) -> dict:
+        """One flat record; an env that could not be audited has the same keys, zeroed."""
         if self.report is None:
-            return {"release": self.release, "verdict": "error", "exit_code": 2, "error": self.error}
+            return {"env": self.env, "release": self.release, "verdict": "error", "exit_code": 2,
+                    **dict.fromkeys(("tus", "tus_identical", "functions", "percent_identical", "differing",
+                                     "unmatched", "fingerprint_differences", "config_drift"), 0),
+                    "top_function": "", "error": self.error}
         s = self.report.summary
         top = self.report.top(1)
-        return {"release": self.release, "verdict": self.report.verdict, "exit_code": self.report.exit_code,
+        return {"env": self.env, "release": self.release, "verdict": self.report.verdict,
+                "exit_code": self.report.exit_code,
                 "tus": s["tus"], "tus_identical": s["tus_identical"], "functions": s["functions"],
                 "percent_identical": s["percent_identical"], "differing": s["differing"],
                 "unmatched": s["unmatched"], "fingerprint_differences": s["fingerprint_differences"],
@@ -103,7 +108,7 @@ def as_json(r: AuditReport) -> str:
 
 def fleet_json(cand: dict, rows: list[FleetRow]) -> str:
     return json.dumps({"candidate": cand, "exit_code": fleet_exit(rows),
-                       "envs": {row.env: row.to_dict() for row in rows}}, indent=1) + "\n"
+                       "envs": [row.to_dict() for row in rows]}, indent=1) + "\n"
 
 
 # ---- JUnit ------------------------------------------------------------------------------------
