@@ -28,7 +28,7 @@ from .snapshot import REPO, _fingerprint_table, finish
 DEBIAN_RELEASES = {"10": "buster", "11": "bullseye", "12": "bookworm", "13": "trixie", "14": "forky"}
 # An env's tree must not land on the image's own system directories.
 SYSTEM_DIRS = ("/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr/bin",
-               "/usr/sbin", "/usr/lib", "/usr/include", "/usr/share", "/var/lib", "/tmp")
+               "/usr/sbin", "/usr/lib", "/usr/include", "/usr/share", "/var/lib")
 RELOCATED_OBJTREE = "kgenv-build"
 
 
