@@ -64,11 +64,25 @@ def read_command(cmd_file: str) -> list[str]:
         for line in f:
             key, sep, value = line.partition(" := ")
             if sep and key.startswith(("cmd_", "savedcmd_")):
-                # Kbuild's make-cmd writes '$' as '$$' and '#' as '$(pound)'
-                value = value.replace("$(pound)", "#").replace("$$", "$")
-                words = shlex.split(value)
+                words = shlex.split(_make_unescape(value))
                 return words[:words.index(";")] if ";" in words else words
     raise ValueError(f"{cmd_file}: no cmd_ line")
+
+
+def _make_unescape(value: str) -> str:
+    """Undo Kbuild's make-cmd escaping, left to right: '$$' was '$', '$(pound)' was '#'."""
+    out, i = [], 0
+    while i < len(value):
+        if value.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif value.startswith("$(pound)", i):
+            out.append("#")
+            i += 8
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
 
 
 def clang_args(argv: list[str]) -> tuple[list[str], str | None]:
@@ -189,12 +203,16 @@ def _const(t) -> bool:
 class Tokens:
     """The main file's tokens (raw-lexed, so inactive #if branches and directives are there too)."""
 
-    def __init__(self, tu, path: str, size: int):
-        toks = list(tu.get_tokens(extent=tu.get_extent(path, (0, size))))
-        self.start = [t.extent.start.offset for t in toks]
-        self.end = [t.extent.end.offset for t in toks]
+    def __init__(self, tu, path: str, data: bytes):
+        toks = list(tu.get_tokens(extent=tu.get_extent(path, (0, len(data)))))
+        self.data = data
+        self.start = [t.location.offset for t in toks]
         self.text = [t.spelling for t in toks]
-        self.line = [t.extent.start.line for t in toks]
+        self.end = [s + len(w.encode()) for s, w in zip(self.start, self.text)]
+
+    def _line_start(self, i: int) -> bool:
+        """Only blanks between the token and the start of its line."""
+        return not self.data[self.data.rfind(b"\n", 0, self.start[i]) + 1:self.start[i]].strip()
 
     def next_at(self, offset: int) -> int:
         return bisect_left(self.start, offset)
@@ -203,10 +221,15 @@ class Tokens:
         """[offset, word] of every conditional directive (#if .. #endif)."""
         out = []
         for i, word in enumerate(self.text):
-            if word == "#" and (i == 0 or self.line[i - 1] != self.line[i]) and i + 1 < len(self.text) \
-                    and self.text[i + 1] in _CONDITIONALS:
+            if word == "#" and i + 1 < len(self.text) and self.text[i + 1] in _CONDITIONALS \
+                    and self._line_start(i):
                 out.append([self.start[i], self.text[i + 1]])
         return out
+
+    def directive_start(self, name_at: int) -> int:
+        """Offset of the '#' of the `# define NAME` whose name sits at name_at."""
+        i = self.next_at(name_at)
+        return self.start[i - 2] if i >= 2 and self.text[i - 2] == "#" else name_at
 
     def storage_words(self, start: int, stop: int) -> list:
         i, out = self.next_at(start), []
@@ -228,22 +251,40 @@ _TYPE_KINDS = {"STRUCT_DECL", "UNION_DECL", "ENUM_DECL", "TYPEDEF_DECL"}
 _STORAGE = {"STATIC": "static", "EXTERN": "extern"}
 
 
+_DECL_REF_EXPR, _TYPE_REF, _VAR_DECL = 101, 43, 9     # CXCursorKind values, compared raw for speed
+
+
+def _descendants(cursor) -> list:
+    """Every cursor below `cursor` in one libclang traversal (walk_preorder re-enters per level)."""
+    from clang import cindex as ci
+
+    out = []
+
+    def visit(child, _parent, _data):
+        child._tu = cursor._tu
+        out.append(child)
+        return 2          # CXChildVisit_Recurse
+
+    ci.conf.lib.clang_visitChildren(cursor, ci.callbacks["cursor_visit"](visit), None)
+    return out
+
+
 def _body_facts(cursor):
     """(refs, type_refs, local statics) of a definition's subtree."""
     refs, types, statics = {}, {}, []
-    for c in cursor.walk_preorder():
-        kind = c.kind.name
-        if kind == "DECL_REF_EXPR":
+    for c in _descendants(cursor):
+        kind = c._kind_id
+        if kind == _DECL_REF_EXPR:
             r = c.referenced
             if r is not None and r.kind.name in ("FUNCTION_DECL", "VAR_DECL") and (
                     r.semantic_parent is None or r.semantic_parent.kind.name == "TRANSLATION_UNIT"
                     or r.storage_class.name == "EXTERN"):
                 refs[r.spelling] = None
-        elif kind == "TYPE_REF":
+        elif kind == _TYPE_REF:
             r = c.referenced
             if r is not None and r.spelling:
                 types[r.spelling] = None
-        elif kind == "VAR_DECL" and c != cursor and c.storage_class.name == "STATIC":
+        elif kind == _VAR_DECL and c.storage_class.name == "STATIC":
             statics.append({"name": c.spelling, "const": _const(c.type), "line": c.location.line})
     if cursor.kind.name == "VAR_DECL":
         refs.pop(cursor.spelling, None)     # LIST_HEAD(x) points at itself
@@ -269,16 +310,26 @@ def _macro_at(macros: list, offset: int) -> tuple | None:
     return macros[i] if i >= 0 and macros[i][0] <= offset < macros[i][1] else None
 
 
-def collect(tu, path: str, data: bytes) -> list[Decl]:
+def _address(f) -> int:
+    """Identity of a clang File (cheaper than its name)."""
+    return ctypes.cast(f.obj, ctypes.c_void_p).value
+
+
+def collect(tu, path: str, data: bytes) -> tuple[list[Decl], list, Tokens]:
+    """(declarations, #define directives, tokens) of the main file."""
     ci, lib = _lib()
-    toks = Tokens(tu, path, len(data))
-    main, macros, decls = [], [], []
+    toks = Tokens(tu, path, data)
+    main, macros, decls, defines = [], [], [], []
+    main_file = _address(tu.get_file(path))
     for c in tu.cursor.get_children():
-        f = c.location.file
-        if f is None or f.name != path:
+        f = c.location.file        # where it is expanded: macro-made declarations count as the file's
+        if f is None or _address(f) != main_file:
             continue
         if c.kind.name == "MACRO_INSTANTIATION":
             macros.append((c.extent.start.offset, c.extent.end.offset, c.spelling))
+        elif c.kind.name == "MACRO_DEFINITION":
+            defines.append({"name": c.spelling, "start": toks.directive_start(c.extent.start.offset),
+                            "end": c.extent.end.offset})
         elif c.kind.is_declaration():
             main.append(c)
     macros.sort()
@@ -290,7 +341,7 @@ def collect(tu, path: str, data: bytes) -> list[Decl]:
             reach = e
     for c in main:
         decls.append(_decl(c, ci, lib, toks, outer))
-    return decls, toks
+    return decls, defines, toks
 
 
 def _decl(c, ci, lib, toks: Tokens, macros: list) -> Decl:
@@ -338,15 +389,17 @@ def facts(cmd_file: str, cwd: str, source: str | None = None) -> dict:
     path = source or recorded
     if not path:
         raise ValueError(f"{cmd_file}: the command names no C source")
-    os.chdir(cwd)
+    cwd = os.path.abspath(cwd)
+    path = os.path.join(cwd, path)      # unchanged when absolute
     with open(path, "rb") as f:
         data = f.read()
-    tu = ci.Index.create().parse(path, args=args,
+    # relative -I/-include paths are Kbuild's objtree-relative ones
+    tu = ci.Index.create().parse(path, args=["-working-directory", cwd, *args],
                                  options=ci.TranslationUnit.PARSE_DETAILED_PROCESSING_RECORD)
-    decls, toks = collect(tu, path, data)
+    decls, defines, toks = collect(tu, path, data)
     return {"schema": SCHEMA, "file": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
             "compiler": argv[0], "clang_args": args, "diagnostics": _diagnostics(tu, path),
-            "directives": toks.directives(), "decls": [asdict(d) for d in decls]}
+            "directives": toks.directives(), "defines": defines, "decls": [asdict(d) for d in decls]}
 
 
 def main(argv=None) -> int:

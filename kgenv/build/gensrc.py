@@ -19,6 +19,8 @@ DDEBUG_PREFIX = "__UNIQUE_ID_ddebug"
 # sections that are gone (or never loaded) by the time a livepatch arrives
 FREED_SECTIONS = (".init.", ".exit.", ".meminit.", ".memexit.")
 NOINSTR_SECTION = ".noinstr.text"
+# makes the trace headers included after it define the tracepoints: the running kernel's must be used
+CREATE_TRACE_POINTS = "CREATE_TRACE_POINTS"
 ALIAS_PREFIX = "livepatch_"
 
 
@@ -334,6 +336,10 @@ def generate(text: str | bytes, facts: dict, keep: set[str], present: Callable[[
     p.plan(keep)
     ed = _Editor(data, facts["directives"])
     _edit(p, ed)
+    for m in facts.get("defines", ()):
+        if m["name"] == CREATE_TRACE_POINTS:
+            ed.replace(m["start"], m["end"], "")
+            p.notes.append(f"#define {CREATE_TRACE_POINTS} removed: the tracepoints are the running kernel's")
     body = ed.apply().decode(errors="surrogateescape")
     aliases = {n: alias_prefix + n for n in p.replaced}
     if aliases:

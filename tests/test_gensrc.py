@@ -1,0 +1,316 @@
+"""gensrc on small synthetic C: facts from the real libclang (host wheel), output compiled by host gcc."""
+
+import difflib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from kgenv.build import cfacts
+from kgenv.build.gensrc import generate
+
+HEADER = """\
+#define __init __attribute__((__section__(".init.text"))) __attribute__((__cold__))
+#define __initdata __attribute__((__section__(".init.data")))
+#define notrace __attribute__((__no_instrument_function__))
+#define noinstr __attribute__((__noinline__)) notrace __attribute__((__section__(".noinstr.text")))
+#define DEFINE_LOCK(x) struct lock x = { .v = 1 }
+#define EXPORT(sym) extern typeof(sym) sym; \\
+	static void *__UNIQUE_ID_addr_##sym __attribute__((used, section(".discard"))) = (void *)&sym; \\
+	asm(".pushsection .discard.exp\\n.long 0\\n.popsection")
+#define initcall(fn) static int (*__initcall_##fn)(void) __attribute__((used, section(".initcall6.init"))) = fn
+#define ONCE(x) ({ static int __already_done; int r = !__already_done; __already_done = 1; r && (x); })
+#define DEFINE_WITH_STATE(fn) static int fn##_calls; static int fn(void) { return ++fn##_calls; }
+struct lock { int v; };
+"""
+
+MINI = """\
+// a kernel-like file
+#include "mini.h"
+
+static int helper_present(int x);
+static int counter;
+static DEFINE_LOCK(big_lock);
+int global_count = 3;
+static int (*hooks[4])(int);
+static char (*grid)[8];
+static const char *const names[] = { "a", "b" };
+static struct { int a; } anon;
+static struct pair { int a, b; } pair_var = { 1, 2 };
+static int boot_flag __initdata = 1;
+static int unused_state;
+
+static int helper_present(int x)
+{
+	return x + counter;
+}
+
+static inline int helper_inlined(int x)
+{
+	return x * global_count + big_lock.v;
+}
+
+int (*pick(int i))(int)
+{
+	return hooks[i];
+}
+EXPORT(pick);
+
+int fixed(int a)
+{
+	if (ONCE(a > 1))
+		a++;
+	return helper_present(a) + helper_inlined(a) + names[0][0] + (*grid)[1] + pair_var.a + pick(0)(a);
+}
+EXPORT(fixed);
+
+#ifdef NOT_DEFINED
+static int other(void)
+{
+	return 1;
+#else
+static int other(void)
+{
+	return 2;
+#endif
+}
+
+notrace int untraced(void) { return counter; }
+noinstr int entry_code(void) { return counter; }
+
+static int __init setup(void)
+{
+	return boot_flag;
+}
+initcall(setup);
+
+int stateful(void)
+{
+	static int calls;
+	static const int table[] = { 1, 2 };
+	return ++calls + table[1];
+}
+
+int uses_anon(void) { return anon.a; }
+int uses_unused(void) { return unused_state; }
+
+DEFINE_WITH_STATE(counted)
+int calls_counted(void) { return counted(); }
+"""
+
+
+def parse(tmp_path: Path, text: str, name: str = "mini.c", header: str = HEADER) -> dict:
+    """Real cfacts on the host: a Kbuild-style .cmd (objtool tail, make escapes) naming the file."""
+    (tmp_path / "mini.h").write_text(header)
+    (tmp_path / name).write_text(text)
+    cmd = tmp_path / f".{name[:-2]}.o.cmd"
+    cmd.write_text(f"savedcmd_{name[:-2]}.o := gcc -Wp,-MMD,.x.o.d -nostdinc -I . -O2 -D__KERNEL__ "
+                   f"-DKBUILD_MODNAME='\"mini\"' -DPRICE='\"$$5\"' -fno-PIE -mno-red-zone -pg "
+                   f"-c -o {name[:-2]}.o {name}   ; ./tools/objtool/objtool --orc {name[:-2]}.o\n\n"
+                   f"source_{name[:-2]}.o := {name}\n")
+    return cfacts.facts(str(cmd), str(tmp_path))
+
+
+def compile_c(tmp_path: Path, text: str, *flags: str) -> dict:
+    """gcc -c the text; {symbol name: (bind, defined, type)}."""
+    src, obj = tmp_path / "gen.c", tmp_path / "gen.o"
+    src.write_text(text)
+    if not (tmp_path / "mini.h").exists():
+        (tmp_path / "mini.h").write_text(HEADER)
+    r = subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-I", str(tmp_path), *flags, "-c", str(src), "-o",
+                        str(obj)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with open(obj, "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        return {s.name: (s["st_info"]["bind"], s["st_shndx"] != "SHN_UNDEF", s["st_info"]["type"])
+                for s in symtab.iter_symbols() if s.name and s["st_info"]["type"] != "STT_FILE"}
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mini")
+    return d, parse(d, MINI)
+
+
+def everywhere_but(*absent):
+    return lambda name, kind: name not in absent
+
+
+def test_command_parsing(tmp_path):
+    cmd = tmp_path / ".a.o.cmd"
+    cmd.write_text("cmd_a.o := gcc -Wp,-MMD,a.d -include x.h -I./inc -isystem /s -DX='\"$$(pound)\"' "
+                   "-DH=$(pound)1 -std=gnu11 -mcmodel=kernel -fno-PIE -g -c -o a.o a.c ; objtool a.o\n")
+    argv = cfacts.read_command(str(cmd))
+    assert argv[0] == "gcc" and argv[-1] == "a.c" and "objtool" not in argv
+    args, source = cfacts.clang_args(argv)
+    assert source == "a.c"
+    assert args[:9] == ["-include", "x.h", "-I./inc", "-isystem", "/s", '-DX="$(pound)"', "-DH=#1",
+                        "-std=gnu11", "-fno-PIE"]
+    assert not any(a.startswith(("-Wp", "-mcmodel", "-g", "-o", "-c")) for a in args)
+
+
+def test_facts_extents_and_declarators(mini):
+    d, facts = mini
+    data = (d / "mini.c").read_bytes()
+    by = {}
+    for x in facts["decls"]:
+        by.setdefault(x["name"], []).append(x)
+    text = lambda x: data[x["start"]:x["end"]].decode()
+    assert text(by["big_lock"][0]) == "static DEFINE_LOCK(big_lock);" and by["big_lock"][0]["macro"] == "DEFINE_LOCK"
+    assert text(by["__initcall_setup"][0]) == "initcall(setup);"
+    assert text(next(x for x in by["pick"] if not x["is_definition"])) == "EXPORT(pick);"
+    assert by["counter"][0]["is_definition"]          # a tentative definition is one
+    assert by["hooks"][0]["extern_decl"] == "extern int (*hooks[4])(int);"
+    assert by["grid"][0]["extern_decl"] == "extern char (*grid)[8];"
+    assert by["names"][0]["extern_decl"] == "extern const char *const names[2];"
+    assert by["pick"][0]["extern_decl"] == "extern int (*pick(int))(int);"
+    assert by["boot_flag"][0]["section"] == ".init.data"
+    assert by["anon"][0]["extern_decl"] is None and "no name" in by["anon"][0]["extern_problem"]
+    assert by["untraced"][0]["notrace"] and by["entry_code"][0]["section"] == ".noinstr.text"
+    assert by["setup"][0]["section"] == ".init.text"
+    fixed = by["fixed"][0]
+    assert set(fixed["refs"]) >= {"helper_present", "helper_inlined", "names", "grid", "pair_var", "pick"}
+    assert [s["name"] for s in fixed["local_statics"]] == ["__already_done"]
+    proto = by["helper_present"][0]
+    assert [data[s:e] for s, e in proto["storage_tokens"]] == [b"static"]
+    assert facts["diagnostics"]["errors"] == 0
+    assert [w for _, w in facts["directives"]] == ["ifdef", "else", "endif"]
+
+
+def test_every_extern_declaration_matches_its_definition(mini, tmp_path):
+    """gcc rejects a redeclaration with another type: append all extern decls to the file itself."""
+    d, facts = mini
+    decls = {x["extern_decl"] for x in facts["decls"] if x["extern_decl"] and not x["name"].startswith("__")}
+    assert len(decls) > 15
+    compile_c(tmp_path, (d / "mini.c").read_text() + "\n".join(sorted(decls)) + "\n", "-Wno-unused")
+
+
+def test_replaced_function_with_helpers_and_state(mini, tmp_path):
+    d, facts = mini
+    g = generate((d / "mini.c").read_text(), facts, {"fixed"}, everywhere_but("helper_inlined"))
+    assert g.refusals == []
+    assert g.replaced == ["fixed"] and g.copied == ["helper_inlined"]
+    assert {e.name: (e.kind, e.static) for e in g.externs} == {
+        "big_lock": ("variable", True), "global_count": ("variable", False), "grid": ("variable", True),
+        "names": ("variable", True), "pair_var": ("variable", True), "helper_present": ("function", True),
+        "pick": ("function", False)}
+    assert g.aliases == {"fixed": "livepatch_fixed"}
+    assert any("__already_done" in n for n in g.notes)
+    syms = compile_c(tmp_path, g.text)
+    undefined = {n for n, (_, defined, _) in syms.items() if not defined}
+    assert undefined == {"helper_present", "global_count", "big_lock", "names", "grid", "pair_var", "pick"}
+    assert syms["livepatch_fixed"] == ("STB_GLOBAL", True, "STT_FUNC")
+    assert syms["fixed"][1] and "helper_inlined" in g.text
+    defined_data = {n for n, (_, defined, t) in syms.items() if defined and t == "STT_OBJECT"}
+    assert defined_data == {"__already_done.0"}      # the once-flag, and no kernel state
+    for gone in ("untraced", "setup", "stateful", "counter", "unused_state", "__initcall_setup", "EXPORT("):
+        assert gone not in g.text
+
+
+def test_output_is_the_file_minus_definitions(mini):
+    """Reviewable: every added line is a declaration or the alias footer; kept code is untouched."""
+    d, facts = mini
+    src = (d / "mini.c").read_text()
+    g = generate(src, facts, {"fixed"}, everywhere_but("helper_inlined"))
+    added = [l[2:] for l in difflib.ndiff(src.splitlines(), g.text.splitlines()) if l.startswith("+ ")]
+    for line in added:
+        assert line.startswith(("extern ", "/* livepatch:", "struct pair {", "int helper_present(int x);")), line
+    assert "int helper_present(int x);" in added          # the static prototype lost its `static`
+    assert "struct pair { int a, b; };" in added          # the type survives its variable
+    fixed = src[src.index("int fixed(int a)"):src.index("EXPORT(fixed)")]
+    assert fixed in g.text
+
+
+def test_conditional_crossing_a_cut_keeps_its_directives(mini, tmp_path):
+    d, facts = mini
+    g = generate((d / "mini.c").read_text(), facts, {"fixed"}, everywhere_but("helper_inlined"))
+    assert "#ifdef NOT_DEFINED" in g.text and "#else\n#endif" in g.text
+    compile_c(tmp_path, g.text)
+    assert "return 2" not in g.text
+
+
+def test_footer_alias_of_a_static_function(tmp_path):
+    facts = parse(tmp_path, "static int counter;\nstatic int fn(int a) { return a + counter; }\n")
+    g = generate((tmp_path / "mini.c").read_text(), facts, {"fn"}, everywhere_but())
+    assert g.text.rstrip().endswith('extern typeof(fn) livepatch_fn __attribute__((alias("fn")));')
+    syms = compile_c(tmp_path, g.text)
+    assert syms["fn"] == ("STB_LOCAL", True, "STT_FUNC")
+    assert syms["livepatch_fn"] == ("STB_GLOBAL", True, "STT_FUNC")
+    assert syms["counter"] == ("STB_GLOBAL", False, "STT_NOTYPE")
+
+
+@pytest.mark.parametrize("keep, present, why", [
+    ("untraced", (), "untraced is notrace"),
+    ("entry_code", (), "entry_code is noinstr"),
+    ("setup", (), "setup is __init"),
+    ("setup", (), "setup uses boot_flag, which is __initdata"),
+    ("stateful", (), "static calls (line"),
+    ("uses_anon", (), "anon cannot be declared extern"),
+    ("uses_unused", ("unused_state",), "uses static variable unused_state, which the running kernel"),
+    ("calls_counted", ("counted",), "also defines counted_calls"),
+    ("nowhere", (), "nowhere: no definition"),
+])
+def test_refusals(mini, keep, present, why):
+    d, facts = mini
+    g = generate((d / "mini.c").read_text(), facts, {keep}, everywhere_but(*present))
+    assert any(why in r for r in g.refusals), g.refusals
+
+
+def test_const_local_static_is_copied_with_a_note(mini):
+    d, facts = mini
+    g = generate((d / "mini.c").read_text(), facts, {"stateful"}, everywhere_but())
+    assert any("table" in n and "read-only" in n for n in g.notes)
+    assert not any("table" in r for r in g.refusals)
+
+
+def test_new_variable_is_refused(tmp_path):
+    old = parse(tmp_path, "static int a;\nint f(void) { return a; }\n")
+    new = parse(tmp_path, "static int a;\nstatic int b;\nint f(void) { return a + b; }\n")
+    g = generate((tmp_path / "mini.c").read_text(), new, {"f"}, everywhere_but("b"), original=old)
+    assert any(r.startswith("new static variable b") for r in g.refusals)
+    g = generate((tmp_path / "mini.c").read_text(), new, {"f"}, everywhere_but(), original=new)
+    assert g.refusals == []
+
+
+def test_new_function_is_copied_without_alias(tmp_path):
+    facts = parse(tmp_path, "static int helper(int x) { return x; }\nint f(int a) { return helper(a); }\n")
+    g = generate((tmp_path / "mini.c").read_text(), facts, {"f", "helper"}, everywhere_but("helper"))
+    assert g.replaced == ["f"] and g.copied == ["helper"] and list(g.aliases) == ["f"]
+
+
+def test_parse_errors(tmp_path):
+    header = HEADER + "static inline int gcc_only(void) { return __builtin_not_in_clang(1); }\n"
+    facts = parse(tmp_path, "#include \"mini.h\"\nint f(void) { return 1; }\n", header=header)
+    assert facts["diagnostics"]["errors"] >= 1 and facts["diagnostics"]["main_file_errors"] == 0
+    g = generate((tmp_path / "mini.c").read_text(), facts, {"f"}, everywhere_but())
+    assert g.refusals == [] and any("in headers" in n for n in g.notes)
+    facts = parse(tmp_path, "int f(void) { return undeclared_thing; }\n")
+    g = generate((tmp_path / "mini.c").read_text(), facts, {"f"}, everywhere_but())
+    assert any("could not parse mini.c" in r for r in g.refusals)
+
+
+def test_facts_of_another_text_are_rejected(mini):
+    d, facts = mini
+    with pytest.raises(ValueError, match="another version"):
+        generate((d / "mini.c").read_text() + "\n", facts, {"fixed"}, everywhere_but())
+
+
+def test_cli_writes_json(tmp_path):
+    parse(tmp_path, "int f(void) { return 1; }\n")
+    out = tmp_path / "facts.json"
+    assert cfacts.main(["--cmd", str(tmp_path / ".mini.o.cmd"), "--cwd", str(tmp_path), "--out", str(out)]) == 0
+    assert [x["name"] for x in json.loads(out.read_text())["decls"]] == ["f"]
+    assert cfacts.main(["--cmd", str(tmp_path / "missing.cmd"), "--cwd", str(tmp_path), "--out", str(out)]) == 2
+
+
+def test_trace_points_are_the_running_kernels(tmp_path):
+    header = HEADER + "#ifdef CREATE_TRACE_POINTS\nint __tracepoint_x = 1;\n#else\nextern int __tracepoint_x;\n#endif\n"
+    src = "#define CREATE_TRACE_POINTS\n#include \"mini.h\"\nint f(void) { return __tracepoint_x; }\n"
+    facts = parse(tmp_path, src, header=header)
+    g = generate(src, facts, {"f"}, everywhere_but())
+    assert "CREATE_TRACE_POINTS" not in g.text and any("tracepoints" in n for n in g.notes)
+    (tmp_path / "mini.h").write_text(header)
+    syms = compile_c(tmp_path, g.text)
+    assert syms["__tracepoint_x"][1] is False
