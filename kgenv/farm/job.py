@@ -19,17 +19,29 @@ REPORT = "report.json"
 LOG = "build.log"
 
 
+# Bumped when the farm itself changes what a job produces; the farm's code is not in the digest
+# below, so that changing how jobs are scheduled or collected does not void every cached build.
+FARM_SCHEMA = 1
+
+
 @lru_cache(maxsize=1)
 def kgenv_identity() -> str:
-    """The kgenv version plus a digest of its code and kernel/ templates: a code change is a new builder."""
+    """The kgenv version plus a digest of the code and kernel/ templates that builds run: a code change
+    is a new builder, so a checkout under development never reuses a stale result."""
     pkg = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"farm-schema {FARM_SCHEMA}\0".encode())
     for root in (pkg, pkg.parent / "kernel"):
         if not root.is_dir():
             continue
-        for f in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        for f in sorted(p for p in root.rglob("*") if p.is_file() and _builds_with(p, pkg)):
             h.update(str(f.relative_to(root.parent)).encode() + b"\0" + f.read_bytes() + b"\0")
     return f"{__version__}+{h.hexdigest()[:12]}"
+
+
+def _builds_with(f: Path, pkg: Path) -> bool:
+    if "__pycache__" in f.parts or f.suffix == ".pyc":
+        return False
+    return not (f.is_relative_to(pkg / "farm") or f == pkg / "cli_farm.py")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Buildbot as a farm engine: the master configuration kgenv writes, and the HTTP API client."""
