@@ -234,3 +234,48 @@ def test_provenance_names_module_env_source_config_and_diff(farm_dir):
     assert deps["ok.c"] == plans.load(p).fixes[0].diff_sha256
     builder = st["predicate"]["runDetails"]["builder"]
     assert builder["version"]["kgenv"] == kgenv_identity() and "build" in builder["version"]["reproducer"]
+
+
+def test_junit_suite_per_kernel_case_per_fix_failures_carry_the_reason(farm_dir):
+    from junitparser import JUnitXml
+    from junitparser.junitparser import Error, Failure
+
+    tmp, rt = farm_dir
+    p = write_plan(tmp, KERNELS, {"ok": (OK_C, "built"), "wrong": (BAD_C, "built"), "boom": ("// crash\n", "built")})
+    m = farm(tmp, rt, p).run()
+    xml = JUnitXml.fromfile(str(tmp / "out" / "matrix.junit.xml"))
+    suites = {s.name: s for s in xml}
+    assert set(suites) == set(KERNELS)
+    for name, suite in suites.items():
+        cases = {c.name: c for c in suite}
+        assert set(cases) == {"ok", "wrong", "boom"} and suite.tests == 3
+        assert suite.failures == 1 and suite.errors == 1
+        assert cases["ok"].is_passed
+        failure = next(r for r in cases["wrong"].result if isinstance(r, Failure))
+        assert "expected built, got refused" in failure.message and "expected expression" in failure.message
+        assert "error: expected expression" in failure.text  # the log's tail
+        error = next(r for r in cases["boom"].result if isinstance(r, Error))
+        assert "got error" in error.message and "tinyjob: crashing as asked" in error.text
+    assert m.exit_code == 2
+
+
+def test_html_matrix_links_each_report_and_renders_in_chromium(farm_dir):
+    import re
+
+    from browser import distinct_colours, png_pixels, screenshot
+
+    tmp, rt = farm_dir
+    p = write_plan(tmp, KERNELS, {"ok": (OK_C, "built"), "bad": (BAD_C, "refused"), "boom": ("// crash\n", "built"),
+                                  "wrong": (BAD_C + "\n", "built")})
+    m = farm(tmp, rt, p).run()
+    page = (tmp / "out" / "matrix.html").read_text()
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")  # self-contained
+    links = re.findall(r'<a href="([^"]+)"', page)
+    assert len(links) == len(m.cells) and all((tmp / "out" / link).is_file() for link in links)
+    assert sum(link.endswith("report.json") for link in links) == 6  # boom has only its log
+    assert page.count('class="cell unexpected"') == 4
+    png = screenshot(tmp / "out" / "matrix.html", tmp / "matrix.png", (1000, 500))
+    assert distinct_colours(png) > 20
+    pixels = set(png_pixels(png)[2])
+    for rgb in ((0x1F, 0x88, 0x3D), (0x09, 0x69, 0xDA), (0x82, 0x07, 0x1E)):  # built, refused, error cells
+        assert any(px[:3] == rgb for px in pixels), rgb
