@@ -19,12 +19,11 @@ def script(m: Manifest, cand: Candidate) -> str:
     cc = shlex.quote(cand.cc or m.make.get("CC", "gcc"))
     make = {**m.make, **cand.make}
     o = shlex.quote(m.kernel.objtree or ".")
-    pkgs = " ".join(shlex.quote(p) for p in ("binutils", "dwarves", cand.cc or m.make.get("CC", "gcc")))
     return "\n".join([
         f"echo CC=$({cc} --version 2>/dev/null | head -n1)",
         "echo LD=$(ld --version 2>/dev/null | head -n1)",
         "echo PAHOLE=$(pahole --version 2>/dev/null)",
-        f"for p in {pkgs}; do echo PKG_$p=$(dpkg-query -W -f='${{Version}}' $p 2>/dev/null); done",
+        "for p in binutils dwarves; do echo PKG_$p=$(dpkg-query -W -f='${Version}' $p 2>/dev/null); done",
         "t=$(mktemp -d)",
         f"printf %s {shlex.quote(PROBE_C)} > $t/probe.c",
         f"{cc} -O2 -c $t/probe.c -o $t/probe.o 2>/dev/null && "
