@@ -15,7 +15,7 @@ import json
 import os
 import shlex
 import sys
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import asdict, dataclass, field
 
 SCHEMA = 1
@@ -37,7 +37,7 @@ _SUPPRESS_INITIALIZERS, _TERSE_OUTPUT = 6, 17
 @dataclass
 class Decl:
     name: str
-    kind: str                    # function | variable | type | asm | other
+    kind: str                    # function | variable | type | asm | empty | other
     cursor: str                  # clang cursor kind, for the curious
     storage: str                 # static | extern | none
     is_definition: bool
@@ -201,14 +201,34 @@ def _const(t) -> bool:
 # --- tokens of the main file --------------------------------------------------------------
 
 class Tokens:
-    """The main file's tokens (raw-lexed, so inactive #if branches and directives are there too)."""
+    """The main file's tokens but comments (raw-lexed: inactive #if branches and directives too)."""
 
     def __init__(self, tu, path: str, data: bytes):
-        toks = list(tu.get_tokens(extent=tu.get_extent(path, (0, len(data)))))
+        toks = [t for t in tu.get_tokens(extent=tu.get_extent(path, (0, len(data))))
+                if t.kind.name != "COMMENT"]     # comments stay where they are, with no owner
         self.data = data
         self.start = [t.location.offset for t in toks]
         self.text = [t.spelling for t in toks]
         self.end = [s + len(w.encode()) for s, w in zip(self.start, self.text)]
+        self.in_directive = self._directive_tokens()
+
+    def _directive_tokens(self) -> list[bool]:
+        """Which tokens belong to a preprocessor directive line (continuations included)."""
+        marks, stop = [False] * len(self.text), -1
+        for i, word in enumerate(self.text):
+            if word == "#" and self.start[i] >= stop and self._line_start(i):
+                stop = self._logical_line_end(self.start[i])
+            marks[i] = self.start[i] < stop
+        return marks
+
+    def _logical_line_end(self, offset: int) -> int:
+        while True:
+            nl = self.data.find(b"\n", offset)
+            if nl < 0:
+                return len(self.data)
+            if self.data[nl - 1:nl] != b"\\":
+                return nl
+            offset = nl + 1
 
     def _line_start(self, i: int) -> bool:
         """Only blanks between the token and the start of its line."""
@@ -242,6 +262,32 @@ class Tokens:
     def semicolon_after(self, offset: int) -> int | None:
         i = self.next_at(offset)
         return self.end[i] if i < len(self.text) and self.text[i] == ";" else None
+
+    def head_start(self, start: int, floor: int) -> int:
+        """Where a declaration really begins: clang leaves out leading words that expand to
+        nothing or to attributes (`asmlinkage __visible`); they lie after the previous one's end."""
+        i = self.next_at(start) - 1
+        while i >= 0 and self.start[i] >= floor and not self.in_directive[i] \
+                and self.text[i] not in (";", "}", "{"):
+            start = self.start[i]
+            i -= 1
+        return start
+
+    def statement_end(self, end: int, ceiling: int) -> int:
+        """The ';' closing a declaration whose extent stops early (`int x __read_mostly;`)."""
+        i, depth = self.next_at(end), 0
+        while i < len(self.text) and self.start[i] < ceiling and not self.in_directive[i]:
+            word = self.text[i]
+            if word in ("(", "[", "{"):
+                depth += 1
+            elif word in (")", "]", "}"):
+                depth -= 1
+                if depth < 0:
+                    break
+            elif word == ";" and depth == 0:
+                return self.end[i]
+            i += 1
+        return end
 
 
 # --- declarations ---------------------------------------------------------------------------
@@ -291,8 +337,12 @@ def _body_facts(cursor):
     return list(refs), list(types), statics
 
 
-def _classify(c, printed: str) -> str:
+def _classify(c, printed: str, toks: Tokens) -> str:
     k = c.kind.name
+    if k == "UNEXPOSED_DECL" and not printed:
+        i = toks.next_at(c.extent.start.offset)
+        if i < len(toks.text) and toks.text[i] == ";" and toks.end[i] == c.extent.end.offset:
+            return "empty"     # a stray ';' (`fs_initcall(f);` where the macro brought its own)
     if k in _FUNCTION_KINDS:
         return "function"
     if k == "VAR_DECL":
@@ -341,12 +391,37 @@ def collect(tu, path: str, data: bytes) -> tuple[list[Decl], list, Tokens]:
             reach = e
     for c in main:
         decls.append(_decl(c, ci, lib, toks, outer))
+    _settle(decls, toks)
     return decls, defines, toks
+
+
+def _settle(decls: list[Decl], toks: Tokens) -> None:
+    """Widen each extent to the words clang leaves out around it, never into a neighbour."""
+    ends = sorted(d.end for d in decls)
+    starts = sorted(d.start for d in decls)
+    nested, reach, reach_start = set(), -1, -1
+    for d in sorted(decls, key=lambda d: (d.start, -d.end)):
+        if reach_start < d.start < reach:       # inside another (`static struct s {..} v;`)
+            nested.add(id(d))
+        if d.end > reach:
+            reach, reach_start = d.end, d.start
+    for d in decls:
+        if id(d) in nested:
+            continue
+        floor = ends[bisect_right(ends, d.start) - 1] if bisect_right(ends, d.start) else 0
+        d.start = toks.head_start(d.start, floor)
+        if d.kind == "type":
+            d.end = toks.semicolon_after(d.end) or d.end
+        elif not (d.kind == "function" and d.is_definition):
+            i = bisect_right(starts, d.end - 1)
+            d.end = toks.statement_end(d.end, starts[i] if i < len(starts) else len(toks.data))
+        if d.kind in ("function", "variable") and d.macro is None:
+            d.storage_tokens = toks.storage_words(d.start, d.name_offset)
 
 
 def _decl(c, ci, lib, toks: Tokens, macros: list) -> Decl:
     printed = pretty(lib, ci, c)
-    kind = _classify(c, printed)
+    kind = _classify(c, printed, toks)
     start, end = c.extent.start.offset, c.extent.end.offset
     storage = _STORAGE.get(c.storage_class.name, "none")
     definition = c.is_definition() or (kind == "variable" and storage != "extern")   # tentative too
@@ -354,8 +429,6 @@ def _decl(c, ci, lib, toks: Tokens, macros: list) -> Decl:
     macro = _macro_at(macros, name_at)
     if macro:     # clang may collapse a macro-made declaration's extent to one point
         start, end = min(start, macro[0]), max(end, macro[1])
-    if not (kind == "function" and definition):
-        end = toks.semicolon_after(end) or end
     name = "" if kind == "type" and "(unnamed " in c.spelling else c.spelling
     d = Decl(name=name, kind=kind, cursor=c.kind.name, storage=storage, is_definition=definition,
              start=start, end=max(end, start), name_offset=name_at, macro=macro and macro[2])
@@ -363,7 +436,6 @@ def _decl(c, ci, lib, toks: Tokens, macros: list) -> Decl:
         d.section = printed_section(printed)
         d.notrace = "__attribute__((no_instrument_function))" in printed
         d.extern_decl, d.extern_problem = extern_decl(c, c.spelling, d.section)
-        d.storage_tokens = toks.storage_words(start, name_at) if macro is None else []
         if kind == "variable":
             d.const = _const(c.type)
         if definition:

@@ -75,7 +75,7 @@ def _groups(decls: list) -> list[_Group]:
     out: list[_Group] = []
     for d in sorted(decls, key=lambda d: (d["start"], -d["end"])):
         g = out[-1] if out else None
-        if g and (d["start"] < g.end or d["start"] == g.start):
+        if g and (d["start"] < g.end or d["start"] == g.start or (d["kind"] == "empty" and d["start"] == g.end)):
             g.end = max(g.end, d["end"])
             g.members.append(d)
         else:
@@ -223,7 +223,7 @@ class _Editor:
         ls = self.data.rfind(b"\n", 0, start) + 1
         le = self.data.find(b"\n", end)
         le = len(self.data) if le < 0 else le
-        if self.data[ls:start].strip() or self.data[end:le].strip():
+        if self.data[ls:start].strip() or not _blank_or_comment(self.data[end:le]):
             return start, end, False
         return ls, min(le + 1, len(self.data)), True
 
@@ -313,6 +313,12 @@ def _declarations(p: _Planner, g: _Group, data: bytes) -> str:
             seen.add(d["name"])
             out.append(d["extern_decl"])
     return "\n".join(out)
+
+
+def _blank_or_comment(tail: bytes) -> bool:
+    """The rest of a line holds nothing but a comment (`int x; /* why */`): it goes with the line."""
+    tail = tail.strip()
+    return not tail or tail.startswith(b"//") or (tail.startswith(b"/*") and tail.find(b"*/") == len(tail) - 2)
 
 
 def generate(text: str | bytes, facts: dict, keep: set[str], present: Callable[[str, str], bool], *,
