@@ -314,3 +314,33 @@ def test_trace_points_are_the_running_kernels(tmp_path):
     (tmp_path / "mini.h").write_text(header)
     syms = compile_c(tmp_path, g.text)
     assert syms["__tracepoint_x"][1] is False
+
+
+SYSCALLS = HEADER + """\
+struct meta { const char **t; };
+#define SYSCALL_METADATA(sname, nb, ...) \\
+	static const char *types_##sname[] = { "int" }; \\
+	static struct meta __syscall_meta_##sname = { types_##sname }; \\
+	static struct meta *__p_syscall_meta_##sname __attribute__((used, section("__syscalls_metadata"))) = \\
+		&__syscall_meta_##sname;
+#define SYSCALL_DEFINE1(name, t, a) SYSCALL_METADATA(_##name, 1, t, a) \\
+	static inline long __do_sys_##name(t a) __attribute__((__no_instrument_function__)); \\
+	long __x64_sys_##name(t a); \\
+	long __x64_sys_##name(t a) { return __do_sys_##name(a); } \\
+	static inline long __do_sys_##name(t a)
+"""
+
+
+def test_syscall_keeps_running_kernels_metadata(tmp_path):
+    src = ("#include \"mini.h\"\nstatic int limit;\n\nSYSCALL_DEFINE1(probe, int, x)\n{\n\treturn x < limit;\n}\n\n"
+           "SYSCALL_DEFINE1(other, int, x)\n{\n\treturn x;\n}\n")
+    facts = parse(tmp_path, src, header=SYSCALLS)
+    g = generate(src, facts, {"__x64_sys_probe"}, everywhere_but())
+    assert g.refusals == [] and g.replaced == ["__x64_sys_probe"]
+    assert any("without its tracing metadata" in n for n in g.notes)
+    assert "#undef SYSCALL_METADATA\n#define SYSCALL_METADATA(sname, nb, ...)\nSYSCALL_DEFINE1(probe" in g.text
+    assert "SYSCALL_DEFINE1(other" not in g.text
+    (tmp_path / "mini.h").write_text(SYSCALLS)
+    syms = compile_c(tmp_path, g.text)
+    assert not any("syscall_meta" in n or n.startswith("types_") for n in syms)
+    assert syms["limit"][1] is False and syms["livepatch___x64_sys_probe"][1]

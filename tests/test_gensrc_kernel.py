@@ -111,3 +111,17 @@ def test_filesystems_refuses_an_init_function(env, docker_rt, work, present):
     g = generated(env, docker_rt, work, present, "fs/filesystems.c", {"list_bdev_fs_names"})
     assert any("list_bdev_fs_names is __init" in r for r in g.refusals)
 
+
+
+def test_filesystems_syscall_without_metadata(env, docker_rt, work, present):
+    """SYSCALL_DEFINE3(sysfs): the wrapper is replaced; its ftrace metadata stays the kernel's."""
+    g = generated(env, docker_rt, work, present, "fs/filesystems.c", {"__x64_sys_sysfs"})
+    assert g.refusals == [] and g.replaced == ["__x64_sys_sysfs"]
+    assert "#define SYSCALL_METADATA(sname, nb, ...)\nSYSCALL_DEFINE3(sysfs" in g.text
+    syms = compiled(env, docker_rt, work, "fs/filesystems.c", g.text)
+    by = {s.name: s for s in syms.symbols if s.name}
+    assert not any("syscall_meta" in n or "__sysfs" in n and s.type == 1 for n, s in by.items())
+    assert by["livepatch___x64_sys_sysfs"].defined and not by["file_systems_lock"].defined
+    for helper in ("fs_index", "fs_name", "fs_maxindex"):   # statics: the kernel's copy or compiled in
+        assert helper in g.copied or any(e.name == helper for e in g.externs)
+        assert helper not in by or by[helper].defined == (helper in g.copied)

@@ -22,6 +22,12 @@ NOINSTR_SECTION = ".noinstr.text"
 # makes the trace headers included after it define the tracepoints: the running kernel's must be used
 CREATE_TRACE_POINTS = "CREATE_TRACE_POINTS"
 ALIAS_PREFIX = "livepatch_"
+# SYSCALL_DEFINEn also defines the syscall's ftrace metadata; the running kernel's stays in charge,
+# so the patch empties SYSCALL_METADATA (what CONFIG_FTRACE_SYSCALLS=n does) before the kept syscall
+SYSCALL_MACROS = ("SYSCALL_DEFINE",)
+SYSCALL_METADATA = ("types_", "args_", "__syscall_meta_", "event_enter_", "__event_enter_", "event_exit_",
+                    "__event_exit_", "__p_syscall_meta_")
+NO_SYSCALL_METADATA = "#undef SYSCALL_METADATA\n#define SYSCALL_METADATA(sname, nb, ...)\n"
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class _Group:
     end: int
     members: list = field(default_factory=list)
     role: str = ""     # "" | replaced | copied
+    syscall: bool = False
 
     @property
     def is_definition(self) -> bool:
@@ -144,10 +151,14 @@ class _Planner:
         if g.role:
             return
         g.role = role
-        state = [d["name"] for d in g.defs("variable")]
-        if state:
-            self.refuse(f"{', '.join(d['name'] for d in g.defs('function'))}: {g.macro or 'its definition'} "
-                        f"also defines {', '.join(dict.fromkeys(state))} (a second copy of kernel state)")
+        state = list(dict.fromkeys(d["name"] for d in g.defs("variable")))
+        funcs = ", ".join(d["name"] for d in g.defs("function"))
+        if state and (g.macro or "").startswith(SYSCALL_MACROS) and all(n.startswith(SYSCALL_METADATA) for n in state):
+            g.syscall = True
+            self.notes.append(f"{funcs}: {g.macro} without its tracing metadata (the running kernel's stays)")
+        elif state:
+            self.refuse(f"{funcs}: {g.macro or 'its definition'} also defines {', '.join(state)} "
+                        "(a second copy of kernel state)")
         for d in g.defs("function"):
             self._local_statics(d)
             for ref in d["refs"]:
@@ -213,6 +224,11 @@ class _Editor:
             end = self._eat_blank_line(end)
         self.edits.append((start, end, new))
 
+    def insert(self, offset: int, text: str) -> None:
+        """Whole lines before the line holding offset."""
+        line = self.data.rfind(b"\n", 0, offset) + 1
+        self.edits.append((line, line, text.encode()))
+
     def remove(self, start: int, end: int) -> None:
         """A word (static/inline) and the blanks after it on its line."""
         while end < len(self.data) and self.data[end:end + 1] in (b" ", b"\t"):
@@ -274,6 +290,9 @@ class _Editor:
 def _edit(p: _Planner, ed: _Editor) -> None:
     dropped_statics = {n for n, (g, d) in p.fdef.items()
                        if not g.role and n not in p.externs and d["storage"] == "static"}
+    first_syscall = next((g for g in p.groups if g.syscall), None)
+    if first_syscall:
+        ed.insert(first_syscall.start, NO_SYSCALL_METADATA)
     for g in p.groups:
         if g.role:
             continue
