@@ -344,3 +344,20 @@ def test_syscall_keeps_running_kernels_metadata(tmp_path):
     syms = compile_c(tmp_path, g.text)
     assert not any("syscall_meta" in n or n.startswith("types_") for n in syms)
     assert syms["limit"][1] is False and syms["livepatch___x64_sys_probe"][1]
+
+
+def test_folded_constants_are_copied_and_new_state_refused(tmp_path):
+    src = ("static const int limit = 5;\nstatic const char *const names[] = { \"a\" };\nstatic int live;\n"
+           "__attribute__((noreturn)) void die(void);\nstatic __attribute__((noreturn)) void stop(void) { die(); }\n"
+           "int f(int x) { if (x < 0) stop(); return x < limit ? names[0][0] : live; }\n")
+    facts = parse(tmp_path, src)
+    g = generate(src, facts, {"f"}, everywhere_but("limit", "names"))
+    assert g.refusals == [] and g.copied == ["limit", "names"]
+    assert "static const int limit = 5;" in g.text
+    assert "extern void stop(void) __attribute__((__noreturn__));" in g.text
+    syms = compile_c(tmp_path, g.text)
+    assert syms["live"][1] is False and syms["stop"][1] is False
+    old = parse(tmp_path, "int f(int x) { return x; }\n")
+    facts = parse(tmp_path, src)
+    g = generate(src, facts, {"f"}, everywhere_but("limit", "names", "live"), original=old)
+    assert [r.split(":")[0] for r in g.refusals] == ["new static variable live"]

@@ -181,7 +181,7 @@ class _Anonymous(Exception):
     pass
 
 
-def extern_decl(cursor, name: str, section: str | None) -> tuple[str | None, str | None]:
+def extern_decl(cursor, name: str, section: str | None, noreturn: bool = False) -> tuple[str | None, str | None]:
     """`extern <type> name;` for a function or variable, or (None, why not)."""
     try:
         text = "extern " + declarator(cursor.type, name)
@@ -189,6 +189,8 @@ def extern_decl(cursor, name: str, section: str | None) -> tuple[str | None, str
         return None, f"its type has no name ({e.args[0].split(' (')[0]} without a tag)"
     if section and cursor.kind.name == "VAR_DECL":
         text += f' __attribute__((section("{section}")))'
+    if noreturn:     # callers were compiled knowing it; objtool checks the code after such calls
+        text += " __attribute__((__noreturn__))"
     return text + ";", None
 
 
@@ -435,7 +437,9 @@ def _decl(c, ci, lib, toks: Tokens, macros: list) -> Decl:
     if kind in ("function", "variable"):
         d.section = printed_section(printed)
         d.notrace = "__attribute__((no_instrument_function))" in printed
-        d.extern_decl, d.extern_problem = extern_decl(c, c.spelling, d.section)
+        noreturn = kind == "function" and ("__attribute__((noreturn))" in c.type.spelling   # a type attribute
+                                           or "_Noreturn" in printed)
+        d.extern_decl, d.extern_problem = extern_decl(c, c.spelling, d.section, noreturn)
         if kind == "variable":
             d.const = _const(c.type)
         if definition:

@@ -110,7 +110,8 @@ class _Planner:
         self.new_vars = set()
         if original is not None:
             before = {d["name"] for d in original["decls"] if d["kind"] == "variable" and d["is_definition"]}
-            self.new_vars = {n for n in self.vdef if n not in before and not n.startswith("__UNIQUE_ID")}
+            self.new_vars = {n for n, (_, d) in self.vdef.items()
+                             if n not in before and not n.startswith("__UNIQUE_ID") and not d["const"]}
         self.externs: dict[str, Extern] = {}
         self.replaced, self.copied = [], []
         self.refusals, self.notes = [], []
@@ -194,11 +195,29 @@ class _Planner:
                 return     # refused on its own
             if _freed(d["section"]):
                 self.refuse(f"{user} uses {name}, which is __initdata (section {d['section']})")
-            elif not self.present(name, "variable"):
+            elif self.present(name, "variable"):
+                self._extern(d, "variable")
+            elif self._read_only(self.vdef[name][0]):
+                self._copy_data(self.vdef[name][0], name)
+            else:
                 self.refuse(f"{user} uses static variable {name}, which the running kernel does not have "
                             "as a symbol (optimised away or new)")
-            else:
-                self._extern(d, "variable")
+
+    @staticmethod
+    def _read_only(g: _Group) -> bool:
+        return not g.macro and all(d["kind"] in ("variable", "type") and (d["kind"] == "type" or d["const"])
+                                   for d in g.members)
+
+    def _copy_data(self, g: _Group, name: str) -> None:
+        """Constants the running kernel folded into its code (or new ones): data, not state."""
+        if g.role:
+            return
+        g.role = "copied"
+        self.copied.append(name)
+        self.notes.append(f"{name}: read-only data the running kernel has no symbol for, copied")
+        for d in g.defs("variable"):
+            for ref in d["refs"]:
+                self._use(ref, name)
 
     def _extern(self, d: dict, kind: str) -> None:
         if d["extern_decl"] is None:
