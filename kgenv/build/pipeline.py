@@ -226,7 +226,9 @@ class Build:
             if differs:
                 raise Refusal(f"{u.tu}: rebuilt with {SECTIONS} it no longer matches the running "
                               f"{u.target.objname} ({_names(differs)}): the env does not reproduce it",
-                              [v.to_dict() for v in report.verdicts if v.verdict == "differs"])
+                              [self._fn(u, v.name, "differs", reason=v.reason, address=v.address,
+                                        note=_first_difference(v)) for v in report.verdicts
+                               if v.verdict == "differs"])
             u.resolver = Resolver(u.target, ObjectFile(u.original, u.tu))
             for name in u.changes.changed:
                 f = next(c for c in u.changes.functions if c.name == name)
@@ -277,9 +279,9 @@ class Build:
             fname = f"{name}-{_slug(u.tu)}.c"
             (src / fname).write_text(u.generated.text)
             flags = skeleton.tu_flags(compile_flags(self.tmp / "patched" / cmd_file(u.tu)),
-                                      self.m.kernel.srctree)
+                                      self.m.kernel.srctree, self.m.kernel.objtree)
             local = f"-I{self.m.kernel.srctree}/{PurePosixPath(u.source).parent}"
-            sources.append(skeleton.Source(fname, (local, *flags)))
+            sources.append(skeleton.Source(fname, (local, *(f for f in flags if f != local))))
         reps = [skeleton.Replacement(f["object"], f["name"], f["sympos"])
                 for f in self.functions if f["verdict"] == "replaced"]
         (src / f"{name}.c").write_text(skeleton.render_registration(
@@ -385,6 +387,11 @@ class Build:
         if self.req.check:
             cmd += ["--check", str(self.req.check)]
         return cmd
+
+
+def _first_difference(v) -> str:
+    d = v.difference
+    return f"+{d.offset:#x}: {d.object_insn} | {d.binary_insn}" if d else v.note
 
 
 def _names(names) -> str:

@@ -13,7 +13,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,55}")
 # flags of a TU's own compile command the module build must repeat (defines and include dirs);
 # Kbuild supplies the rest, including KBUILD_MODNAME for the patch module itself
 _KEEP_FLAG = re.compile(r"-(I|D|U|include)")
-_SKIP_FLAG = re.compile(r"-D(MODULE$|KBUILD_|__KBUILD_)|-include$")
+_SKIP_FLAG = re.compile(r"-D(MODULE$|KBUILD_|__KBUILD_)")
 
 
 @dataclass(frozen=True)
@@ -37,16 +37,18 @@ def _c_ident(name: str) -> str:
     return re.sub(r"\W", "_", name)
 
 
-def tu_flags(flags: list[str], srctree: str) -> tuple[str, ...]:
-    """-I/-D/-U/-include flags of a TU's compile command, include dirs made absolute."""
+def tu_flags(flags: list[str], srctree: str, objtree: str = "") -> tuple[str, ...]:
+    """-I/-D/-U flags of a TU's compile command; relative include dirs are relative to the
+    directory make ran in (the O= tree), so they are made absolute against it."""
     out, it = [], iter(flags)
+    base = f"{srctree}/{objtree}".rstrip("/") if objtree and not objtree.startswith("/") else (objtree or srctree)
     for f in it:
-        if not _KEEP_FLAG.match(f) or _SKIP_FLAG.match(f):
-            if f == "-include":
-                next(it, None)
+        if f in ("-I", "-D", "-U", "-include"):    # the split form: the value is the next word
+            f += next(it, "")
+        if not _KEEP_FLAG.match(f) or _SKIP_FLAG.match(f) or f.startswith("-include"):
             continue
         if f.startswith("-I") and not f[2:].startswith("/"):
-            f = f"-I{srctree}/{f[2:].removeprefix('./')}" if f[2:] else f
+            f = f"-I{base}/{f[2:].removeprefix('./')}"
         out.append(f)
     return tuple(dict.fromkeys(out))
 

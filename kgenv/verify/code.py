@@ -236,6 +236,14 @@ class ModuleComparer:
         for r in orel:
             off = r.offset - osym.value
             other = bmap.pop(off, None)
+            if other is None and r.type in PC_RELATIVE and WIDTH.get(r.type, 4) == 4:
+                # the .ko's own link resolved a call/jump within its section: compare where both point
+                want, got = _pointed(self.obj.index, r, osym, ocode), _resolved(self.binary.index, bsym, bcode, off)
+                if want is None or want != got:
+                    return CodeResult(False, off, False, TargetMismatch(
+                        off, _show(("", *(want or ("?",)))), _show(("", *(got or ("?",)))), True), checked, data)
+                checked += 1
+                continue
             want = _reloc_key(self.obj.index, r, off, ocode)
             got = _reloc_key(self.binary.index, other, off, bcode) if other else ("no relocation",)
             if other is None or other.type != r.type or want != got:
@@ -249,6 +257,32 @@ class ModuleComparer:
             return CodeResult(False, off, False, TargetMismatch(off, "no relocation", "relocation",
                                                                 False), checked, data)
         return CodeResult(True, -1, False, None, checked, data)
+
+
+def _insn_end(code: bytes, off: int) -> int:
+    insn = insn_at(decode(code), off)
+    return insn.offset + insn.size if insn is not None else off + 4
+
+
+def _pointed(index, r: Reloc, osym: Symbol, code: bytes) -> tuple | None:
+    """(symbol, offset) a PC-relative relocation of the object makes its instruction reach."""
+    if not 0 <= r.sym < len(index.symbols):
+        return None
+    off = r.offset - osym.value
+    t = index.symbols[r.sym]
+    reach = r.addend + _insn_end(code, off) - off
+    if t.type != STT_SECTION:
+        return (t.name, reach)
+    holder = index.containing(t.shndx, reach)
+    return (holder.name, reach - holder.value) if holder is not None else None
+
+
+def _resolved(index, bsym: Symbol, code: bytes, off: int) -> tuple | None:
+    """(symbol, offset) a PC-relative field the module's link already filled in reaches."""
+    disp = int.from_bytes(code[off:off + 4], "little", signed=True)
+    target = bsym.value + _insn_end(code, off) + disp
+    holder = index.containing(bsym.shndx, target)
+    return (holder.name, target - holder.value) if holder is not None else None
 
 
 def _reloc_key(index, r: Reloc, off: int, code: bytes) -> tuple:
