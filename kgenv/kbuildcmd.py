@@ -30,13 +30,24 @@ def find(build_dir: Path) -> dict[str, Path]:
     """Every regular `.*.cmd` file under build_dir (symlinks are not followed), by relative path."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(build_dir):
-        dirnames[:] = sorted(d for d in dirnames if d != "source" or dirpath != str(build_dir))
+        dirnames[:] = sorted(d for d in dirnames if d not in (".git", ".hg", ".svn"))
         for f in filenames:
             if f.startswith(".") and f.endswith(".cmd"):
                 p = Path(dirpath) / f
                 if p.is_file() and not p.is_symlink():
                     out[str(p.relative_to(build_dir))] = p
     return out
+
+
+def head(path: Path) -> str:
+    """The top of a .cmd file: its cmd_ and source_ lines (the deps list after them can be large)."""
+    lines = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            lines.append(line)
+            if line.startswith("source_") or len(lines) >= 4:
+                break
+    return "".join(lines)
 
 
 def command(text: str) -> str | None:

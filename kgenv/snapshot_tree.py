@@ -164,11 +164,6 @@ def marked_cmds(rt, image_id: str, make: dict[str, str], srctree: str, objtree: 
     return image_cmds(rt, image_id, srctree, objtree, f"cd {shlex.quote(srctree)} && {prep} >/dev/null 2>&1 && ")
 
 
-def _kernel_diffs(rt, built: Built, vendor: dict[str, str], srctree: str, objtree: str):
-    n, diffs = kbuildcmd.compare(vendor, image_cmds(rt, built.id, srctree, objtree))
-    return n, [d for d in diffs if d.kernel], [d for d in diffs if not d.kernel]
-
-
 def parse_make_vars(items) -> dict[str, str]:
     """--make VAR=VALUE options as a dict; UserError for anything else."""
     out = {}
@@ -191,7 +186,7 @@ def snapshot_build_dir(build_dir: Path, rt, name: str | None, line: str | None, 
     name = name or f"vendor-{fp.release}"
     if manifest.path_of(name).exists() and not force:
         raise UserError(f"{manifest.path_of(name)}: env exists; use --force to replace it")
-    texts = {rel: p.read_text(errors="replace") for rel, p in kbuildcmd.find(tree.root).items()}
+    texts = {rel: kbuildcmd.head(p) for rel, p in kbuildcmd.find(tree.root).items()}
     vendor_cmds = {rel: c for rel, t in texts.items() if (c := kbuildcmd.command(t))}
     srctree, objtree = tree_paths(tree, fp, texts)
     make = dict(fp.make)
@@ -255,40 +250,45 @@ def build_checked(rt, draft: Manifest, archive: Archive, tree: buildtree.BuildTr
 
     A kernel-compile difference is read as KCFLAGS (derive_kcflags) and the image rebuilt
     once with it; any other kernel-compile difference is a refusal. Host-tool commands (HOSTCC,
-    HOSTCFLAGS) never reach kernel code and are only reported.
+    HOSTCFLAGS) never reach kernel code and are only reported. A refused or failed image is removed.
     """
-    k = draft.kernel
     for attempt in (1, 2):
         built = build(rt, from_manifest(draft, archive.sources_lines(), bool(draft.packages), tree.generated),
                       progress, keep_tmp)
-        if not vendor_cmds:
-            progress.step(f"{tree.root}: no .cmd files; make-line flags unchecked")
-            return built, replace(draft, fingerprint={**draft.fingerprint, "kbuild_cmds": "none"})
-        progress.step("compare the build's .cmd files with the image's")
-        n, kernel, host = _kernel_diffs(rt, built, vendor_cmds, k.srctree, k.objtree)
-        if not kernel:
-            note = f"{n} compared, {len(host)} host-tool differences"
-            if host:
-                progress.step(f"host-tool commands differ (no effect on kernel code), e.g. {host[0].file}: {host[0].detail}")
-            return built, replace(draft, fingerprint={**draft.fingerprint, "kbuild_cmds": note})
-        first = kernel[0]
-        if attempt == 2:
-            rt.remove(built.id)
-            raise RefusedError(f"{tree.root / first.file}: still differs after rebuilding with KCFLAGS: {first.detail}")
-        progress.step(f"{first.file}: {first.detail}; reading KCFLAGS off it")
-        marked = marked_cmds(rt, built.id, draft.make, k.srctree, k.objtree)
-        if first.file not in marked:
-            rt.remove(built.id)
-            raise RefusedError(f"{tree.root / first.file}: differs ({first.detail}) and the env cannot rebuild it")
         try:
-            kcflags = kbuildcmd.derive_kcflags(vendor_cmds[first.file], marked[first.file], str(tree.root / first.file))
-        except RefusedError:
+            note, kcflags = _check_cmds(rt, built, draft, tree, vendor_cmds, progress, last=attempt == 2)
+        except BaseException:
             rt.remove(built.id)
             raise
-        make = {**draft.make, "KCFLAGS": kcflags}
-        if not kcflags:
-            del make["KCFLAGS"]
-        progress.step(f"KCFLAGS={kcflags!r}; rebuilding the image")
+        if kcflags is None:
+            return built, replace(draft, fingerprint={**draft.fingerprint, "kbuild_cmds": note})
         rt.remove(built.id)
-        draft = replace(draft, make=make)
+        make = {k: v for k, v in draft.make.items() if k != "KCFLAGS"}
+        draft = replace(draft, make={**make, **({"KCFLAGS": kcflags} if kcflags else {})})
+        progress.step(f"KCFLAGS={kcflags!r}; rebuilding the image")
     raise AssertionError("unreachable")
+
+
+def _check_cmds(rt, built: Built, draft: Manifest, tree: buildtree.BuildTree, vendor_cmds: dict[str, str],
+                progress, last: bool) -> tuple[str, str | None]:
+    """(note for the manifest, None) when the commands match; ("", KCFLAGS) when KCFLAGS explain them."""
+    k = draft.kernel
+    if not vendor_cmds:
+        progress.step(f"{tree.root}: no .cmd files; make-line flags unchecked")
+        return "none", None
+    progress.step("compare the build's .cmd files with the image's")
+    n, diffs = kbuildcmd.compare(vendor_cmds, image_cmds(rt, built.id, k.srctree, k.objtree))
+    kernel = [d for d in diffs if d.kernel]
+    if not kernel:
+        if diffs:
+            progress.step(f"host-tool commands differ (no effect on kernel code), e.g. {diffs[0].file}: {diffs[0].detail}")
+        return f"{n} compared, {len(diffs)} host-tool differences", None
+    first = kernel[0]
+    where = str(tree.root / first.file)
+    if last:
+        raise RefusedError(f"{where}: still differs after rebuilding with KCFLAGS: {first.detail}")
+    progress.step(f"{first.file}: {first.detail}; reading KCFLAGS off it")
+    marked = marked_cmds(rt, built.id, draft.make, k.srctree, k.objtree)
+    if first.file not in marked:
+        raise RefusedError(f"{where}: differs ({first.detail}) and the env cannot rebuild it")
+    return "", kbuildcmd.derive_kcflags(vendor_cmds[first.file], marked[first.file], where)

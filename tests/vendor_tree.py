@@ -1,7 +1,7 @@
 """A genuine vendor-style O= build directory assembled from Debian's own artefacts of one kernel.
 
 Layout as Debian's build has it: the source tree (from the linux-source tarball) with the O=
-directory at debian/build/build_amd64_none_amd64 inside it, holding the headers package's .config,
+directory where the vmlinux's DWARF says it was (debian/build/build_amd64_none_amd64) inside it, holding the headers package's .config,
 .kernelvariables, Module.symvers, include/generated, include/config and arch/x86/include/generated,
 the -dbg vmlinux, the shipped boot image as arch/x86/boot/bzImage, and the `source` symlink Kbuild
 writes. Debian ships no `.*.cmd` files; `with_cmd_files` adds the ones Kbuild writes while
@@ -18,9 +18,9 @@ import tarfile
 from pathlib import Path
 
 from kgenv.distro.debian import KernelFiles
+from kgenv.fingerprint import read_vmlinux
 from kgenv.fsutil import cache_dir
 
-OBJ = "debian/build/build_amd64_none_amd64"
 HEADER_PARTS = (".config", ".kernelvariables", "Module.symvers", "include/generated", "include/config",
                 "arch/x86/include/generated")
 
@@ -38,15 +38,16 @@ def assemble(kf: KernelFiles) -> Path:
     """The O= build directory of kf (cached); returns BUILD_DIR."""
     upstream = kf.version.split("-")[0]
     root = cache_dir() / "fixtures" / "vendor-tree" / f"{kf.abi}_{kf.version}"
-    build_dir = root / f"linux-{upstream}" / OBJ
     if (root / ".complete").exists():
-        return build_dir
+        return root / (root / ".complete").read_text()
+    objtree = read_vmlinux(kf.vmlinux)["objtree"]
+    assert objtree and not objtree.startswith(".."), f"{kf.vmlinux}: no O= dir inside the source tree in DWARF"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     subprocess.run(["tar", "-xf", str(kf.source_tarball), "-C", str(root)], check=True)
     (top,) = [p for p in root.iterdir()]
     src = top.rename(root / f"linux-{upstream}")
-    build_dir = src / OBJ
+    build_dir = src / objtree
     build_dir.mkdir(parents=True)
     # tar keeps the headers' symlinks (scripts, tools -> linux-kbuild) out: they are not build output.
     for part in HEADER_PARTS:
@@ -58,13 +59,14 @@ def assemble(kf: KernelFiles) -> Path:
     _link_or_copy(kf.vmlinux, build_dir / "vmlinux")
     _link_or_copy(kf.vmlinuz, build_dir / "arch/x86/boot/bzImage")
     (build_dir / "source").symlink_to(src)
-    (root / ".complete").touch()
+    (root / ".complete").write_text(str(build_dir.relative_to(root)))
     return build_dir
 
 
 def with_cmd_files(build_dir: Path, rt, image_id: str, objtree: str, srctree: str) -> Path:
     """Add the .cmd files Kbuild wrote into the env image's prepared O= dir (once)."""
-    done = build_dir.parents[len(OBJ.split("/"))] / ".cmd-files"  # beside, not inside, the source tree
+    root = next(p for p in build_dir.parents if (p / ".complete").exists())
+    done = root / ".cmd-files"  # beside, not inside, the source tree
     if done.exists():
         return build_dir
     r = rt.run(image_id, ["bash", "-c", f"cd {srctree}/{objtree} && find . -name '.*.cmd' -print0 | "
