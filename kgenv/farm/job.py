@@ -19,15 +19,19 @@ REPORT = "report.json"
 LOG = "build.log"
 
 
-# Bumped when the farm itself changes what a job produces; the farm's code is not in the digest
-# below, so that changing how jobs are scheduled or collected does not void every cached build.
+# Bumped when the farm itself changes what a job produces (its own code is not in the digest).
 FARM_SCHEMA = 1
+# Code that a build never runs: the farm's scheduling, other stages' commands and reports, and what
+# makes env images (whose effect is the image ID, already part of every key). Changing it does not
+# void cached builds; changing anything else in kgenv/ or kernel/ does.
+NOT_BUILD_CODE = ("farm", "audit", "report", "image", "cli_farm.py", "cli_audit.py", "snapshot.py",
+                  "snapshot_tree.py")
 
 
 @lru_cache(maxsize=1)
 def kgenv_identity() -> str:
-    """The kgenv version plus a digest of the code and kernel/ templates that builds run: a code change
-    is a new builder, so a checkout under development never reuses a stale result."""
+    """The kgenv version plus a digest of the code and kernel/ templates that builds run: a checkout
+    under development never reuses a result made by other code."""
     pkg = Path(__file__).resolve().parent.parent
     h = hashlib.sha256(f"farm-schema {FARM_SCHEMA}\0".encode())
     for root in (pkg, pkg.parent / "kernel"):
@@ -41,7 +45,7 @@ def kgenv_identity() -> str:
 def _builds_with(f: Path, pkg: Path) -> bool:
     if "__pycache__" in f.parts or f.suffix == ".pyc":
         return False
-    return not (f.is_relative_to(pkg / "farm") or f == pkg / "cli_farm.py")
+    return not (f.is_relative_to(pkg) and f.relative_to(pkg).parts[0] in NOT_BUILD_CODE)
 
 
 @dataclass(frozen=True)
