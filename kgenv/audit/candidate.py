@@ -42,7 +42,7 @@ class HostRunner:
     """
 
     def __init__(self, rt, m: Manifest, progress=None, keep: bool = False):
-        self.m, self.keep = m, keep
+        self.m, self.keep, self.progress = m, keep, progress
         self.work = Path(tempfile.mkdtemp(prefix=f"audit-host-{m.name}.", dir=cache_dir()))
         layer_dir = cache_dir() / "layers"
         layer_dir.mkdir(exist_ok=True)
@@ -60,7 +60,10 @@ class HostRunner:
         return RunResult(r.returncode, r.stdout + r.stderr)
 
     def close(self) -> None:
-        if not self.keep:
+        if self.keep:
+            if self.progress:
+                self.progress.step(f"kept the host tree {self.work}")
+        else:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
