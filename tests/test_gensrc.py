@@ -90,7 +90,9 @@ int stateful(void)
 {
 	static int calls;
 	static const int table[] = { 1, 2 };
-	return ++calls + table[1];
+	static void *__UNIQUE_ID_addressable_x __attribute__((used, section(".discard.addressable"))) = &counter;
+	static struct lock descriptor __attribute__((section("__dyndbg"))) = { 0 };
+	return ++calls + table[1] + descriptor.v;
 }
 
 int uses_anon(void) { return anon.a; }
@@ -234,7 +236,7 @@ def test_conditional_crossing_a_cut_keeps_its_directives(mini, tmp_path):
 def test_footer_alias_of_a_static_function(tmp_path):
     facts = parse(tmp_path, "static int counter;\nstatic int fn(int a) { return a + counter; }\n")
     g = generate((tmp_path / "mini.c").read_text(), facts, {"fn"}, everywhere_but())
-    assert g.text.rstrip().endswith('extern typeof(fn) livepatch_fn __attribute__((alias("fn")));')
+    assert g.text.rstrip().endswith('extern typeof(fn) livepatch_fn __attribute__((alias("fn"), __copy__(fn)));')
     syms = compile_c(tmp_path, g.text)
     assert syms["fn"] == ("STB_LOCAL", True, "STT_FUNC")
     assert syms["livepatch_fn"] == ("STB_GLOBAL", True, "STT_FUNC")
@@ -262,7 +264,8 @@ def test_const_local_static_is_copied_with_a_note(mini):
     d, facts = mini
     g = generate((d / "mini.c").read_text(), facts, {"stateful"}, everywhere_but())
     assert any("table" in n and "read-only" in n for n in g.notes)
-    assert not any("table" in r for r in g.refusals)
+    assert any("descriptor" in n and "dynamic-debug" in n for n in g.notes)
+    assert len(g.refusals) == 1 and g.refusals[0].startswith("stateful: static calls (line ")
 
 
 def test_new_variable_is_refused(tmp_path):
@@ -361,3 +364,15 @@ def test_folded_constants_are_copied_and_new_state_refused(tmp_path):
     facts = parse(tmp_path, src)
     g = generate(src, facts, {"f"}, everywhere_but("limit", "names", "live"), original=old)
     assert [r.split(":")[0] for r in g.refusals] == ["new static variable live"]
+
+
+def test_kept_functions_are_never_made_extern(tmp_path):
+    """f uses g before g's own definition: both kept, g's static prototype stays as written."""
+    src = ("static int g(int a);\nint f(int a) { return g(a); }\n"
+           "static __attribute__((cold)) int g(int a) { return a + 1; }\n")
+    facts = parse(tmp_path, src)
+    g = generate(src, facts, {"f", "g"}, everywhere_but())
+    assert g.refusals == [] and g.externs == [] and g.replaced == ["f", "g"]
+    assert g.text.startswith("static int g(int a);\n")
+    syms = compile_c(tmp_path, g.text)       # -Werror: the alias copies `cold`, no -Wmissing-attributes
+    assert syms["g"] == ("STB_LOCAL", True, "STT_FUNC") and syms["livepatch_g"][0] == "STB_GLOBAL"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -53,7 +54,7 @@ class Decl:
     storage_tokens: list = field(default_factory=list)   # [start, end] of literal static/inline words
     refs: list = field(default_factory=list)              # file-scope functions/variables used
     type_refs: list = field(default_factory=list)
-    local_statics: list = field(default_factory=list)     # {name, const, line}
+    local_statics: list = field(default_factory=list)     # {name, const, line, section}
 
 
 # --- the compile command -------------------------------------------------------------------
@@ -102,6 +103,7 @@ def clang_args(argv: list[str]) -> tuple[list[str], str | None]:
 
 # --- libclang helpers ----------------------------------------------------------------------
 
+@functools.cache
 def _lib():
     from clang import cindex as ci
 
@@ -333,7 +335,9 @@ def _body_facts(cursor):
             if r is not None and r.spelling:
                 types[r.spelling] = None
         elif kind == _VAR_DECL and c.storage_class.name == "STATIC":
-            statics.append({"name": c.spelling, "const": _const(c.type), "line": c.location.line})
+            ci, lib = _lib()
+            statics.append({"name": c.spelling, "const": _const(c.type), "line": c.location.line,
+                            "section": printed_section(pretty(lib, ci, c))})
     if cursor.kind.name == "VAR_DECL":
         refs.pop(cursor.spelling, None)     # LIST_HEAD(x) points at itself
     return list(refs), list(types), statics

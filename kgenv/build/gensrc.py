@@ -15,7 +15,9 @@ from typing import Callable
 # the kernel's "print/warn once" flags: a fresh copy only means a message may repeat once
 ONCE_FLAGS = ("__already_done", "__print_once", "__warned")
 # dynamic-debug descriptors: per-module metadata the module loader registers for the patch module
-DDEBUG_PREFIX = "__UNIQUE_ID_ddebug"
+DDEBUG_SECTION = "__dyndbg"
+# never loaded (__ADDRESSABLE() in static_call and friends keeps a symbol referenced at build time)
+DISCARDED_PREFIX = ".discard"
 # sections that are gone (or never loaded) by the time a livepatch arrives
 FREED_SECTIONS = (".init.", ".exit.", ".meminit.", ".memexit.")
 NOINSTR_SECTION = ".noinstr.text"
@@ -64,6 +66,7 @@ class _Group:
     end: int
     members: list = field(default_factory=list)
     role: str = ""     # "" | replaced | copied
+    scanned: bool = False
     syscall: bool = False
 
     @property
@@ -121,6 +124,7 @@ class _Planner:
             self.refusals.append(why)
 
     def plan(self, keep: set[str]) -> None:
+        kept = []
         for name in sorted(keep, key=lambda n: self.fdef[n][1]["start"] if n in self.fdef else -1):
             if name not in self.fdef:
                 self.refuse(f"{name}: no definition of it in {self.file}")
@@ -132,7 +136,10 @@ class _Planner:
             else:
                 self.copied.append(name)
                 self.notes.append(f"{name}: not in the running kernel, compiled in as a new function")
-            self._take(g, "replaced")
+            g.role = g.role or "replaced"      # all of them first: a kept function is never made extern
+            kept.append(g)
+        for g in kept:
+            self._scan(g)
         for name in sorted(self.new_vars):
             d = self.vdef[name][1]
             kind = "static" if d["storage"] == "static" else "global"
@@ -149,9 +156,17 @@ class _Planner:
             self.refuse(f"{name} is __init/__exit code (section {section}): it has run and been freed")
 
     def _take(self, g: _Group, role: str) -> None:
-        if g.role:
+        if not g.role:
+            g.role = role
+            self._scan(g)
+
+    def _scan(self, g: _Group) -> None:
+        """Check a kept group and pull in what its functions use."""
+        if g.scanned:
             return
-        g.role = role
+        g.scanned = True
+        for d in g.defs("function"):
+            self.externs.pop(d["name"], None)     # a group mate another function made extern
         state = list(dict.fromkeys(d["name"] for d in g.defs("variable")))
         funcs = ", ".join(d["name"] for d in g.defs("function"))
         if state and (g.macro or "").startswith(SYSCALL_MACROS) and all(n.startswith(SYSCALL_METADATA) for n in state):
@@ -168,9 +183,12 @@ class _Planner:
     def _local_statics(self, d: dict) -> None:
         for s in d["local_statics"]:
             where = f"{d['name']}: static {s['name']} (line {s['line']})"
+            section = s.get("section") or ""
+            if section.startswith(DISCARDED_PREFIX):
+                continue
             if s["name"] in ONCE_FLAGS:
                 self.notes.append(f"{where} is a fresh once-flag: the message may be printed once more")
-            elif s["name"].startswith(DDEBUG_PREFIX):
+            elif section == DDEBUG_SECTION:
                 self.notes.append(f"{where} is a dynamic-debug descriptor, now the patch module's")
             elif s["const"]:
                 self.notes.append(f"{where} is read-only data, copied")
@@ -388,7 +406,8 @@ def generate(text: str | bytes, facts: dict, keep: set[str], present: Callable[[
     aliases = {n: alias_prefix + n for n in p.replaced}
     if aliases:
         body = body.rstrip("\n") + "\n\n/* livepatch: global names of the replaced functions for the registration file */\n"
-        body += "".join(f'extern typeof({n}) {a} __attribute__((alias("{n}")));\n' for n, a in aliases.items())
+        body += "".join(f'extern typeof({n}) {a} __attribute__((alias("{n}"), __copy__({n})));\n'
+                        for n, a in aliases.items())
     order = {d["name"]: d["start"] for d in facts["decls"]}
     return Generated(text=body, replaced=p.replaced, copied=p.copied,
                      externs=sorted(p.externs.values(), key=lambda e: order.get(e.name, 0)),
