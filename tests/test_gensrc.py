@@ -92,7 +92,8 @@ int stateful(void)
 	static const int table[] = { 1, 2 };
 	static void *__UNIQUE_ID_addressable_x __attribute__((used, section(".discard.addressable"))) = &counter;
 	static struct lock descriptor __attribute__((section("__dyndbg"))) = { 0 };
-	return ++calls + table[1] + descriptor.v;
+	static struct ratelimit_state { int burst; } _rs;
+	return ++calls + table[1] + descriptor.v + _rs.burst;
 }
 
 int uses_anon(void) { return anon.a; }
@@ -265,6 +266,7 @@ def test_const_local_static_is_copied_with_a_note(mini):
     g = generate((d / "mini.c").read_text(), facts, {"stateful"}, everywhere_but())
     assert any("table" in n and "read-only" in n for n in g.notes)
     assert any("descriptor" in n and "dynamic-debug" in n for n in g.notes)
+    assert any("_rs" in n and "ratelimit" in n for n in g.notes)
     assert len(g.refusals) == 1 and g.refusals[0].startswith("stateful: static calls (line ")
 
 

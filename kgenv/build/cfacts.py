@@ -54,7 +54,7 @@ class Decl:
     storage_tokens: list = field(default_factory=list)   # [start, end] of literal static/inline words
     refs: list = field(default_factory=list)              # file-scope functions/variables used
     type_refs: list = field(default_factory=list)
-    local_statics: list = field(default_factory=list)     # {name, const, line, section}
+    local_statics: list = field(default_factory=list)     # {name, type, const, line, section}
 
 
 # --- the compile command -------------------------------------------------------------------
@@ -336,8 +336,8 @@ def _body_facts(cursor):
                 types[r.spelling] = None
         elif kind == _VAR_DECL and c.storage_class.name == "STATIC":
             ci, lib = _lib()
-            statics.append({"name": c.spelling, "const": _const(c.type), "line": c.location.line,
-                            "section": printed_section(pretty(lib, ci, c))})
+            statics.append({"name": c.spelling, "type": c.type.spelling, "const": _const(c.type),
+                            "line": c.location.line, "section": printed_section(pretty(lib, ci, c))})
     if cursor.kind.name == "VAR_DECL":
         refs.pop(cursor.spelling, None)     # LIST_HEAD(x) points at itself
     return list(refs), list(types), statics

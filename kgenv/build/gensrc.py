@@ -14,6 +14,9 @@ from typing import Callable
 
 # the kernel's "print/warn once" flags: a fresh copy only means a message may repeat once
 ONCE_FLAGS = ("__already_done", "__print_once", "__warned")
+# function-local statics whose fresh copy changes nothing that matters, by type
+HARMLESS_TYPES = {"struct lock_class_key": "a lockdep class key (a new lock class for lockdep)",
+                  "struct ratelimit_state": "a fresh ratelimit state (one more burst may be printed)"}
 # dynamic-debug descriptors: per-module metadata the module loader registers for the patch module
 DDEBUG_SECTION = "__dyndbg"
 # never loaded (__ADDRESSABLE() in static_call and friends keeps a symbol referenced at build time)
@@ -167,7 +170,8 @@ class _Planner:
         g.scanned = True
         for d in g.defs("function"):
             self.externs.pop(d["name"], None)     # a group mate another function made extern
-        state = list(dict.fromkeys(d["name"] for d in g.defs("variable")))
+        state = list(dict.fromkeys(d["name"] for d in g.defs("variable")
+                                   if not (d["section"] or "").startswith(DISCARDED_PREFIX)))
         funcs = ", ".join(d["name"] for d in g.defs("function"))
         if state and (g.macro or "").startswith(SYSCALL_MACROS) and all(n.startswith(SYSCALL_METADATA) for n in state):
             g.syscall = True
@@ -188,6 +192,8 @@ class _Planner:
                 continue
             if s["name"] in ONCE_FLAGS:
                 self.notes.append(f"{where} is a fresh once-flag: the message may be printed once more")
+            elif s.get("type") in HARMLESS_TYPES:
+                self.notes.append(f"{where} is {HARMLESS_TYPES[s['type']]}")
             elif section == DDEBUG_SECTION:
                 self.notes.append(f"{where} is a dynamic-debug descriptor, now the patch module's")
             elif s["const"]:
