@@ -115,16 +115,18 @@ def config_vs_autoconf(config: Path, generated: Path) -> list[str]:
     return sorted(k for k in set(got) | set(want) if not _same_value(got.get(k, "-"), want.get(k, "-")))
 
 
-def _notes(path: Path) -> dict[tuple[str, int], bytes]:
+def _notes(path: Path) -> tuple[dict[tuple[str, int], bytes], bool]:
+    """(ELF notes by (owner, type), whether there is a symbol table)."""
     with open(path, "rb") as f:
         elf = ELFFile(f)
-        out = {}
+        out, symtab = {}, False
         for sec in elf.iter_sections():
+            symtab = symtab or sec["sh_type"] == "SHT_SYMTAB"
             if sec["sh_type"] == "SHT_NOTE":
                 for note in sec.iter_notes():
                     desc = note["n_desc"]
                     out[(note["n_name"], note["n_type"])] = desc if isinstance(desc, bytes) else str(desc).encode()
-        return out
+        return out, symtab
 
 
 def embedded_config(path: Path) -> str | None:
@@ -183,7 +185,10 @@ def check(tree: BuildTree) -> dict:
                 f"({uts.get('LINUX_COMPILER', cc_text)}) {uts['UTS_VERSION']}")
         if binary["banner"] != want:
             raise RefusedError(f"{where}: banner {binary['banner']!r} is not what {tree.generated} says ({want!r})")
-    salt = _notes(tree.vmlinux).get(("Linux", LINUX_ELFNOTE_BUILD_SALT))
+    notes, symtab = _notes(tree.vmlinux)
+    if not symtab:
+        raise RefusedError(f"{where}: stripped (no symbol table); the build's own vmlinux is needed")
+    salt = notes.get(("Linux", LINUX_ELFNOTE_BUILD_SALT))
     salt_text = salt.rstrip(b"\0").decode(errors="replace") if salt is not None else None
     if salt_text is not None and salt_text != config.get("BUILD_SALT", ""):
         raise RefusedError(f"{tree.config}: CONFIG_BUILD_SALT {config.get('BUILD_SALT', '')!r} is not the salt "

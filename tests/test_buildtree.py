@@ -115,6 +115,13 @@ def test_no_build_id_is_refused(tmp_path):
         buildtree.check(t)
 
 
+def test_stripped_vmlinux_is_refused(tree):
+    subprocess.run(["strip", str(tree / "vmlinux")], check=True)
+    os.utime(tree / "vmlinux", (1_700_000_100, 1_700_000_100))
+    with pytest.raises(RefusedError, match="stripped"):
+        buildtree.check(buildtree.open_tree(tree))
+
+
 @pytest.mark.parametrize("part", [".config", "vmlinux", "Module.symvers", "include/generated"])
 def test_symlink_out_of_build_dir_is_refused(tree, tmp_path, part):
     outside = tmp_path / "elsewhere"
