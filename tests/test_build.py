@@ -116,3 +116,16 @@ def test_cli_json_report(tmp_path, env):
     assert r.returncode == 1, r.stderr
     rep = json.loads(r.stdout)
     assert rep["result"]["outcome"] == "refused" and "proc_cmdline_init" in rep["result"]["reason"]
+
+
+def test_module_is_reproducible(builds, tmp_path, env):
+    """The same diff in the same env gives the same module, byte for byte (a second, CLI build)."""
+    result, _ = builds("cmdline")
+    r = subprocess.run([sys.executable, "-m", "kgenv", "build", str(FIXTURES / "cmdline.diff"),
+                        "--env", env.name, "-o", str(tmp_path), "--name", "cmdline", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads(r.stdout)
+    assert again["result"]["module_sha256"] == result.report["result"]["module_sha256"]
+    assert (tmp_path / "cmdline-fs_proc_cmdline.c").read_text() == \
+        (Path(result.report["result"]["module"]).parent / "cmdline-fs_proc_cmdline.c").read_text()
