@@ -118,6 +118,8 @@ class Build:
             outcome, reason, code = "refused", str(exc), 1
         except (UserError, ToolError) as exc:
             outcome, reason, code = "error", str(exc), 2
+        except (OSError, ValueError) as exc:   # a file vanished, facts out of step: still a report
+            outcome, reason, code = "error", f"{type(exc).__name__}: {exc}", 2
         finally:
             if not self.req.keep_tmp:
                 shutil.rmtree(self.tmp, ignore_errors=True)
