@@ -86,6 +86,8 @@ def _report_kept(boot: Boot) -> None:
               help="sh script run in the guest: must fail before the patch, pass with it, fail after.")
 @click.option("--sympos", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help='Expected old_sympos list, lines "objname funcname sympos [offset-from-_text]".')
+@click.option("--target", "targets", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A shipped module the patch applies to, loaded first (repeatable, dependencies first).")
 @click.option("--timeout", type=click.FloatRange(min=5), default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds before QEMU is stopped.")
 @click.option("--log", "serial_log", type=click.Path(dir_okay=False, path_type=Path),
@@ -93,7 +95,7 @@ def _report_kept(boot: Boot) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result record as JSON only.")
 @click.option("-v", "--verbose", is_flag=True, help="Show timings, phases and the kernel log.")
 @click.option("--keep-tmp", is_flag=True, help="Keep the initramfs and QEMU command line beside the serial log.")
-def boot_test_command(module, kernel, env, check, sympos, timeout, serial_log, as_json,
+def boot_test_command(module, kernel, env, check, sympos, targets, timeout, serial_log, as_json,
                       verbose, keep_tmp):
     """Boot the shipped kernel under QEMU (TCG) with MODULE and prove the livepatch works.
 
@@ -103,7 +105,7 @@ def boot_test_command(module, kernel, env, check, sympos, timeout, serial_log, a
     progress = Progress(quiet=as_json)
     vmlinuz = _kernel_of(kernel, env, progress)
     progress.step(f"boot {vmlinuz.name} with {module.name} under QEMU (TCG)")
-    boot = boot_test(module, vmlinuz, check=check, sympos=sympos, timeout=timeout,
+    boot = boot_test(module, vmlinuz, check=check, sympos=sympos, timeout=timeout, targets=targets,
                      serial_log=serial_log, keep_tmp=keep_tmp, progress=_on_marker(progress))
     if as_json:
         click.echo(json.dumps(boot.to_dict(), indent=2))
