@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
@@ -22,6 +23,7 @@ from .fsutil import cache_dir, sha256_file
 from .image import tree as imagetree
 from .image.build import Built, build, from_manifest
 from .manifest import FileRef, Image, Kernel, Manifest
+from .runtime.base import Mount
 from .snapshot import REPO, _fingerprint_table, finish
 
 # Debian release of a "+debNNuM" package version.
@@ -145,14 +147,22 @@ def _ref(path: Path, digest: str, origin: Path) -> FileRef:
 
 
 def image_cmds(rt, image_id: str, srctree: str, objtree: str, script: str = "") -> dict[str, str]:
-    """The commands of the `.*.cmd` files in the image's prepared O= dir (after an optional script)."""
+    """The commands of the `.*.cmd` files in the image's prepared O= dir (after an optional script).
+
+    They come back through a mounted file, not the log stream (which may split long lines).
+    """
     out_dir = f"{srctree}/{objtree}" if objtree else srctree
-    r = rt.run(image_id, ["bash", "-c", f"{script}cd {shlex.quote(out_dir)} && find . -name '.*.cmd' -print0 "
-                                        "| sort -z | xargs -0 -r grep -HZ -E '^(saved)?cmd_'"], workdir=srctree)
+    with tempfile.TemporaryDirectory(prefix="kgenv-cmds.", dir=cache_dir()) as tmp:
+        r = rt.run(image_id, ["bash", "-c", f"{script}cd {shlex.quote(out_dir)} && find . -name '.*.cmd' -print0 "
+                                            "| sort -z | xargs -0 -r grep -HZ -E '^(saved)?cmd_' > /kgenv-out/cmds"],
+                   [Mount(Path(tmp), "/kgenv-out", read_only=False)], workdir=srctree)
+        if r.exit_code:
+            return {}
+        text = (Path(tmp) / "cmds").read_text(errors="replace")
     cmds = {}
-    for line in r.output.splitlines():
-        name, sep, text = line.partition("\0")
-        if sep and (cmd := kbuildcmd.command(text)):
+    for line in text.split("\n"):
+        name, sep, rest = line.partition("\0")
+        if sep and (cmd := kbuildcmd.command(rest)):
             cmds[os.path.normpath(name)] = cmd
     return cmds
 
