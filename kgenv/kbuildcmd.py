@@ -40,14 +40,16 @@ def find(build_dir: Path) -> dict[str, Path]:
 
 
 def head(path: Path) -> str:
-    """The top of a .cmd file: its cmd_ and source_ lines (the deps list after them can be large)."""
+    """The part of a .cmd file holding its cmd_ and source_ lines: Kbuild writes them first (the
+    deps list after them can be large); tools/build writes its command last, so then all of it."""
     lines = []
     with open(path, errors="replace") as f:
         for line in f:
             lines.append(line)
             if line.startswith("source_") or len(lines) >= 4:
                 break
-    return "".join(lines)
+        text = "".join(lines)
+        return text if CMD_RE.search(text) else text + f.read()
 
 
 def command(text: str) -> str | None:

@@ -275,6 +275,15 @@ def test_cmd_files_are_found_without_following_links(tree, tmp_path):
     assert list(kbuildcmd.find(tree)) == ["kernel/.bounds.s.cmd"]
 
 
+def test_cmd_heads_of_kbuild_and_tools_build_files(tmp_path):
+    kbuild = tmp_path / ".a.o.cmd"
+    kbuild.write_text("cmd_a.o := gcc -c a.c\n\nsource_a.o := /s/a.c\n\ndeps_a.o := \\\n" + "  x.h \\\n" * 10000)
+    assert kbuildcmd.head(kbuild) == "cmd_a.o := gcc -c a.c\n\nsource_a.o := /s/a.c\n"
+    tools = tmp_path / ".fixdep.o.cmd"  # tools/build: dependencies first, the command last
+    tools.write_text("# cannot find fixdep\n\nfixdep.o: \\\n fixdep.c\n\ncmd_fixdep.o := gcc -c fixdep.c\n")
+    assert kbuildcmd.command(kbuildcmd.head(tools)) == "gcc -c fixdep.c"
+
+
 # --- source tarball -----------------------------------------------------------------------------
 
 def test_source_tarball_is_deterministic(tree, tmp_path):
