@@ -55,7 +55,8 @@ def main() -> None:
     (w / "buildbot").mkdir(parents=True, exist_ok=True)
     try:
         cluster.start()
-        master = ["--engine", "buildbot", "--master", cluster.url, "--master-envs", str(cluster.envs_store)]
+        # Both workers share this host's envs: no env archives needed (tests/test_farm_buildbot.py covers those).
+        master = ["--engine", "buildbot", "--master", cluster.url]
         runs["buildbot"] = farm(a.plan, w / "bb-out", w / "bb-store", *master)
         runs["buildbot-again"] = farm(a.plan, w / "bb-out", w / "bb-store", *master)
     finally:

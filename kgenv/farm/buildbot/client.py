@@ -142,8 +142,11 @@ class BuildbotEngine(Engine):
             if exists(f"{artifacts}envs/{hexid}.tar"):
                 continue
             if self.master_envs is None:
-                raise UserError(f"env {name}: the master has no envs/{hexid}.tar; pass --master-envs DIR "
-                                f"(the master's kgenv-store/envs) or run kgenv envs export {name} there")
+                # Workers that already hold the env need no archive; one that lacks it fails its job
+                # with this in its log (the env-download step).
+                progress.step(f"note: the master has no envs/{hexid}.tar for {name}; workers without "
+                              f"the env will fail (pass --master-envs DIR to export it there)")
+                continue
             progress.step(f"export {name} to {self.master_envs}")
             envs.export(self._runtime(), m, self.master_envs / f"{hexid}.tar")
 
