@@ -322,3 +322,33 @@ def test_buildbot_config_is_written_whole_and_passes_buildbot_checkconfig(tmp_pa
     assert again.returncode == 2 and "use --force" in again.stderr
     bad = kgenv_cli("farm", "buildbot-config", "-o", tmp_path / "m2", "--worker", "a b")
     assert bad.returncode == 2 and "workers" in bad.stderr and not (tmp_path / "m2" / "master.cfg").exists()
+
+
+def test_buildbot_artefacts_stay_inside_and_logs_lose_the_environment_dump(tmp_path):
+    import io
+    import tarfile
+
+    from kgenv.farm.buildbot.client import _extract, _output
+
+    def tar_with(*members):
+        path = tmp_path / f"t{len(list(tmp_path.iterdir()))}.tar"
+        with tarfile.open(path, "w") as tf:
+            for info, data in members:
+                tf.addfile(info, io.BytesIO(data) if data is not None else None)
+        return path
+
+    def member(name, data=b"x", kind=tarfile.REGTYPE, link=""):
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname, info.size = kind, link, len(data) if kind == tarfile.REGTYPE else 0
+        return info, data if kind == tarfile.REGTYPE else None
+
+    good = tar_with(member("./report.json", b"{}"), member("./livepatch-a.ko", b"ELF"),
+                    member("./evil", kind=tarfile.SYMTYPE, link="/etc/passwd"))
+    assert _extract(good, tmp_path / "out") == ""
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["livepatch-a.ko", "report.json"]
+    bad = tar_with(member("../escape", b"x"))
+    assert "unreadable job artefact" in _extract(bad, tmp_path / "out2")
+    assert not (tmp_path / "escape").exists() and not bad.exists()
+    contents = {"logchunks": [{"content": "hkgenv build a.diff\nh environment:\nh  SECRET=1\noBUILT: a\n"
+                                          "eWARN x\nhprogram finished with exit code 0\nhelapsedTime=1\n"}]}
+    assert _output(contents) == "kgenv build a.diff\nBUILT: a\nWARN x\nprogram finished with exit code 0\n"

@@ -6,7 +6,7 @@ import json
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..manifest import Manifest
@@ -32,13 +32,15 @@ class Farm:
     progress: Progress = QUIET
     signing: SigningKey | None = None
     use_cache: bool = True
+    envs: list[Manifest] = field(default_factory=list, init=False)
+    cells: dict[str, Cell] = field(default_factory=dict, init=False)
 
     def run(self) -> Matrix:
         """Run what is not cached; on Ctrl-C the finished jobs stay and the matrix says what did not run."""
         started, t0 = now_utc(), time.monotonic()
         self.envs = self._envs()
         jobs = self._jobs()
-        self.cells: dict[str, Cell] = {}
+        self.cells = {}
         todo = []
         for job in jobs:
             if self.use_cache and self.store.has(job.key):
