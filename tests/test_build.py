@@ -72,6 +72,7 @@ def test_accepted_fix_builds_verifies_and_boots(builds, name):
             if isinstance(value, dict):
                 assert all(not isinstance(v, (dict, list)) for v in value.values())
     assert rep["boot"]["result"] == "pass", rep["boot"]["reason"]
+    assert rep["boot"]["phase_sympos"] == "ok"   # each old_sympos named the function in /proc/kallsyms
     assert json.loads((out / "report.json").read_text()) == rep
 
 
