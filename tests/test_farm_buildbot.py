@@ -2,6 +2,8 @@
 
 import json
 import os
+import signal
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +90,51 @@ def test_same_matrix_as_the_local_engine_and_a_rerun_is_cached(bb_matrix, plan_p
     again = run(plan_path, d / "out", d / "store", BuildbotEngine(cluster.url, None, docker_rt, poll=0.3), docker_rt)
     assert {c.fix for c in again.cells if c.cached} == {"ok", "ok-slow", "bad", "other"}
     assert again.cell(m.kernels[0].env, "boom").worker in ("worker1", "worker2")
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from kgenv.farm import plan
+from kgenv.farm.buildbot.client import BuildbotEngine
+from kgenv.farm.run import Farm
+from kgenv.farm.store import Store
+from kgenv.runtime.docker import runtime
+d = Path({d!r})
+rt = runtime()
+try:
+    Farm(plan.load(d / "plan.toml"), d / "out", BuildbotEngine({url!r}, None, rt, poll=0.3), Store(d / "store"), rt).run()
+except KeyboardInterrupt:
+    sys.exit(2)
+"""
+
+
+def test_ctrl_c_stops_running_builds_and_cancels_queued_ones(cluster, env, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from kgenv.farm import matrix
+
+    write_plan(tmp_path, [env.name], {f"slow{i}": (OK_C + f"// sleep 60\n// {i}\n", "built") for i in range(3)})
+    script = DRIVER.format(tests=str(Path(__file__).parent), d=str(tmp_path), url=cluster.url)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(cluster.api("builds?complete=false")["builds"]) < 2:  # both workers busy, one request queued
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    m = matrix.load(tmp_path / "out" / "matrix.json")
+    assert [c.outcome for c in m.cells] == ["not-run"] * 3 and m.farm["interrupted"]
+    deadline = time.monotonic() + 30
+    while cluster.api("builds?complete=false")["builds"] or \
+            cluster.api("buildrequests?complete=false")["buildrequests"]:
+        assert time.monotonic() < deadline, "builds or requests left behind"
+        time.sleep(0.5)
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []
 
 
 def test_clean_shutdown(cluster):
