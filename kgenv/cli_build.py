@@ -33,6 +33,15 @@ def _summary(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _runtime(name: str, m):
+    """Docker, or this machine itself once its toolchain fingerprint equals the manifest's."""
+    if name == "host":
+        from kgenv.runtime.host import HostRuntime
+        return HostRuntime(m)
+    from kgenv.runtime.docker import runtime
+    return runtime()
+
+
 @click.command("build")
 @click.argument("diff", type=click.Path(path_type=Path))
 @click.option("--env", "env_name", required=True, metavar="NAME", help="Recorded environment to build in.")
@@ -44,12 +53,14 @@ def _summary(report: dict) -> str:
 @click.option("--boot-test", is_flag=True, help="Boot the shipped kernel in QEMU and prove the module.")
 @click.option("--check", type=click.Path(path_type=Path), metavar="SCRIPT",
               help="Guest shell snippet: exit 0 when the fix is in effect (with --boot-test).")
+@click.option("--runtime", "runtime_name", type=click.Choice(["docker", "host"]), default="docker",
+              show_default=True, help="host: this machine is the env's build root (fingerprint-checked).")
 @click.option("-j", "--jobs", default=2, show_default=True, help="Parallel compiles.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary.")
 @click.option("-v", "--verbose", is_flag=True)
 @click.option("--keep-tmp", is_flag=True, help="Keep the work directory and print its path.")
-def build_command(diff, env_name, outdir, name, image, tus, boot_test, check, jobs, as_json, verbose,
-                  keep_tmp):
+def build_command(diff, env_name, outdir, name, image, tus, boot_test, check, runtime_name, jobs, as_json,
+                  verbose, keep_tmp):
     """Build a livepatch module for FIX.DIFF in env NAME's image; verify it before hand-off."""
     try:
         if not diff.is_file():
@@ -61,13 +72,11 @@ def build_command(diff, env_name, outdir, name, image, tus, boot_test, check, jo
         m = manifest.load(env_name)
         if image and image != m.image.id and f"sha256:{image}" != m.image.id:
             raise UserError(f"env {env_name}: image is {m.image.id}, not {image}")
-        from kgenv.runtime.docker import runtime
-
         req = pipeline.Request(diff=diff, env=m, outdir=outdir,
                                name=pipeline.check_name(name or pipeline.default_name(diff)),
                                extra_tus=tuple(tus), keep_tmp=keep_tmp, jobs=jobs,
                                boot_test=boot_test, check=check)
-        b = pipeline.Build(req, runtime(), Progress(quiet=as_json and not verbose))
+        b = pipeline.Build(req, _runtime(runtime_name, m), Progress(quiet=as_json and not verbose))
         if keep_tmp:
             click.echo(f"work directory: {b.tmp}", err=True)
         result = b.run()

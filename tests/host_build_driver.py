@@ -1,4 +1,4 @@
-"""Run inside an env image: `kgenv build` with the host runtime (the container *is* the build root).
+"""Run inside an env image: `kgenv build --runtime host` (the container *is* the build root).
 
     python3 host_build_driver.py ENV DIFF OUTDIR NAME
 
@@ -7,12 +7,12 @@ back exactly as it was.
 """
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 from kgenv import manifest
-from kgenv.build import pipeline
-from kgenv.runtime.host import HostRuntime, _index, fingerprint_differences
+from kgenv.runtime.host import _index, fingerprint_differences
 
 
 def main() -> None:
@@ -20,10 +20,13 @@ def main() -> None:
     m = manifest.load(env)
     differences = fingerprint_differences(m)
     before = _index(Path(m.kernel.srctree))
-    result = pipeline.build(pipeline.Request(diff=Path(diff), env=m, outdir=Path(outdir), name=name), HostRuntime(m))
+    r = subprocess.run([sys.executable, "-m", "kgenv", "build", diff, "--env", env, "-o", outdir,
+                        "--name", name, "--runtime", "host", "--json"], capture_output=True, text=True)
     after = _index(Path(m.kernel.srctree))
-    print(json.dumps({"differences": differences, "exit_code": result.exit_code,
-                      "outcome": result.report["result"]["outcome"], "reason": result.report["result"]["reason"],
+    result = json.loads(r.stdout)["result"] if r.stdout.strip().startswith("{") else \
+        {"outcome": "no report", "reason": r.stderr[-2000:]}
+    print(json.dumps({"differences": differences, "exit_code": r.returncode,
+                      "outcome": result["outcome"], "reason": result["reason"],
                       "tree_unchanged": before == after}))
 
 

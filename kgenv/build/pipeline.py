@@ -189,7 +189,7 @@ class Build:
             raise ToolError(f"reading the env's source failed: {r.output[-500:]}")
         tree = self.tmp / "tree"
         with tarfile.open(out / "files.tar") as tar:
-            tar.extractall(tree, filter="data")
+            _extract(tar, tree)
         return tree
 
     def _compile(self, overlay: Path) -> None:
@@ -394,6 +394,19 @@ class Build:
 def _first_difference(v) -> str:
     d = v.difference
     return f"+{d.offset:#x}: {d.object_insn} | {d.binary_insn}" if d else v.note
+
+
+def _extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Only plain files, directories and symlinks, all inside dest (tarfile's data filter where the
+    interpreter has it; Debian bookworm's python3 3.11.2 predates it)."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    for member in tar.getmembers():
+        p = PurePosixPath(member.name)
+        if p.is_absolute() or ".." in p.parts or not (member.isfile() or member.isdir() or member.issym()):
+            raise ToolError(f"unexpected entry {member.name!r} in the files read from the env's tree")
+    tar.extractall(dest)
 
 
 def _names(names) -> str:
