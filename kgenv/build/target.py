@@ -98,20 +98,25 @@ class Resolver:
         self.obj = original
         self.mapper = Mapper(original, self.binary)
 
-    def find(self, name: str) -> Symbol | None:
-        """The running binary's symbol the original object's `name` is, or None (inlined, absent)."""
+    def find(self, name: str, elsewhere: bool = True) -> Symbol | None:
+        """The running binary's symbol the original object's `name` is, or None (inlined, absent).
+
+        With `elsewhere`, a name the object never mentions may be a unique global of another TU
+        (new code calling a kernel function the original file did not)."""
         syms = [s for s in self.obj.index.by_name.get(name, ()) if s.type != STT_FUNC or s.size]
         for sym in sorted(syms, key=lambda s: not s.defined):
             found, status = self.mapper.resolve(sym)
             if status == OK and found is not None:
                 return found
-        if not syms:   # not in the object at all: a global only a declaration names
+        if not syms and elsewhere:   # not in the object at all: a global only a declaration names
             glob = [s for s in self.binary.lookup(name) if s.bind != STB_LOCAL]
             return glob[0] if len(glob) == 1 else None
         return None
 
     def present(self, name: str, kind: str = "") -> bool:
-        return self.find(name) is not None
+        """Does the running kernel have this file's definition of `name` out of line? A static
+        inlined everywhere is absent from the object, and a same-named global elsewhere is not it."""
+        return self.find(name, elsewhere=False) is not None
 
     def position(self, name: str) -> tuple[str, int] | None:
         """(objname, sympos) for a livepatch relocation to `name`, or None if not in the binary."""
