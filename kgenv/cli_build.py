@@ -28,7 +28,7 @@ def _summary(report: dict) -> str:
     if "boot" in report:
         lines.append(f"  boot test: {report['boot']['result']} in {report['boot']['seconds']} s")
     total = sum(report["stages"].values())
-    lines.append(f"  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in report["stages"].items())
+    lines.append("  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in report["stages"].items())
                  + f" (total {total:.1f}s)")
     return "\n".join(lines)
 

@@ -1,6 +1,5 @@
 """Where a rebuilt TU's names live in the running binary (synthetic objects, host gcc)."""
 
-from pathlib import Path
 
 from kgenv.build.skeleton import tu_flags
 from kgenv.build.target import VMLINUX, Resolver, Target, module_name

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -168,7 +167,6 @@ def test_parallelism_is_bounded(farm_dir):
 DRIVER = """
 import sys
 sys.path.insert(0, {tests!r})
-from pathlib import Path
 from farm_helpers import make_envs, tiny_engine
 from kgenv.farm import plan
 from kgenv.farm.run import Farm

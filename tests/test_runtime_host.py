@@ -2,7 +2,6 @@
 and, in the env image itself, a whole kgenv build run on the host runtime."""
 
 import json
-import shutil
 import subprocess
 import sys
 from dataclasses import replace

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from kgenv.cli_verify import verify_command
-from kgenv.verify import LiveBinary, ObjectFile, open_binary, verify
+from kgenv.verify import LiveBinary, open_binary, verify
 from kgenv.verify.records import (
     AMBIGUOUS, DIFFERENT_CALLEE, DIFFERS, IDENTICAL, INSTRUCTION_SELECTION, LAYOUT_SIZE, MISSING,
     NOT_TRACEABLE, REGISTER_ALLOCATION, WEAK_OVERRIDDEN,
