@@ -20,7 +20,7 @@ from kgenv.build.compile import cmd_file, compile_tus
 from kgenv.build.kbuild import build_module
 from kgenv.build.target import VMLINUX, Resolver, Target, compile_flags, find as find_target
 from kgenv.elf import klp
-from kgenv.elf.symbols import SymbolIndex
+from kgenv.elf.symbols import STT_FILE, SymbolIndex
 from kgenv.errors import RefusedError, ToolError, UserError
 from kgenv.fsutil import sha256_file, write_atomic
 from kgenv.manifest import Manifest
@@ -94,7 +94,8 @@ def check_name(name: str) -> str:
 
 
 class Build:
-    """One `kgenv build` run; stage methods fill `self.report` as they go."""
+    """One `kgenv build` run: each stage method adds to the units, functions and timings the report
+    is made of, so a refused or failed build still explains itself."""
 
     def __init__(self, req: Request, rt, progress=QUIET):
         self.req, self.rt, self.progress = req, rt, progress
@@ -104,6 +105,8 @@ class Build:
         self.functions: list[dict] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="kgenv-build-"))
         self.diff = None
+        self.klp_symbols: dict[str, tuple[str, int]] = {}
+        self.boot = None
 
     # -- running -----------------------------------------------------------------------------
 
@@ -145,8 +148,9 @@ class Build:
         self._timed("generate", self._generate, overlay)
         ko = self._timed("kbuild", self._kbuild)
         self._timed("klp", self._klp, ko)
-        boot = self._timed("boot", self._boot, ko) if self.req.boot_test else None
-        return self._hand_off(ko, boot)
+        if self.req.boot_test:
+            self._timed("boot", self._boot, ko)
+        return self._hand_off(ko)
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -297,14 +301,13 @@ class Build:
         exported = _exported(self.m)
         index = SymbolIndex.open(ko)
         undefined = sorted({s.name for s in index.symbols if s.name and not s.defined
-                            and s.type != 4 and s.index})
+                            and s.type != STT_FILE and s.index})
         mapping, unknown = {}, []
         vmlinux = None
         for name in undefined:
             if name in exported or name == "__fentry__":
                 continue
-            pos = next((u.resolver.position(name) for u in self.units
-                        if u.resolver.position(name) is not None), None)
+            pos = next(filter(None, (u.resolver.position(name) for u in self.units)), None)
             if pos is None:
                 if vmlinux is None:
                     vmlinux = _vmlinux_resolver(self.m, self.units)
@@ -317,7 +320,7 @@ class Build:
             raise Refusal(f"the module needs {_names(unknown)}, which the running kernel neither "
                           "exports nor has as a symbol")
         if mapping:
-            self.klp = klp.convert(ko, mapping)
+            klp.convert(ko, mapping)
         self.klp_symbols = mapping
 
     def _boot(self, ko: Path):
@@ -331,7 +334,6 @@ class Build:
         self.boot = boot
         if not boot.passed:
             raise Refusal(f"boot test failed: {boot.reason}")
-        return boot
 
     def _sympos_line(self, f: dict) -> str:
         """"obj func sympos [offset from _text]" for the guest to find in /proc/kallsyms."""
@@ -342,7 +344,7 @@ class Build:
             line += f" {f['address'] - text:#x}"
         return line + "\n"
 
-    def _hand_off(self, ko: Path, boot) -> Path:
+    def _hand_off(self, ko: Path) -> Path:
         out = self.req.outdir
         out.mkdir(parents=True, exist_ok=True)
         src = self.tmp / "module"
@@ -368,11 +370,11 @@ class Build:
                        "module": str(module) if module else "",
                        "module_sha256": sha256_file(module) if module else "",
                        "klp_symbols": sorted(f"{o}.{n},{p}" for n, (o, p) in
-                                             getattr(self, "klp_symbols", {}).items())},
+                                             self.klp_symbols.items())},
             "functions": self.functions,
             "stages": dict(self.stages),
         }
-        boot = getattr(self, "boot", None)
+        boot = self.boot
         if boot is not None:
             report["boot"] = {"result": boot.result, "reason": boot.reason, "release": boot.release,
                               "serial_log": boot.serial_log, "seconds": boot.timings.get("total"),
