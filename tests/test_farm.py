@@ -166,6 +166,7 @@ def test_parallelism_is_bounded(farm_dir):
 
 DRIVER = """
 import sys
+from pathlib import Path
 sys.path.insert(0, {tests!r})
 from farm_helpers import make_envs, tiny_engine
 from kgenv.farm import plan
