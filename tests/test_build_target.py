@@ -1,5 +1,6 @@
-"""Where a rebuilt TU's names live in the running binary (synthetic objects, host gcc)."""
+"""Where a rebuilt TU's names live in the running binary, and what a module target needs loaded first."""
 
+import pytest
 
 from kgenv.build.skeleton import tu_flags
 from kgenv.build.target import VMLINUX, Resolver, Target, module_name
@@ -31,3 +32,14 @@ def test_module_name_and_flags_from_the_kbuild_command():
     assert module_name(cmd) == "binfmt_misc"
     assert module_name([c for c in cmd if c != "-DMODULE"]) is None
     assert tu_flags(cmd, "/src", "obj") == ("-I/src/include", "-I/src/obj/fs/proc", "-I/src/obj/include", "-DFOO=1")
+
+
+@pytest.mark.docker
+def test_module_targets_load_after_their_dependencies(env):
+    """From the shipped modules' own depends= (Debian ships no modules.dep: depmod runs on install)."""
+    from kgenv.build.target import _shipped_modules, load_order
+
+    shipped = _shipped_modules(env)
+    order = [p.name for p in load_order(env, Target("ext4", shipped["ext4"]))]
+    assert order[-1] == "ext4.ko" and "jbd2.ko" in order and "mbcache.ko" in order
+    assert [p.name for p in load_order(env, Target("binfmt_misc", shipped["binfmt_misc"]))] == ["binfmt_misc.ko"]

@@ -18,7 +18,7 @@ from kgenv.build import changes as changes_mod
 from kgenv.build import diffapply, skeleton
 from kgenv.build.compile import cmd_file, compile_tus
 from kgenv.build.kbuild import build_module
-from kgenv.build.target import VMLINUX, Resolver, Target, compile_flags, find as find_target
+from kgenv.build.target import VMLINUX, Resolver, Target, compile_flags, find as find_target, load_order
 from kgenv.elf import klp
 from kgenv.elf.symbols import STT_FILE, SymbolIndex
 from kgenv.errors import RefusedError, ToolError, UserError
@@ -328,7 +328,7 @@ class Build:
 
         vmlinuz = self.m.files["vmlinuz"].resolve()
         sympos = "".join(self._sympos_line(f) for f in self.functions if f["verdict"] == "replaced")
-        extra = [u.target.binary_path for u in self.units if u.target.is_module]
+        extra = [ko for u in self.units if u.target.is_module for ko in load_order(self.m, u.target)]
         boot = boot_test(ko, vmlinuz, check=self.req.check, sympos=sympos,
                          targets=list(dict.fromkeys(extra)), keep_tmp=self.req.keep_tmp)
         self.boot = boot

@@ -6,6 +6,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from kgenv.elf.reader import open_elf
 from kgenv.elf.symbols import STB_LOCAL, STT_FUNC, STT_NOTYPE, STT_OBJECT, Symbol
 from kgenv.errors import ToolError, UserError
 from kgenv.manifest import Manifest
@@ -60,6 +61,41 @@ def modules_dir(m: Manifest) -> Path:
     return vmlinuz.parent.parent / "lib" / "modules" / m.kernel.release
 
 
+def _shipped_modules(m: Manifest) -> dict[str, Path]:
+    """Module name -> shipped .ko, from modules.order (depmod's files are made at install time)."""
+    root = modules_dir(m)
+    order = root / "modules.order"
+    if not order.is_file():
+        raise ToolError(f"{order}: missing; fetch the env's kernel again (kgenv envs restore {m.name})")
+    return {Path(line).name.removesuffix(".ko").replace("-", "_"): root / line
+            for line in order.read_text().split()}
+
+
+def _depends(ko: Path) -> list[str]:
+    """The `depends=` entry of a module's .modinfo: the modules it needs loaded first."""
+    elf = open_elf(ko)
+    sec = elf.section(".modinfo")
+    for entry in bytes(elf.section_data(sec)).split(b"\0") if sec else ():
+        if entry.startswith(b"depends="):
+            return [d.replace("-", "_") for d in entry[8:].decode().split(",") if d]
+    return []
+
+
+def load_order(m: Manifest, target: Target) -> list[Path]:
+    """The shipped modules to insmod for a module target, dependencies first."""
+    shipped, out, seen = _shipped_modules(m), [], set()
+
+    def visit(name: str) -> None:
+        if name in seen or name not in shipped:   # built in, or already placed
+            return
+        seen.add(name)
+        for dep in _depends(shipped[name]):
+            visit(dep)
+        out.append(shipped[name])
+    visit(target.objname)
+    return out
+
+
 def find(m: Manifest, cmd_file: Path) -> Target:
     """vmlinux, or the module the TU's compile command names, with its shipped binary."""
     mod = module_name(compile_flags(cmd_file))
@@ -68,13 +104,9 @@ def find(m: Manifest, cmd_file: Path) -> Target:
         if ref is None:
             raise UserError(f"env {m.name}: its manifest records no vmlinux")
         return Target(VMLINUX, ref.resolve())
-    root = modules_dir(m)
-    order = root / "modules.order"
-    if not order.is_file():
-        raise ToolError(f"{order}: missing; fetch the env's kernel again (kgenv envs restore {m.name})")
-    for line in order.read_text().split():
-        if Path(line).name.removesuffix(".ko").replace("-", "_") == mod:
-            return Target(mod, root / line)
+    ko = _shipped_modules(m).get(mod)
+    if ko is not None:
+        return Target(mod, ko)
     raise UserError(f"module {mod} is not among the modules shipped with {m.kernel.release}")
 
 
