@@ -11,7 +11,7 @@ import time
 from kgenv.distro import debian
 from kgenv.progress import Progress
 from kgenv.runtime.docker import runtime
-from kgenv.snapshot import snapshot_debian
+from kgenv.env.debian import snapshot_debian
 
 
 def main(line: str = "bookworm") -> None:

@@ -17,11 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from vendor_tree import assemble  # noqa: E402
 
-from kgenv import kbuildcmd  # noqa: E402
+from kgenv.env import kbuildcmd  # noqa: E402
 from kgenv.distro import debian  # noqa: E402
 from kgenv.progress import Progress  # noqa: E402
 from kgenv.runtime.docker import runtime  # noqa: E402
-from kgenv.snapshot_tree import snapshot_build_dir  # noqa: E402
+from kgenv.env.vendor import snapshot_build_dir  # noqa: E402
 
 
 def main(line: str = "bookworm") -> None:
@@ -32,7 +32,7 @@ def main(line: str = "bookworm") -> None:
     os.environ["KGENV_ENVS"] = tempfile.mkdtemp(prefix="kgenv-bench-")
     rt = runtime()
     t1 = time.monotonic()
-    m = snapshot_build_dir(build_dir, rt, f"bench-vendor-{kf.abi}", None, True, Progress())
+    m = snapshot_build_dir(build_dir, lambda: rt, f"bench-vendor-{kf.abi}", None, True, Progress())
     took = time.monotonic() - t1
     rt.remove(m.image.id)
     print(f"kernel {kf.abi} ({kf.version}); build dir {build_dir} "

@@ -1,5 +1,5 @@
 """`python -m kgenv` is the kgenv command."""
 
-from .cli import main
+from kgenv.cli import main
 
 main()

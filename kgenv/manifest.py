@@ -7,8 +7,8 @@ import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .errors import UserError
-from .fsutil import cache_dir, write_atomic
+from kgenv.errors import UserError
+from kgenv.fsutil import cache_dir, write_atomic
 
 SCHEMA = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

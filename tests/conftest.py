@@ -44,7 +44,7 @@ def docker_rt():
 def env(debian_kernel, envs_dir, docker_rt):
     """The env of the current kernel: snapshotted once, reused while its image is in the engine."""
     from kgenv import manifest
-    from kgenv.snapshot import snapshot_debian
+    from kgenv.env.debian import snapshot_debian
 
     name = f"test-{debian_kernel.abi}"
     if manifest.path_of(name).exists():

@@ -3,8 +3,7 @@
 import pytest
 from click.testing import CliRunner
 
-from kgenv.cli_boot import boot_test_command
-from kgenv.errors import UserError
+from kgenv.cli import cli
 
 
 @pytest.fixture
@@ -15,24 +14,25 @@ def not_a_module(tmp_path):
 
 
 def test_needs_exactly_one_kernel_source(not_a_module):
-    result = CliRunner().invoke(boot_test_command, [str(not_a_module)])
-    assert isinstance(result.exception, UserError)
-    assert "--kernel" in str(result.exception)
+    result = CliRunner().invoke(cli, ["boot-test", str(not_a_module)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("kgenv: ") and "--kernel" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_rejects_a_file_that_is_no_module(not_a_module, tmp_path):
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"")
-    result = CliRunner().invoke(boot_test_command, [str(not_a_module), "--kernel", str(kernel)])
-    assert isinstance(result.exception, UserError)
-    assert result.exception.exit_code == 2
-    assert "not a readable kernel module" in str(result.exception)
+    result = CliRunner().invoke(cli, ["boot-test", str(not_a_module), "--kernel", str(kernel)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("kgenv: ") and "not a readable kernel module" in result.stderr
 
 
 def test_env_resolves_the_recorded_vmlinuz_and_checks_its_hash(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from kgenv import cli_boot, manifest
+    from kgenv import manifest
+    from kgenv.cli import boot as cli_boot
     from kgenv.errors import ToolError
     from kgenv.fsutil import sha256_file
     from kgenv.progress import QUIET

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from boot_kmod import build_module
 from kgenv.boot import boot_test
-from kgenv.cli_boot import boot_test_command
+from kgenv.cli import cli
 
 pytestmark = [pytest.mark.qemu, pytest.mark.docker]
 
@@ -98,7 +98,7 @@ def test_unresolved_symbol_fails_with_the_kernel_reason(debian_kernel, unresolve
 def test_check_that_never_passes_fails(env, sample_ko, tmp_path):
     check = tmp_path / "never.sh"
     check.write_text("grep -q 'text no patch prints' /proc/cmdline\n")
-    result = CliRunner().invoke(boot_test_command, [
+    result = CliRunner().invoke(cli, ["boot-test", 
         str(sample_ko), "--env", env.name, "--check", str(check),
         "--json", "--log", str(_log(tmp_path))])
     assert result.exit_code == 1, result.output

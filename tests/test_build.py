@@ -106,7 +106,7 @@ def test_cli_bad_diff_is_one_line_error(tmp_path, env):
     assert r.returncode == 2
     assert "bad.diff" in r.stderr and "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if not line.startswith("[")]   # progress lines aside
-    assert errors == ["kgenv build: bad.diff: path 'a/../../etc/passwd' escapes the kernel tree"]
+    assert errors == ["kgenv: bad.diff: path 'a/../../etc/passwd' escapes the kernel tree"]
     assert not list((tmp_path / "out").glob("*.ko"))
 
 

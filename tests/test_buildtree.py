@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from kgenv import buildtree, kbuildcmd, sourcetree
+from kgenv.env import buildtree, kbuildcmd, sourcetree
 from kgenv.errors import RefusedError, UserError
-from kgenv.fingerprint import fingerprint
-from kgenv.snapshot_tree import line_of, parse_make_vars, tree_paths
+from kgenv.env.fingerprint import fingerprint
+from kgenv.env.vendor import line_of, parse_make_vars, tree_paths
 
 RELEASE = "6.1.0-test"
 UTS_VERSION = "#1 SMP PREEMPT_DYNAMIC Test 6.1.0-1 (2026-01-01)"

@@ -2,10 +2,11 @@
 
 import pytest
 
-from kgenv.fingerprint import make_variables, read_config, read_vmlinux
-from kgenv.image import dockerarchive, rootfs
+from kgenv.env.fingerprint import make_variables, read_config, read_vmlinux
+from kgenv.image import rootfs
+from kgenv.runtime import dockerarchive
 from kgenv.errors import UserError
-from kgenv.toolchain import CompilerId
+from kgenv.env.toolchain import CompilerId
 
 
 def test_compiler_strings_compare_by_meaning():

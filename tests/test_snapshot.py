@@ -7,12 +7,13 @@ import sys
 
 import pytest
 
-from kgenv import envs, manifest
+from kgenv import manifest
+from kgenv.env import lifecycle as envs
 from kgenv.errors import UserError
-from kgenv.fingerprint import read_config
+from kgenv.env.fingerprint import read_config
 from kgenv.image.derive import remove_with_derived
 from kgenv.progress import QUIET
-from kgenv.snapshot import snapshot_debian
+from kgenv.env.debian import snapshot_debian
 
 pytestmark = [pytest.mark.archive, pytest.mark.docker]
 

@@ -13,11 +13,12 @@ import sys
 import pytest
 from vendor_tree import assemble, with_cmd_files
 
-from kgenv import kbuildcmd, manifest, sourcetree
-from kgenv.buildtree import open_tree
+from kgenv import manifest
+from kgenv.env import kbuildcmd, sourcetree
+from kgenv.env.buildtree import open_tree
 from kgenv.errors import UserError
 from kgenv.progress import Progress, QUIET
-from kgenv.snapshot_tree import marked_cmds, snapshot_build_dir
+from kgenv.env.vendor import marked_cmds, snapshot_build_dir
 
 pytestmark = [pytest.mark.archive, pytest.mark.docker]
 
@@ -39,7 +40,7 @@ def vendor_env(build_dir, envs_dir, docker_rt, debian_kernel):
         m = manifest.load(name)
         if docker_rt.image_id(m.image.id):
             return m
-    return snapshot_build_dir(build_dir, docker_rt, name, None, True, Progress())
+    return snapshot_build_dir(build_dir, lambda: docker_rt, name, None, True, Progress())
 
 
 def test_vendor_env_records_what_the_debian_env_records(vendor_env, env):
@@ -98,7 +99,7 @@ def test_kcflags_are_read_off_the_build(vendor_env, build_dir, docker_rt):
 def test_existing_vendor_env_is_not_replaced(vendor_env, build_dir, docker_rt):
     before = manifest.path_of(vendor_env.name).read_bytes()
     with pytest.raises(UserError, match="use --force"):
-        snapshot_build_dir(build_dir, docker_rt, vendor_env.name, None, False, QUIET)
+        snapshot_build_dir(build_dir, lambda: docker_rt, vendor_env.name, None, False, QUIET)
     assert manifest.path_of(vendor_env.name).read_bytes() == before
 
 

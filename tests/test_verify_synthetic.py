@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from kgenv.cli_verify import verify_command
+from kgenv.cli import cli
 from kgenv.verify import LiveBinary, open_binary, verify
 from kgenv.verify.records import (
     AMBIGUOUS, DIFFERENT_CALLEE, DIFFERS, IDENTICAL, INSTRUCTION_SELECTION, LAYOUT_SIZE, MISSING,
@@ -173,10 +173,10 @@ def test_live_kcore_normalises_ftrace_nops(kit, tmp_path):
 
 def test_cli_table_json_and_exit_codes(kit, tmp_path):
     runner = CliRunner()
-    ok = runner.invoke(verify_command, ["--binary", str(kit["binary"]), "--function", "same",
+    ok = runner.invoke(cli, ["verify", "--binary", str(kit["binary"]), "--function", "same",
                                        str(kit["shipped_a"])])
     assert ok.exit_code == 0, ok.output
-    bad = runner.invoke(verify_command, ["--binary", str(kit["binary"]), "--json",
+    bad = runner.invoke(cli, ["verify", "--binary", str(kit["binary"]), "--json",
                                          str(kit["rebuilt_a"])])
     assert bad.exit_code == 1
     doc = json.loads(bad.output)
@@ -189,7 +189,7 @@ def test_cli_table_json_and_exit_codes(kit, tmp_path):
     assert konst["diff_offset"] >= 0 and konst["reason"] == INSTRUCTION_SELECTION
     junk = tmp_path / "junk.o"
     junk.write_bytes(b"not an elf at all")
-    err = runner.invoke(verify_command, ["--binary", str(kit["binary"]), str(junk)])
+    err = runner.invoke(cli, ["verify", "--binary", str(kit["binary"]), str(junk)])
     assert err.exit_code == 2 and str(junk) in err.output and "Traceback" not in err.output
-    noenv = runner.invoke(verify_command, ["--env", "nope", str(kit["shipped_a"])])
+    noenv = runner.invoke(cli, ["verify", "--env", "nope", str(kit["shipped_a"])])
     assert noenv.exit_code == 2 and len(noenv.output.strip().splitlines()) == 1

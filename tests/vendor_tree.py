@@ -18,7 +18,7 @@ import tarfile
 from pathlib import Path
 
 from kgenv.distro.debian import KernelFiles
-from kgenv.fingerprint import read_vmlinux
+from kgenv.env.fingerprint import read_vmlinux
 from kgenv.fsutil import cache_dir
 
 HEADER_PARTS = (".config", ".kernelvariables", "Module.symvers", "include/generated", "include/config",

@@ -7,13 +7,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import ToolError, UserError
-from ..manifest import Manifest
-from ..progress import QUIET
-from ..verify import open_binary
-from . import candidate as candidates, probe, rebuild, sample
-from .evidence import tu_evidence
-from .records import AuditReport
+from kgenv.errors import ToolError, UserError
+from kgenv.manifest import Manifest
+from kgenv.progress import QUIET
+from kgenv.verify import open_binary
+from kgenv.audit import candidate as candidates, probe, rebuild, sample
+from kgenv.audit.evidence import tu_evidence
+from kgenv.audit.records import AuditReport
 
 DEFAULT_SAMPLE = 20
 

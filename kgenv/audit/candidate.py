@@ -8,13 +8,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..errors import ToolError, UserError
-from ..fsutil import cache_dir
-from ..image.derive import PKG_RE, with_packages
-from ..manifest import Manifest
-from ..runtime.base import Mount, RunResult
-from . import foreign
-from .records import Candidate
+from kgenv.errors import ToolError, UserError
+from kgenv.fsutil import cache_dir
+from kgenv.image.derive import PKG_RE, with_packages
+from kgenv.manifest import Manifest
+from kgenv.runtime.base import Mount, RunResult
+from kgenv.audit import foreign
+from kgenv.audit.records import Candidate
 
 OUT = "/kgenv-out"
 

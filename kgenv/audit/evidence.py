@@ -8,8 +8,8 @@ from kgenv.verify import verify_object
 from kgenv.verify.mapping import OK, Mapper, ObjectFile
 from kgenv.verify.records import AMBIGUOUS, DIFFERS, MISSING, WEAK_OVERRIDDEN, FunctionVerdict
 
-from .rebuild import Built
-from .records import (
+from kgenv.audit.rebuild import Built
+from kgenv.audit.records import (
     FN_DIFFERS, FN_IDENTICAL, FN_SKIPPED, FN_UNMATCHED, TU_BUILD_FAILED, TU_DIFFERS, TU_EMPTY, TU_IDENTICAL,
     DisasmRow, FunctionDiff, TuResult,
 )

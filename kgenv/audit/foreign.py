@@ -15,12 +15,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..distro.archive import Archive
-from ..errors import ToolError, UserError
-from ..fsutil import cache_dir, write_atomic
-from ..image import rootfs
-from ..manifest import Manifest
-from ..toolchain import BUILD_DEPS
+from kgenv.distro.archive import Archive
+from kgenv.errors import ToolError, UserError
+from kgenv.fsutil import cache_dir, write_atomic
+from kgenv.image import rootfs
+from kgenv.manifest import Manifest
+from kgenv.env.toolchain import BUILD_DEPS
 
 SPEC_RE = re.compile(r"^(?P<suite>[a-z]+)/(?P<cc>(?:gcc|clang)-\d+)$")
 TAG_REPO = "kgenv-candidate"

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..report import html as H
-from ..report.junit import Case, Suite, to_xml
-from .records import TU_BUILD_FAILED, AuditReport, Candidate
+from kgenv.report import html as H
+from kgenv.report.junit import Case, Suite, to_xml
+from kgenv.audit.records import TU_BUILD_FAILED, AuditReport, Candidate
 
 FORMATS = ("text", "json", "junit", "html")
 GREEN, RED, AMBER = "#2da44e", "#cf222e", "#d4a72c"

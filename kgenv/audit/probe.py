@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 import shlex
 
-from ..image.tree import make_command
-from ..manifest import Manifest
-from ..toolchain import CompilerId
-from .records import Candidate, Finding
+from kgenv.image.tree import make_command
+from kgenv.manifest import Manifest
+from kgenv.env.toolchain import CompilerId
+from kgenv.audit.records import Candidate, Finding
 
 PROBE_C = "int kgenv_probe(int x) { return x + 1; }\n"
 _CONFIG_LINE = re.compile(r"^(?:# )?CONFIG_(\w+)(?:=(.*)| is not set)$")

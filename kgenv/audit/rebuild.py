@@ -8,9 +8,9 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..image.tree import make_command
-from ..manifest import Manifest
-from .records import Candidate
+from kgenv.image.tree import make_command
+from kgenv.manifest import Manifest
+from kgenv.audit.records import Candidate
 
 
 @dataclass(frozen=True)

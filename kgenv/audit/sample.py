@@ -14,9 +14,9 @@ from pathlib import PurePosixPath
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from ..errors import ToolError, UserError
-from ..fsutil import cache_dir, write_atomic
-from ..manifest import Manifest
+from kgenv.errors import ToolError, UserError
+from kgenv.fsutil import cache_dir, write_atomic
+from kgenv.manifest import Manifest
 
 # Built into vmlinux under another name or not by a plain `make path.o`:
 # the EFI stub's objects are renamed (__efistub_ prefix) after compiling; boot/realmode are separate images.

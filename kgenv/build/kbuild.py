@@ -4,10 +4,10 @@ import shlex
 import shutil
 from pathlib import Path
 
-from ..errors import ToolError, UserError
-from ..image.tree import make_command
-from ..manifest import Manifest
-from ..runtime.base import Mount
+from kgenv.errors import ToolError, UserError
+from kgenv.image.tree import make_command
+from kgenv.manifest import Manifest
+from kgenv.runtime.base import Mount
 
 SRC = "/kgenv-module"
 

@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from ..errors import ToolError, UserError
-from ..manifest import Manifest
-from ..runtime.base import Mount
-from . import gensrc
+from kgenv.errors import ToolError, UserError
+from kgenv.manifest import Manifest
+from kgenv.runtime.base import Mount
+from kgenv.build import gensrc
 
 PY = "/kgenv-py"          # PYTHONPATH in the container: the clang bindings and kgenv
 IN, OUT, OVERLAY = "/kgenv-in", "/kgenv-out", "/kgenv-overlay"

@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from kgenv.errors import UserError
 
 APT_DIR = Path("/etc/apt")
 

@@ -9,11 +9,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ToolError, UserError
-from ..fsutil import cache_dir, sha256_file, write_atomic
-from ..progress import QUIET, Progress
-from . import aptsources
-from .debversion import sort_key
+from kgenv.errors import ToolError, UserError
+from kgenv.fsutil import cache_dir, sha256_file, write_atomic
+from kgenv.progress import QUIET, Progress
+from kgenv.distro import aptsources
+from kgenv.distro.debversion import sort_key
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 ARCH = "amd64"

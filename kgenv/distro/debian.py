@@ -4,11 +4,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ToolError, UserError
-from ..fsutil import cache_dir
-from ..progress import QUIET, Progress
-from .archive import Archive, Package, extract_deb
-from .debversion import sort_key
+from kgenv.errors import ToolError, UserError
+from kgenv.fsutil import cache_dir
+from kgenv.progress import QUIET, Progress
+from kgenv.distro.archive import Archive, Package, extract_deb
+from kgenv.distro.debversion import sort_key
 
 FLAVOUR = "amd64"
 # Which release line ships which kernel series; an ABI names its series.

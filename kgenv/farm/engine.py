@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .. import manifest
-from ..progress import QUIET, Progress
-from .job import LOG, Job
-from .store import Attempt
+from kgenv import manifest
+from kgenv.progress import QUIET, Progress
+from kgenv.farm.job import LOG, Job
+from kgenv.farm.store import Attempt
 
 # How long an interrupted kgenv build gets to remove its containers before it is killed.
 STOP_GRACE = 30.0

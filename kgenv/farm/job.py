@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .. import __version__
-from ..fsutil import sha256_file
-from .plan import Fix
+from kgenv import __version__
+from kgenv.fsutil import sha256_file
+from kgenv.farm.plan import Fix
 
 # Outcomes a job can end in; only the first two are verdicts worth caching.
 BUILT, REFUSED, BOOT_FAILED, ERROR, NOT_RUN = "built", "refused", "boot-failed", "error", "not-run"

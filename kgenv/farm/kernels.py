@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 
-from .. import manifest
-from ..distro import debian
-from ..distro.archive import Archive
-from ..distro.debversion import sort_key
-from ..errors import UserError
-from ..manifest import Manifest
-from ..progress import QUIET, Progress
+from kgenv import manifest
+from kgenv.distro import debian
+from kgenv.distro.archive import Archive
+from kgenv.distro.debversion import sort_key
+from kgenv.errors import UserError
+from kgenv.manifest import Manifest
+from kgenv.progress import QUIET, Progress
 
 
 def debian_abis(line: str, archive: Archive | None = None) -> list[str]:
@@ -59,8 +59,8 @@ def env_names(specs: tuple[str, ...], progress: Progress = QUIET) -> list[tuple[
 
 def ensure(name: str, debian_spec: str, rt, progress: Progress = QUIET) -> Manifest:
     """The env's manifest with its image in the engine: restored or snapshotted when missing."""
-    from ..envs import restore
-    from ..snapshot import snapshot_debian
+    from kgenv.env.lifecycle import restore
+    from kgenv.env.debian import snapshot_debian
 
     if manifest.path_of(name).exists():
         m = manifest.load(name)

@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from ..errors import UserError
-from .job import ERROR, NOT_RUN
+from kgenv.errors import UserError
+from kgenv.farm.job import ERROR, NOT_RUN
 
 FILE = "matrix.json"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..fsutil import write_atomic
-from ..report import junit
-from ..report.html import Raw, esc, page, tag
-from .job import BOOT_FAILED, BUILT, ERROR, NOT_RUN, REFUSED
-from .matrix import FILE, Cell, Matrix
+from kgenv.fsutil import write_atomic
+from kgenv.report import junit
+from kgenv.report.html import Raw, esc, page, tag
+from kgenv.farm.job import BOOT_FAILED, BUILT, ERROR, NOT_RUN, REFUSED
+from kgenv.farm.matrix import FILE, Cell, Matrix
 
 JUNIT = "matrix.junit.xml"
 HTML = "matrix.html"

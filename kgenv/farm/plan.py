@@ -7,9 +7,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..fsutil import sha256_file
-from ..manifest import NAME_RE
+from kgenv.errors import UserError
+from kgenv.fsutil import sha256_file
+from kgenv.manifest import NAME_RE
 
 # A fix name becomes the module name (livepatch-<name>.ko): kgenv build's own limit.
 FIX_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,55}$")

@@ -6,10 +6,10 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ..fsutil import sha256_file
-from ..manifest import Manifest
-from .job import REPORT, Job
-from .store import Attempt
+from kgenv.fsutil import sha256_file
+from kgenv.manifest import Manifest
+from kgenv.farm.job import REPORT, Job
+from kgenv.farm.store import Attempt
 
 STATEMENT = "https://in-toto.io/Statement/v1"
 PREDICATE = "https://slsa.dev/provenance/v1"

@@ -9,15 +9,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..manifest import Manifest
-from ..progress import QUIET, Progress
-from . import kernels, outputs, provenance
-from .engine import Engine, Task, now_utc
-from .job import BUILT, LOG, NOT_RUN, REPORT, Job, Outcome, kgenv_identity, read_outcome
-from .matrix import Cell, FixRow, KernelRow, Matrix
-from .plan import Plan
-from .sign import SigningKey, sign
-from .store import ATTEMPT, Attempt, Store, place
+from kgenv.manifest import Manifest
+from kgenv.progress import QUIET, Progress
+from kgenv.farm import kernels, outputs, provenance
+from kgenv.farm.engine import Engine, Task, now_utc
+from kgenv.farm.job import BUILT, LOG, NOT_RUN, REPORT, Job, Outcome, kgenv_identity, read_outcome
+from kgenv.farm.matrix import Cell, FixRow, KernelRow, Matrix
+from kgenv.farm.plan import Plan
+from kgenv.farm.sign import SigningKey, sign
+from kgenv.farm.store import ATTEMPT, Attempt, Store, place
 
 JOB_FILE = "job.json"
 

@@ -12,10 +12,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import ToolError, UserError
-from ..fsutil import sha256_file, write_atomic
-from ..manifest import Manifest
-from ..runtime.base import Mount
+from kgenv.errors import ToolError, UserError
+from kgenv.fsutil import sha256_file, write_atomic
+from kgenv.manifest import Manifest
+from kgenv.runtime.base import Mount
 
 MAGIC = b"~Module signature appended~\n"
 KEY_DIR = "/run/kgenv-sign"

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fsutil import cache_dir, write_atomic
+from kgenv.fsutil import cache_dir, write_atomic
 
 ATTEMPT = "attempt.json"
 

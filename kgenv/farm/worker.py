@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import envs, manifest
-from ..distro import debian
-from ..distro.archive import Archive
-from ..errors import ToolError, UserError
-from ..fsutil import sha256_file
-from ..manifest import Manifest
-from ..progress import QUIET, Progress
+from kgenv import manifest
+from kgenv.env import lifecycle as envs
+from kgenv.distro import debian
+from kgenv.distro.archive import Archive
+from kgenv.errors import ToolError, UserError
+from kgenv.fsutil import sha256_file
+from kgenv.manifest import Manifest
+from kgenv.progress import QUIET, Progress
 
 
 def worker_env(name: str, image_id: str, rt, archive: Path | None = None, progress: Progress = QUIET) -> str:

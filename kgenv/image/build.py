@@ -5,10 +5,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ToolError
-from ..fsutil import cache_dir, sha256_file
-from ..manifest import Manifest
-from . import rootfs, tree
+from kgenv.errors import ToolError
+from kgenv.fsutil import cache_dir, sha256_file
+from kgenv.manifest import Manifest
+from kgenv.image import rootfs, tree
 
 
 @dataclass(frozen=True)

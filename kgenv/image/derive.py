@@ -3,8 +3,8 @@
 import re
 import shlex
 
-from ..errors import ToolError, UserError
-from ..manifest import Manifest
+from kgenv.errors import ToolError, UserError
+from kgenv.manifest import Manifest
 
 PKG_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]*(=[A-Za-z0-9.+~:-]+)?$")
 

@@ -5,8 +5,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..errors import ToolError
-from ..fsutil import write_atomic
+from kgenv.errors import ToolError
+from kgenv.fsutil import write_atomic
 
 # Dropped from the layer: host leakage and state that differs between runs.
 HOOK = ('rm -f "$1"/etc/resolv.conf "$1"/etc/hostname "$1"/var/cache/ldconfig/aux-cache '

@@ -7,8 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..errors import RefusedError, ToolError
-from ..runtime.base import Mount
+from kgenv.errors import RefusedError, ToolError
+from kgenv.runtime.base import Mount
 
 CONFIG_CHANGED = 3  # exit code of the in-container script when olddefconfig changed the config
 

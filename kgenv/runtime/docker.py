@@ -3,8 +3,8 @@
 import os
 from pathlib import Path
 
-from ..errors import ToolError
-from .base import RunResult, Runtime
+from kgenv.errors import ToolError
+from kgenv.runtime.base import RunResult, Runtime
 
 START_HINT = "start one with 'dockerd &' as root (the README's commands install and start it)"
 
@@ -54,7 +54,7 @@ class DockerRuntime(Runtime):
     def load_archive(self, dest: Path, layers: list[Path], epoch: int, env: dict, labels: dict,
                      workdir: str) -> str:
         """Write a reproducible docker-archive of the layers, load it, return the image ID."""
-        from ..image import dockerarchive
+        from kgenv.runtime import dockerarchive
 
         want = dockerarchive.write(dest, layers, epoch, env, labels, workdir)
         got = self.load(dest)

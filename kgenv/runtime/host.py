@@ -26,10 +26,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..errors import RefusedError, ToolError, UserError
-from ..fsutil import sha256_file
-from ..manifest import Manifest
-from .base import Mount, RunResult, Runtime
+from kgenv.errors import RefusedError, ToolError, UserError
+from kgenv.fsutil import sha256_file
+from kgenv.manifest import Manifest
+from kgenv.runtime.base import Mount, RunResult, Runtime
 
 PROBE = "int kgenv_probe(int x) { return x + 1; }\n"
 

@@ -11,11 +11,12 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ... import envs, manifest
-from ...errors import ToolError, UserError
-from ...progress import QUIET
-from ..engine import Engine, Task
-from ..store import Attempt
+from kgenv import manifest
+from kgenv.env import lifecycle as envs
+from kgenv.errors import ToolError, UserError
+from kgenv.progress import QUIET
+from kgenv.farm.engine import Engine, Task
+from kgenv.farm.store import Attempt
 
 BUILDER = "kgenv"
 SCHEDULER = "kgenv"
@@ -152,7 +153,7 @@ class BuildbotEngine(Engine):
 
     def _runtime(self):
         if self.rt is None:
-            from ...runtime.docker import runtime
+            from kgenv.runtime.docker import runtime
 
             self.rt = runtime()
         return self.rt

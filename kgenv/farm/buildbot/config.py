@@ -9,9 +9,9 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...errors import UserError
-from ...fsutil import write_atomic
-from ...manifest import NAME_RE
+from kgenv.errors import UserError
+from kgenv.fsutil import write_atomic
+from kgenv.manifest import NAME_RE
 
 TEMPLATE = Path(__file__).with_name("master_cfg.py")
 SETTINGS = "kgenv-farm.json"

@@ -7,7 +7,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from ..fsutil import sha256_file
+from kgenv.fsutil import sha256_file
 
 
 def _canonical(obj) -> bytes:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from .errors import RefusedError, UserError
-from .fingerprint import read_config, read_defines, read_vmlinux
-from .toolchain import CompilerId
+from kgenv.errors import RefusedError, UserError
+from kgenv.env.fingerprint import read_config, read_defines, read_vmlinux
+from kgenv.env.toolchain import CompilerId
 
 LINUX_ELFNOTE_BUILD_SALT = 0x100  # include/linux/build-salt.h
 # "Linux version R (user@host) (compiler, linker) #1 SMP ..." (the compiler part has parentheses)

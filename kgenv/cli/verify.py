@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from kgenv import manifest
-from kgenv.errors import KgenvError, UserError
+from kgenv.errors import UserError
 from kgenv.verify import Report, verify
 from kgenv.verify.records import IDENTICAL
 from kgenv.verify.sources import Binary, LiveBinary, open_binary
@@ -66,12 +66,8 @@ def _table(report: Report, verbose: int) -> str:
 @click.argument("objects", nargs=-1, required=True, metavar="OBJ...")
 def verify_command(env, binary, kallsyms, kcore, functions, as_json, verbose, objects):
     """Prove that each function of the rebuilt OBJ files equals the running binary."""
-    try:
-        source = _open_source(env, binary, kallsyms, kcore)
-        report = verify(list(objects), source, set(functions) or None)
-    except KgenvError as exc:
-        click.echo(f"kgenv verify: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    source = _open_source(env, binary, kallsyms, kcore)
+    report = verify(list(objects), source, set(functions) or None)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1, sort_keys=False))
     else:

@@ -11,20 +11,24 @@ import re
 import shlex
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
-from . import __version__, buildtree, kbuildcmd, manifest, sourcetree, toolchain
-from .distro import debian
-from .distro.archive import Archive
-from .errors import RefusedError, UserError
-from .fingerprint import Fingerprint, config_sha256, fingerprint
-from .fsutil import cache_dir, sha256_file
-from .image import tree as imagetree
-from .image.build import Built, build, from_manifest
-from .manifest import FileRef, Image, Kernel, Manifest
-from .runtime.base import Mount
-from .snapshot import REPO, _fingerprint_table, finish
+from kgenv import __version__, manifest
+from kgenv.env import buildtree, kbuildcmd, sourcetree, toolchain
+from kgenv.distro import debian
+from kgenv.distro.archive import Archive
+from kgenv.errors import RefusedError, UserError
+from kgenv.env.fingerprint import Fingerprint, config_sha256, fingerprint
+from kgenv.fsutil import cache_dir, sha256_file
+from kgenv.image import tree as imagetree
+from kgenv.image.build import Built, build, from_manifest
+from kgenv.manifest import FileRef, Image, Kernel, Manifest
+from kgenv.progress import Progress
+from kgenv.runtime.base import Mount, Runtime
+from kgenv.env.draft import commit
+from kgenv.env.draft import draft as new_draft
 
 # Debian release of a "+debNNuM" package version.
 DEBIAN_RELEASES = {"10": "buster", "11": "bullseye", "12": "bookworm", "13": "trixie", "14": "forky"}
@@ -185,10 +189,11 @@ def parse_make_vars(items) -> dict[str, str]:
     return out
 
 
-def snapshot_build_dir(build_dir: Path, rt, name: str | None, line: str | None, force: bool, progress,
-                       keep_tmp: bool = False, make_overrides: dict[str, str] | None = None) -> Manifest:
-    """The env of a finished build dir. `rt` is a runtime or a function making one: every check of
-    the input runs before the engine is needed."""
+def snapshot_build_dir(build_dir: Path, make_runtime: Callable[[], Runtime], name: str | None, line: str | None,
+                       force: bool, progress: Progress, keep_tmp: bool = False,
+                       make_overrides: dict[str, str] | None = None) -> Manifest:
+    """The env of a finished build dir. The runtime is made only after every check of the input,
+    so bad input never needs an engine."""
     tree = buildtree.open_tree(build_dir)
     progress.step(f"check {tree.root}")
     buildtree.check(tree)
@@ -224,18 +229,14 @@ def snapshot_build_dir(build_dir: Path, rt, name: str | None, line: str | None, 
                     build_id=fp.build_id, banner=fp.banner, srctree=srctree, objtree=objtree,
                     source_package=files["source"].package, source_sha256=source.sha256,
                     config_sha256=config_sha256(tree.config), source_date_epoch=epoch)
-    include = sorted(set(toolchain.BUILD_DEPS) | set(pins))
-    draft = Manifest(name=name, kernel=kernel, fingerprint={**_fingerprint_table(fp), "build_dir": str(tree.root)},
-                     make=make, toolchain=pins,
-                     image=Image("", f"{REPO}/{name}:env", line, ",".join(include), "", "", "", 0),
-                     packages={}, files=files, kgenv_version=__version__)
+    draft = new_draft(name, kernel, fp, make, pins, files, {"build_dir": str(tree.root)})
     shared = shared_packages(draft, archive)
     if shared:
         progress.step(f"same toolchain as env {shared[0]}: its package set, so the images share layers")
     draft = replace(draft, packages=shared[1] if shared else {})
-    rt = rt() if callable(rt) else rt
+    rt = make_runtime()
     built, draft = build_checked(rt, draft, archive, tree, vendor_cmds, progress, keep_tmp)
-    return finish(rt, draft, built, force, progress)
+    return commit(rt, draft, built, force, progress)
 
 
 def shared_packages(draft: Manifest, archive: Archive) -> tuple[str, dict[str, str]] | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from kgenv.errors import KgenvError, UserError
+from kgenv.errors import UserError
 from kgenv.progress import Progress
 
 GLYPH = {"built": "built", "refused": "refused", "boot-failed": "BOOT-FAIL", "error": "ERROR", "not-run": "-"}
@@ -43,21 +43,17 @@ def farm_run(plan_file, outdir, jobs, engine, master, master_envs, cache_dir, no
     from kgenv.farm.store import Store
     from kgenv.runtime.docker import runtime
 
-    try:
-        p = plans.load(plan_file)
-        if bool(sign_key) != bool(sign_cert):
-            raise UserError("--sign-key and --sign-cert go together")
-        signing = SigningKey(sign_key, sign_cert) if sign_key else None
-        eng = _engine(engine, master, master_envs, jobs or p.options.jobs)
-        outdir = outdir or Path(f"farm-{p.path.stem}")
-        # A service manager's SIGTERM stops the farm the same clean way as Ctrl-C.
-        signal.signal(signal.SIGTERM, _interrupt)
-        farm = Farm(p, outdir, eng, Store(cache_dir), runtime(), Progress(quiet=as_json and not verbose),
-                    signing, not no_cache)
-        m = farm.run()
-    except KgenvError as exc:
-        click.echo(f"kgenv farm: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    p = plans.load(plan_file)
+    if bool(sign_key) != bool(sign_cert):
+        raise UserError("--sign-key and --sign-cert go together")
+    signing = SigningKey(sign_key, sign_cert) if sign_key else None
+    eng = _engine(engine, master, master_envs, jobs or p.options.jobs)
+    outdir = outdir or Path(f"farm-{p.path.stem}")
+    # A service manager's SIGTERM stops the farm the same clean way as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    farm = Farm(p, outdir, eng, Store(cache_dir), runtime(), Progress(quiet=as_json and not verbose),
+                signing, not no_cache)
+    m = farm.run()
     click.echo(json.dumps(m.to_dict(), indent=1, sort_keys=True) if as_json else _table(m, outdir))
     sys.exit(m.exit_code)
 
@@ -112,13 +108,9 @@ def farm_buildbot_config(masterdir, workers, bind, www_port, pb_port, artifacts_
 
     from kgenv.farm.buildbot.config import MasterSettings, next_steps, write
 
-    try:
-        s = MasterSettings(tuple(workers) or MasterSettings.workers, bind, www_port, pb_port, artifacts_port,
-                           tuple(shlex.split(kgenv_command)), tuple(shlex.split(build_command or "")), cores)
-        data = write(masterdir, s, force)
-    except KgenvError as exc:
-        click.echo(f"kgenv farm: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    s = MasterSettings(tuple(workers) or MasterSettings.workers, bind, www_port, pb_port, artifacts_port,
+                       tuple(shlex.split(kgenv_command)), tuple(shlex.split(build_command or "")), cores)
+    data = write(masterdir, s, force)
     click.echo(f"{masterdir}/master.cfg written; next:")
     click.echo(next_steps(masterdir, data))
 
@@ -133,10 +125,6 @@ def farm_worker_env(name, image_id, archive):
     from kgenv.farm.worker import worker_env
     from kgenv.runtime.docker import runtime
 
-    try:
-        state = worker_env(name, image_id, runtime(), archive, Progress())
-    except KgenvError as exc:
-        click.echo(f"kgenv farm: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    state = worker_env(name, image_id, runtime(), archive, Progress())
     click.echo(state)
     sys.exit(0 if state == "present" or not archive else 2)

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from . import manifest
-from .audit import DEFAULT_SAMPLE, audit
-from .audit.present import FORMATS, FleetRow, fleet_exit, load, render, render_fleet
-from .audit.records import Candidate
-from .errors import KgenvError, UserError
-from .fsutil import write_atomic
-from .progress import Progress
+from kgenv import manifest
+from kgenv.audit import DEFAULT_SAMPLE, audit
+from kgenv.audit.present import FORMATS, FleetRow, fleet_exit, load, render, render_fleet
+from kgenv.audit.records import Candidate
+from kgenv.errors import KgenvError, UserError
+from kgenv.fsutil import write_atomic
+from kgenv.progress import Progress
 
 
 def _emit(data: str, output: Path | None) -> None:
@@ -78,7 +78,7 @@ def audit_command(env, all_envs, toolchain, cc, tus, sample_n, seed, fmt, as_jso
     if bool(env) == bool(all_envs):
         raise UserError("audit: give either --env NAME or --all")
     progress = Progress(quiet=fmt != "text" and not output and not verbose)
-    from .runtime.docker import runtime
+    from kgenv.runtime.docker import runtime
 
     rt = runtime()
     if all_envs:

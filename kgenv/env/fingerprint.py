@@ -10,7 +10,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from .errors import UserError
+from kgenv.errors import UserError
 
 CONFIG_KEYS = ("CC_VERSION_TEXT", "GCC_VERSION", "CLANG_VERSION", "LD_VERSION", "AS_VERSION",
                "LLD_VERSION", "PAHOLE_VERSION", "BUILD_SALT")

@@ -5,8 +5,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RefusedError, ToolError, UserError
-from .fsutil import sha256_file
+from kgenv.errors import RefusedError, ToolError, UserError
+from kgenv.fsutil import sha256_file
 
 VCS_DIRS = {".git", ".hg", ".svn"}
 # Files whose change after the link would mean vmlinux was not built from this tree.

@@ -7,14 +7,14 @@ import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import manifest
-from .distro import debian
-from .distro.archive import Archive
-from .errors import ToolError, UserError
-from .fsutil import sha256_file
-from .image import tree
-from .image.build import build, from_manifest
-from .manifest import Manifest
+from kgenv import manifest
+from kgenv.distro import debian
+from kgenv.distro.archive import Archive
+from kgenv.errors import ToolError, UserError
+from kgenv.fsutil import sha256_file
+from kgenv.image import tree
+from kgenv.image.build import build, from_manifest
+from kgenv.manifest import Manifest
 
 
 @dataclass(frozen=True)

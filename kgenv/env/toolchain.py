@@ -3,10 +3,10 @@
 import re
 from dataclasses import dataclass
 
-from .distro.archive import Archive, Package
-from .distro.debversion import split
-from .errors import UserError
-from .fingerprint import Fingerprint
+from kgenv.distro.archive import Archive, Package
+from kgenv.distro.debversion import split
+from kgenv.errors import UserError
+from kgenv.env.fingerprint import Fingerprint
 
 # "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0", "gcc (GCC) 12.2.0", "gcc (GNU) 12.2.0"
 CC_RE = re.compile(r"^(?P<prog>\S+) \((?P<vendor>[^)]*?)(?: (?P<pkgver>\d[^)\s]*))?\) (?P<upstream>\S+)")

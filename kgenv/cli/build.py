@@ -10,7 +10,7 @@ import click
 
 from kgenv import manifest
 from kgenv.build import pipeline
-from kgenv.errors import KgenvError, UserError
+from kgenv.errors import UserError
 from kgenv.progress import Progress
 
 
@@ -62,31 +62,27 @@ def _runtime(name: str, m):
 def build_command(diff, env_name, outdir, name, image, tus, boot_test, check, runtime_name, jobs, as_json,
                   verbose, keep_tmp):
     """Build a livepatch module for FIX.DIFF in env NAME's image; verify it before hand-off."""
-    try:
-        if not diff.is_file():
-            raise UserError(f"{diff}: no such diff file")
-        if check is not None and not check.is_file():
-            raise UserError(f"{check}: no such check script")
-        if check is not None and not boot_test:
-            raise UserError("--check only makes sense with --boot-test")
-        m = manifest.load(env_name)
-        if image and image != m.image.id and f"sha256:{image}" != m.image.id:
-            raise UserError(f"env {env_name}: image is {m.image.id}, not {image}")
-        req = pipeline.Request(diff=diff, env=m, outdir=outdir,
-                               name=pipeline.check_name(name or pipeline.default_name(diff)),
-                               extra_tus=tuple(tus), keep_tmp=keep_tmp, jobs=jobs,
-                               boot_test=boot_test, check=check)
-        b = pipeline.Build(req, _runtime(runtime_name, m), Progress(quiet=as_json and not verbose))
-        if keep_tmp:
-            click.echo(f"work directory: {b.tmp}", err=True)
-        result = b.run()
-    except KgenvError as exc:
-        click.echo(f"kgenv build: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    if not diff.is_file():
+        raise UserError(f"{diff}: no such diff file")
+    if check is not None and not check.is_file():
+        raise UserError(f"{check}: no such check script")
+    if check is not None and not boot_test:
+        raise UserError("--check only makes sense with --boot-test")
+    m = manifest.load(env_name)
+    if image and image != m.image.id and f"sha256:{image}" != m.image.id:
+        raise UserError(f"env {env_name}: image is {m.image.id}, not {image}")
+    req = pipeline.Request(diff=diff, env=m, outdir=outdir,
+                           name=pipeline.check_name(name or pipeline.default_name(diff)),
+                           extra_tus=tuple(tus), keep_tmp=keep_tmp, jobs=jobs,
+                           boot_test=boot_test, check=check)
+    b = pipeline.Build(req, _runtime(runtime_name, m), Progress(quiet=as_json and not verbose))
+    if keep_tmp:
+        click.echo(f"work directory: {b.tmp}", err=True)
+    result = b.run()
     if as_json:
         click.echo(json.dumps(result.report, indent=1))
     elif result.report["result"]["outcome"] == "error":
-        click.echo(f"kgenv build: {result.report['result']['reason']}", err=True)
+        click.echo(f"kgenv: {result.report['result']['reason']}", err=True)
     else:
         click.echo(_summary(result.report))
     sys.exit(result.exit_code)

@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RefusedError
+from kgenv.errors import RefusedError
 
 CMD_RE = re.compile(r"^(?:saved)?cmd_(\S+) := (.*)$", re.M)
 SOURCE_RE = re.compile(r"^source_(\S+) := (\S+)$", re.M)

@@ -1,0 +1,58 @@
+"""The command line: options become records, each command calls one stage; the one error boundary."""
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from kgenv import __version__
+from kgenv.cli.audit import audit_command
+from kgenv.cli.boot import boot_test_command
+from kgenv.cli.build import build_command
+from kgenv.cli.envs import envs_group
+from kgenv.cli.farm import farm_group
+from kgenv.cli.snapshot import snapshot_command
+from kgenv.cli.verify import verify_command
+from kgenv.errors import KgenvError
+
+
+class Kgenv(click.Group):
+    """The group whose main() is the one error boundary, for the console script and CliRunner alike."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except KgenvError as e:
+            fail(str(e), e.exit_code)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            fail("interrupted")
+        except click.ClickException as e:
+            e.show()
+            sys.exit(2)
+        except Exception as e:  # a bug still ends in one line; KGENV_DEBUG=1 shows the traceback
+            if os.environ.get("KGENV_DEBUG"):
+                raise
+            fail(f"internal error: {type(e).__name__}: {e} (KGENV_DEBUG=1 shows where)")
+
+
+@click.group(cls=Kgenv, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kgenv")
+def cli() -> None:
+    """Build live kernel patches in the toolchain that built the running kernel, and prove it."""
+
+
+for command in (snapshot_command, envs_group, verify_command, boot_test_command, build_command, farm_group,
+                audit_command):
+    cli.add_command(command)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Every error leaves kgenv the same way: one line on stderr, one exit code."""
+    click.echo(f"kgenv: {message}", err=True)
+    sys.exit(code)
+
+
+def main() -> None:
+    cli.main(prog_name="kgenv")
