@@ -8,7 +8,7 @@ import pytest
 
 from kgenv import manifest
 from kgenv.audit import probe, sample
-from kgenv.audit.rebuild import _error_for
+from kgenv.audit.rebuild import error_for
 from kgenv.audit.records import (
     MISMATCH, REPRODUCES, TU_BUILD_FAILED, TU_DIFFERS, TU_IDENTICAL, AuditReport, Candidate, DisasmRow, Finding,
     FunctionDiff, TuResult,
@@ -108,9 +108,9 @@ def test_error_attribution():
     log = "\n".join(["  CC      fs/pipe.o", "fs/pipe.c:12:3: error: 'x' undeclared",
                      "make[3]: *** [scripts/Makefile.build:250: fs/pipe.o] Error 1",
                      "make: Target 'lib/x.o' not remade because of errors."])
-    assert "undeclared" in _error_for("fs/pipe.o", log)
-    assert "lib/x.o" not in _error_for("lib/x.o", log)  # falls back to the build's first errors
-    assert "undeclared" in _error_for("lib/x.o", log)
+    assert "undeclared" in error_for("fs/pipe.o", log)
+    assert "lib/x.o" not in error_for("lib/x.o", log)  # falls back to the build's first errors
+    assert "undeclared" in error_for("lib/x.o", log)
 
 
 def report(diff: bool = True, drift: tuple = ()) -> AuditReport:

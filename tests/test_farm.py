@@ -12,7 +12,8 @@ import pytest
 from farm_helpers import BAD_C, OK_C, ROOT, make_envs, runs, tiny_engine, write_plan
 from kgenv.errors import UserError
 from kgenv.farm import matrix, plan as plans
-from kgenv.farm.job import Job, kgenv_identity
+from kgenv.farm.identity import kgenv_identity
+from kgenv.farm.job import Job
 from kgenv.farm.run import Farm
 from kgenv.farm.store import Store
 

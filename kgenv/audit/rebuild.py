@@ -49,11 +49,11 @@ def rebuild(runner, m: Manifest, cand: Candidate, tus: list[str], outdir: Path, 
         progress.step(f"rebuild {len(tus)} TU(s) with {cand.label}")
     r = runner.run(script(m, cand, tus, jobs or os.cpu_count() or 1), outdir, progress)
     built = {line.split("=", 1)[1] for line in r.output.splitlines() if line.startswith("BUILT=")}
-    return [Built(t, outdir / t) if t in built else Built(t, None, _error_for(t, r.output))
+    return [Built(t, outdir / t) if t in built else Built(t, None, error_for(t, r.output))
             for t in tus]
 
 
-def _error_for(tu: str, output: str) -> str:
+def error_for(tu: str, output: str) -> str:
     """The compiler/make errors about this TU, else the build's first errors (a failure before any TU)."""
     src = re.escape(tu[:-2])
     log = [ln for ln in output.splitlines() if "not remade because of errors" not in ln]

@@ -17,6 +17,7 @@ from kgenv.boot.module import livepatch_name
 from kgenv.boot.record import PHASES, TIMINGS, Boot
 from kgenv.boot.verdict import decide
 from kgenv.errors import ToolError, UserError
+from kgenv.fsutil import cache_dir
 
 __all__ = ["Boot", "PHASES", "TIMINGS", "boot_test", "log_dir"]
 
@@ -25,9 +26,8 @@ CHECK_TIMEOUT = 10
 
 
 def log_dir() -> Path:
-    """Where serial logs are kept after the temporary files are gone."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "kgenv" / "boot-logs"
+    """Where serial logs are kept after the temporary files are gone: in kgenv's cache."""
+    return cache_dir() / "boot-logs"
 
 
 def _existing(path, what: str) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from kgenv import __version__
@@ -17,35 +16,6 @@ BUILT, REFUSED, BOOT_FAILED, ERROR, NOT_RUN = "built", "refused", "boot-failed",
 CACHEABLE = (BUILT, REFUSED)
 REPORT = "report.json"
 LOG = "build.log"
-
-
-# Bumped when the farm itself changes what a job produces (its own code is not in the digest).
-FARM_SCHEMA = 1
-# Code that a build never runs: the farm's scheduling, other stages' commands and reports, and what
-# makes env images (whose effect is the image ID, already part of every key). Changing it does not
-# void cached builds; changing anything else in kgenv/ or kernel/ does.
-NOT_BUILD_CODE = ("farm", "audit", "report", "image", "cli_farm.py", "cli_audit.py", "snapshot.py",
-                  "snapshot_tree.py")
-
-
-@lru_cache(maxsize=1)
-def kgenv_identity() -> str:
-    """The kgenv version plus a digest of the code and kernel/ templates that builds run: a checkout
-    under development never reuses a result made by other code."""
-    pkg = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256(f"farm-schema {FARM_SCHEMA}\0".encode())
-    for root in (pkg, pkg.parent / "kernel"):
-        if not root.is_dir():
-            continue
-        for f in sorted(p for p in root.rglob("*") if p.is_file() and _builds_with(p, pkg)):
-            h.update(str(f.relative_to(root.parent)).encode() + b"\0" + f.read_bytes() + b"\0")
-    return f"{__version__}+{h.hexdigest()[:12]}"
-
-
-def _builds_with(f: Path, pkg: Path) -> bool:
-    if "__pycache__" in f.parts or f.suffix == ".pyc":
-        return False
-    return not (f.is_relative_to(pkg) and f.relative_to(pkg).parts[0] in NOT_BUILD_CODE)
 
 
 @dataclass(frozen=True)

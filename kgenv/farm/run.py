@@ -13,7 +13,8 @@ from kgenv.manifest import Manifest
 from kgenv.progress import QUIET, Progress
 from kgenv.farm import kernels, outputs, provenance
 from kgenv.farm.engine import Engine, Task, now_utc
-from kgenv.farm.job import BUILT, LOG, NOT_RUN, REPORT, Job, Outcome, kgenv_identity, read_outcome
+from kgenv.farm.identity import kgenv_identity
+from kgenv.farm.job import BUILT, LOG, NOT_RUN, REPORT, Job, Outcome, read_outcome
 from kgenv.farm.matrix import Cell, FixRow, KernelRow, Matrix
 from kgenv.farm.plan import Plan
 from kgenv.farm.sign import SigningKey, sign
