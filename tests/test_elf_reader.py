@@ -5,7 +5,7 @@ import pytest
 from kgenv.elf.reader import open_elf, signed_length
 from kgenv.elf.symbols import SymbolIndex
 from kgenv.errors import UserError
-from test_verify_synthetic import B, C, SHIPPED_A, UTIL
+from synthetic_objects import B, C, SHIPPED_A, UTIL
 from verify_build import compile_c, link, link_module, runtime
 
 

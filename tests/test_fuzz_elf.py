@@ -6,7 +6,7 @@ import pytest
 
 from kgenv.errors import UserError
 from kgenv.verify import open_binary, verify
-from test_verify_synthetic import B, C, SHIPPED_A
+from synthetic_objects import B, C, SHIPPED_A
 from verify_build import compile_c, link, link_module, runtime
 
 CASES = 300
