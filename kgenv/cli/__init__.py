@@ -2,7 +2,8 @@
 
 import os
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import click
 
@@ -20,10 +21,13 @@ from kgenv.errors import KgenvError
 class Kgenv(click.Group):
     """The group whose main() is the one error boundary, for the console script and CliRunner alike."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.pop("standalone_mode", None)
+    # click types main() as two overloads keyed on standalone_mode; this one always returns a code
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> int:
+        """Exit codes come from here, never from click's own handling (standalone_mode is ignored)."""
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            rc = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            return rc if isinstance(rc, int) else 0
         except KgenvError as e:
             fail(str(e), e.exit_code)
         except (click.exceptions.Abort, KeyboardInterrupt):
@@ -48,11 +52,11 @@ for command in (snapshot_command, envs_group, verify_command, boot_test_command,
     cli.add_command(command)
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """Every error leaves kgenv the same way: one line on stderr, one exit code."""
     click.echo(f"kgenv: {message}", err=True)
     sys.exit(code)
 
 
 def main() -> None:
-    cli.main(prog_name="kgenv")
+    sys.exit(cli.main(prog_name="kgenv"))
