@@ -3,7 +3,9 @@
     python bench/bench_boot.py [--runs 5] [--kernel VMLINUZ --module KO] [--json]
 
 Without --kernel/--module it fetches the current bookworm kernel (cached) and builds the sample.
-The bar: a boot test takes at most 30 s under TCG on 2 cores.
+The bar: a boot test takes at most 30 s under TCG on 2 cores. The tests assert no durations:
+tests/test_boot_real.py checks what a boot reports, this script measures how long it takes
+(figures in bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ CHECK = "grep -q 'this has been live patched' /proc/cmdline\n"
 def _sample(workdir: Path) -> tuple[Path, Path]:
     """(vmlinuz, sample module) from the Debian cache, built with the tests' helper."""
     sys.path.insert(0, str(REPO / "tests"))
-    from boot_kmod import build_module, livepatch_sample   # noqa: E402 (test helper, not a package)
+    from boot_kmod import build_module, livepatch_sample  # noqa: E402 (test helper, not a package)
 
     from kgenv.distro import debian
     kernel = debian.kernel(os.environ.get("KGENV_TEST_LINE", "bookworm"))

@@ -8,8 +8,8 @@ import sys
 
 import junitparser
 import pytest
-
 from browser import distinct_colours, screenshot
+
 from kgenv.audit import sample
 from kgenv.audit.candidate import DockerRunner
 from kgenv.audit.foreign import tag_of
@@ -54,7 +54,8 @@ def test_own_image_reproduces_a_sample_of_20(own):
     assert s["tus"] == N and s["tus_identical"] == N and s["tus_build_failed"] == 0
     assert s["percent_identical"] == 100.0 and s["differing"] == 0 and s["unmatched"] == 0
     assert s["functions"] >= 100  # evidence, not an empty sample
-    assert all(f["same"] for f in report["fingerprint"]), [f for f in report["fingerprint"] if not f["same"]]
+    assert report["fingerprint"] and all(f["same"] for f in report["fingerprint"]), \
+        [f for f in report["fingerprint"] if not f["same"]]
     assert report["sample"]["mode"] == "sample" and report["sample"]["population"] > 1500
     assert report["timings"]["compile_s"] > 0 and ": reproduces, " in r.stderr
 
@@ -75,7 +76,8 @@ def _mismatch(report: dict, r, version: str) -> None:
     assert s["differing"] > 20 and s["tus_identical"] < N and s["tus_build_failed"] == 0
     names = {d["name"] for d in report["differing"]}
     assert len(names) > 20 and all(names)
-    assert all(d["reason"] and d["object_insn"] for d in report["differing"] if d["outcome"] == "differs")
+    differs = [d for d in report["differing"] if d["outcome"] == "differs"]
+    assert differs and all(d["reason"] and d["object_insn"] for d in differs)
     found = {f["item"]: f for f in report["fingerprint"]}
     assert found["compiler.version"]["candidate"].startswith(version) and not found["compiler.version"]["same"]
     assert not found["config.GCC_VERSION"]["same"]

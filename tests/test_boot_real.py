@@ -6,17 +6,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from boot_kmod import build_module
 from click.testing import CliRunner
 
-from boot_kmod import build_module
-from kgenv.boot import boot_test
+from kgenv.boot import boot_test, qemu
 from kgenv.cli import cli
 
 pytestmark = [pytest.mark.qemu, pytest.mark.docker]
 
 REPO = Path(__file__).resolve().parents[1]
 PATCHED = "grep -q 'this has been live patched' /proc/cmdline\n"
-BAR_SECONDS = 30
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +77,7 @@ def test_sample_livepatch_passes(debian_kernel, sample_ko, check_patched, tmp_pa
     assert boot.sympos == {"vmlinux:cmdline_proc_show:0": "ok"}
     for phase in ("to_init", "kernel", "load", "enable", "disable", "guest"):
         assert boot.timings[phase] is not None and boot.timings[phase] >= 0, phase
-    assert boot.timings["total"] <= BAR_SECONDS
+    # its time against the 30 s bar: bench/bench_boot.py
     log = Path(boot.serial_log).read_text(errors="replace")
     assert "livepatch: 'livepatch_sample': patching complete" in log
     assert "livepatch: 'livepatch_sample': unpatching complete" in log
@@ -98,7 +97,7 @@ def test_unresolved_symbol_fails_with_the_kernel_reason(debian_kernel, unresolve
 def test_check_that_never_passes_fails(env, sample_ko, tmp_path):
     check = tmp_path / "never.sh"
     check.write_text("grep -q 'text no patch prints' /proc/cmdline\n")
-    result = CliRunner().invoke(cli, ["boot-test", 
+    result = CliRunner().invoke(cli, ["boot-test",
         str(sample_ko), "--env", env.name, "--check", str(check),
         "--json", "--log", str(_log(tmp_path))])
     assert result.exit_code == 1, result.output
@@ -121,15 +120,24 @@ def test_transition_that_never_completes_fails_naming_the_task(debian_kernel, st
     boot = boot_test(stuck_ko, debian_kernel.vmlinuz, transition_timeout=3, serial_log=_log(tmp_path))
     assert boot.result == "fail" and boot.phases["enable"] == "fail"
     assert boot.reason.startswith("enable: the transition to the patched state did not complete")
-    assert 3 <= boot.timings["enable"] < 6
+    assert "still running after 3s" in boot.reason   # the bound given, not the default
+    assert boot.timings["enable"] >= 3                # and the guest waited it out
     assert "stuck: kthreadd (pid 2)" in boot.kernel_log
     assert any("kthreadd+" in line for line in boot.kernel_log if line.startswith("stack> "))
 
 
-def test_kernel_panic_ends_the_run_with_the_oops(debian_kernel, oops_ko, tmp_path):
+def test_kernel_panic_ends_the_run_with_the_oops(debian_kernel, oops_ko, tmp_path, monkeypatch):
+    runs, real_run = [], qemu.run
+
+    def recorded_run(*args, **kwargs):
+        runs.append(real_run(*args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(qemu, "run", recorded_run)
     boot = boot_test(oops_ko, debian_kernel.vmlinuz, timeout=60, serial_log=_log(tmp_path))
     assert boot.result == "fail" and boot.phases["load"] == "not-reached"
     assert boot.reason.startswith("kernel panic during phase load: ")
     assert "BUG: kernel NULL pointer dereference" in boot.reason
-    assert boot.timings["total"] < 40   # QEMU ended on the panic, not at the timeout
+    (run,) = runs
+    assert not run.timed_out and run.returncode is not None   # QEMU ended on the panic, not at the timeout
     assert any("RIP: 0010:kgenv_oops_init" in line for line in boot.kernel_log)

@@ -5,9 +5,9 @@ import subprocess
 import pytest
 
 from kgenv.build import changes
+from kgenv.build.changes import CHANGED, NEW, REMOVED, UNCHANGED
 from kgenv.elf.reader import open_elf
 from kgenv.errors import UserError
-from kgenv.build.changes import CHANGED, NEW, REMOVED, UNCHANGED
 
 FLAGS = ["-O2", "-ffunction-sections", "-fdata-sections", "-fno-PIE", "-mcmodel=kernel", "-pg",
          "-mfentry", "-mrecord-mcount", "-fno-asynchronous-unwind-tables"]
@@ -210,8 +210,8 @@ def test_to_dict_is_two_levels_with_stable_keys(tmp_path):
     ch = diff(tmp_path, ("int limit = 10;", "int limit = 12;"), ("x * 3 + table", "x * 4 + table"))
     d = ch.to_dict()
     assert list(d) == ["tu", "functions", "data"] and d["tu"] == "kernel/x.o"
-    assert all(list(f) == ["name", "status", "original", "section", "size", "binding"]
-               for f in d["functions"])
+    assert d["functions"] and all(list(f) == ["name", "status", "original", "section", "size", "binding"]
+                                  for f in d["functions"])
     assert {"name": "limit", "status": CHANGED, "section": ".data.limit", "size": 4,
             "binding": "global"} in d["data"]
     assert all(not isinstance(v, (dict, list)) for f in d["functions"] + d["data"] for v in f.values())

@@ -1,12 +1,12 @@
 """ELF reader and symbol index on synthetic input: bad files give one-line UserErrors naming the file."""
 
 import pytest
+from synthetic_objects import SHIPPED_A, UTIL, B, C
+from verify_build import compile_c, link, link_module, runtime
 
 from kgenv.elf.reader import open_elf, signed_length
 from kgenv.elf.symbols import SymbolIndex
 from kgenv.errors import UserError
-from synthetic_objects import B, C, SHIPPED_A, UTIL
-from verify_build import compile_c, link, link_module, runtime
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@
 import random
 
 import pytest
+from synthetic_objects import SHIPPED_A, B, C
+from verify_build import compile_c, link, link_module, runtime
 
 from kgenv.errors import UserError
 from kgenv.verify import open_binary, verify
-from synthetic_objects import B, C, SHIPPED_A
-from verify_build import compile_c, link, link_module, runtime
 
 CASES = 300
 

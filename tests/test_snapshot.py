@@ -9,11 +9,11 @@ import pytest
 
 from kgenv import manifest
 from kgenv.env import lifecycle as envs
-from kgenv.errors import UserError
+from kgenv.env.debian import snapshot_debian
 from kgenv.env.fingerprint import read_config
+from kgenv.errors import UserError
 from kgenv.image.derive import remove_with_derived
 from kgenv.progress import QUIET
-from kgenv.env.debian import snapshot_debian
 
 pytestmark = [pytest.mark.archive, pytest.mark.docker]
 
@@ -48,7 +48,9 @@ def test_cli_list_show_verify(env):
                for v in section.values())  # two levels deep
     r = kgenv("envs", "verify", env.name, "--json")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert all(c["ok"] for c in json.loads(r.stdout)["checks"].values())
+    checks = json.loads(r.stdout)["checks"]
+    assert set(checks) == {"compiler", "comment", "binutils", "pahole", "config"}
+    assert all(c["ok"] for c in checks.values())
 
 
 def test_existing_env_is_not_replaced(env, docker_rt):

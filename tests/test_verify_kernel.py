@@ -1,13 +1,11 @@
 """Real-kernel tier: Debian's -dbg vmlinux indexed, and a rebuilt sample of TUs verified 100 % identical."""
 
-import time
-
 import pytest
 
+from kgenv.build.compile import compile_tus
 from kgenv.elf.symbols import SymbolIndex
 from kgenv.verify import ftrace, open_binary, verify
 from kgenv.verify.records import IDENTICAL, NOT_TRACEABLE, WEAK_OVERRIDDEN
-from kgenv.build.compile import compile_tus
 
 pytestmark = [pytest.mark.archive, pytest.mark.docker]
 
@@ -29,10 +27,7 @@ def rebuilt(env, docker_rt, tmp_path_factory):
 
 
 def test_index_whole_vmlinux(debian_kernel):
-    start = time.perf_counter()
-    index = SymbolIndex.open(debian_kernel.vmlinux)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 3.0  # the 1 s bar is measured by bench/bench_verify.py on an idle machine
+    index = SymbolIndex.open(debian_kernel.vmlinux)  # its time (1 s bar): bench/bench_verify.py
     assert len(index.functions) > 40_000
     cmdline = index.function("cmdline_proc_show")
     assert cmdline.section == ".text" and cmdline.file == "cmdline.c" and cmdline.size > 0
@@ -65,7 +60,7 @@ def test_rebuilt_sample_is_identical(vmlinux, rebuilt):
 def test_rebuilt_module_matches_shipped_ko(debian_kernel, rebuilt):
     ko = open_binary(debian_kernel.modules_dir / MODULE[1])
     report = verify([rebuilt[MODULE[0]]], ko)
-    assert all(v.code_identical for v in report.verdicts), report.summary.by_verdict
+    assert report.verdicts and all(v.code_identical for v in report.verdicts), report.summary.by_verdict
 
 
 def test_another_compiler_is_flagged(env, docker_rt, vmlinux, tmp_path_factory):
@@ -90,8 +85,11 @@ def test_cli_verify_against_the_env(env, rebuilt):
     import sys
 
     obj = str(rebuilt["fs/proc/cmdline.o"])
-    run = lambda *a: subprocess.run([sys.executable, "-m", "kgenv", "verify", "--env", env.name, *a],
-                                    capture_output=True, text=True, env=dict(os.environ))
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "kgenv", "verify", "--env", env.name, *a],
+                              capture_output=True, text=True, env=dict(os.environ))
+
     r = run("--function", "cmdline_proc_show", "--json", obj)
     assert r.returncode == 0, r.stdout + r.stderr
     (fn,) = json.loads(r.stdout)["functions"]

@@ -4,15 +4,23 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from synthetic_objects import REBUILT_A, SHIPPED_A, UTIL, B, C
+from verify_build import compile_c, fake_kcore, link, link_module, runtime
 
 from kgenv.cli import cli
 from kgenv.verify import LiveBinary, open_binary, verify
 from kgenv.verify.records import (
-    AMBIGUOUS, DIFFERENT_CALLEE, DIFFERS, IDENTICAL, INSTRUCTION_SELECTION, LAYOUT_SIZE, MISSING,
-    NOT_TRACEABLE, REGISTER_ALLOCATION, WEAK_OVERRIDDEN,
+    AMBIGUOUS,
+    DIFFERENT_CALLEE,
+    DIFFERS,
+    IDENTICAL,
+    INSTRUCTION_SELECTION,
+    LAYOUT_SIZE,
+    MISSING,
+    NOT_TRACEABLE,
+    REGISTER_ALLOCATION,
+    WEAK_OVERRIDDEN,
 )
-from synthetic_objects import B, C, REBUILT_A, SHIPPED_A, UTIL
-from verify_build import compile_c, fake_kcore, link, link_module, runtime
 
 
 @pytest.fixture(scope="module")
