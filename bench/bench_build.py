@@ -29,6 +29,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from kgenv import manifest
+    from kgenv.build.report import BuildReport
 
     env = args.env or (manifest.names() or [None])[0]
     if env is None:
@@ -44,7 +45,7 @@ def main() -> int:
             if r.returncode != 0:
                 print(r.stdout[-2000:], r.stderr[-2000:], file=sys.stderr)
                 return 2
-            stages.append(json.loads(r.stdout)["stages"])
+            stages.append(BuildReport.from_dict(json.loads(r.stdout), "kgenv build --json").stages)
     median = statistics.median(walls)
     result = {"env": env, "fix": args.fix.name, "runs": args.runs, "median_s": round(median, 2),
               "max_s": round(max(walls), 2), "bar_s": BAR_SECONDS, "ok": median <= BAR_SECONDS,

@@ -9,9 +9,9 @@ import tempfile
 import time
 
 from kgenv.distro import debian
+from kgenv.env.debian import snapshot_debian
 from kgenv.progress import Progress
 from kgenv.runtime.docker import runtime
-from kgenv.env.debian import snapshot_debian
 
 
 def main(line: str = "bookworm") -> None:

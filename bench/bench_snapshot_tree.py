@@ -17,11 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from vendor_tree import assemble  # noqa: E402
 
-from kgenv.env import kbuildcmd  # noqa: E402
 from kgenv.distro import debian  # noqa: E402
+from kgenv.env import kbuildcmd  # noqa: E402
+from kgenv.env.vendor import snapshot_build_dir  # noqa: E402
 from kgenv.progress import Progress  # noqa: E402
 from kgenv.runtime.docker import runtime  # noqa: E402
-from kgenv.env.vendor import snapshot_build_dir  # noqa: E402
 
 
 def main(line: str = "bookworm") -> None:

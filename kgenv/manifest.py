@@ -12,6 +12,14 @@ from kgenv.fsutil import cache_dir, write_atomic
 
 SCHEMA = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# What a missing [files.<role>] means, for the one-line error of Manifest.file.
+_ROLE_NOTES = {
+    "vmlinuz": "the snapshot found no bootable kernel image, e.g. a build dir without bzImage; boot tests need one",
+    "vmlinux": "the snapshot found no vmlinux with symbols",
+    "symvers": "the snapshot found no Module.symvers",
+    "config": "the snapshot found no .config",
+    "source": "the snapshot stored no kernel source",
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,23 @@ class Manifest:
     files: dict[str, FileRef]
     schema: int = SCHEMA
     kgenv_version: str = ""
+
+    def file_ref(self, role: str) -> FileRef:
+        """The record of shipped file `role`; one-line UserError when the snapshot recorded none."""
+        ref = self.files.get(role)
+        if ref is None:
+            raise UserError(f"env {self.name}: its manifest records no [files.{role}] "
+                            f"({_ROLE_NOTES.get(role, 'the snapshot did not find that file')})")
+        return ref
+
+    def file(self, role: str) -> Path:
+        """Shipped file `role` in the cache; one-line UserError when it is not recorded or the
+        cache lost it (callers that can fetch it again use file_ref)."""
+        path = self.file_ref(role).resolve()
+        if not path.exists():
+            raise UserError(f"{path}: env {self.name}'s files.{role} is not in the cache; "
+                            f"run `kgenv envs restore {self.name}`")
+        return path
 
     def to_toml(self) -> str:
         lines = [f"schema = {self.schema}", f"name = {_q(self.name)}", f"kgenv_version = {_q(self.kgenv_version)}", ""]

@@ -16,10 +16,10 @@ TEMPLATE = ROOT / "envs" / "debian-6.1.0-57-amd64.toml"
 class Images:
     """The one question the farm asks the container engine when every env exists: is this image here?"""
 
-    def __init__(self, ids):
+    def __init__(self, ids: list[str]) -> None:
         self.ids = set(ids)
 
-    def image_id(self, ref):
+    def image_id(self, ref: str) -> str | None:     # Runtime.image_id
         return ref if ref in self.ids else None
 
 

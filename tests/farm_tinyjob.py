@@ -16,7 +16,10 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+
+from kgenv.build.report import BootSummary, BuildReport, EnvInfo, FixInfo, ResultInfo, ToolInfo
 
 
 def main() -> int:
@@ -61,14 +64,11 @@ def _build(a) -> int:
     stages = {"compile": round(time.monotonic() - t0, 3)}
     outcome, code, reason = ("built", 0, "") if r.returncode == 0 else \
         ("refused", 1, next((ln for ln in r.stderr.splitlines() if "error" in ln), "does not compile"))
-    report = {"kgenv": {"version": "tinyjob", "reproducer": " ".join(sys.argv)},
-              "env": {"name": a.env, "image_id": a.image, "kernel_release": "", "build_id": ""},
-              "fix": {"name": a.name, "diff": str(a.diff),
-                      "diff_sha256": hashlib.sha256(a.diff.read_bytes()).hexdigest()},
-              "result": {"outcome": outcome, "exit_code": code, "reason": reason,
-                         "module": str(ko) if code == 0 else "",
-                         "module_sha256": hashlib.sha256(ko.read_bytes()).hexdigest() if code == 0 else ""},
-              "functions": [], "stages": stages}
+    result = ResultInfo(outcome, code, reason, str(ko) if code == 0 else "",
+                        hashlib.sha256(ko.read_bytes()).hexdigest() if code == 0 else "", ())
+    report = BuildReport(kgenv=ToolInfo("tinyjob", " ".join(sys.argv)), env=EnvInfo(a.env, a.image, "", "", ""),
+                         fix=FixInfo(a.name, str(a.diff), hashlib.sha256(a.diff.read_bytes()).hexdigest(), (), ()),
+                         result=result, functions=(), stages=stages)
     if code == 0:
         (a.out / f"{a.name}.c").write_text(src)
         (a.out / "Kbuild").write_text(f"obj-m += livepatch-{a.name}.o\n")
@@ -76,11 +76,12 @@ def _build(a) -> int:
         ko.unlink(missing_ok=True)
     if a.boot_test and code == 0:
         ok = subprocess.run(["sh", str(a.check)]).returncode == 0 if a.check else True
-        report["boot"] = {"result": "pass" if ok else "fail", "reason": "" if ok else "check failed"}
+        boot = BootSummary("pass" if ok else "fail", "" if ok else "check failed", "", "", None)
         if not ok:
-            report["result"].update(outcome="refused", exit_code=1, reason="boot test failed: check failed")
+            result = replace(result, outcome="refused", exit_code=1, reason="boot test failed: check failed")
             code = 1
-    (a.out / "report.json").write_text(json.dumps(report, indent=1))
+        report = replace(report, result=result, boot=boot)
+    (a.out / "report.json").write_text(report.to_json())
     print(f"{outcome.upper()}: {a.name}")
     return code
 

@@ -40,7 +40,8 @@ def test_env_resolves_the_recorded_vmlinuz_and_checks_its_hash(tmp_path, monkeyp
     vmlinuz = tmp_path / "vmlinuz"
     vmlinuz.write_bytes(b"kernel image")
     ref = SimpleNamespace(resolve=lambda: vmlinuz, sha256=sha256_file(vmlinuz))
-    env = SimpleNamespace(files={"vmlinuz": ref}, kernel=SimpleNamespace(line="bookworm", release="x"))
+    files = {"vmlinuz": ref}
+    env = SimpleNamespace(files=files, file_ref=files.__getitem__, kernel=SimpleNamespace(line="bookworm", release="x"))
     monkeypatch.setattr(manifest, "load", lambda name: env)
     assert cli_boot._kernel_of(None, "bookworm-x", QUIET) == vmlinuz
     vmlinuz.write_bytes(b"changed")

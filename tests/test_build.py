@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from kgenv.build import pipeline
+from kgenv.build import report as build_report
+from kgenv.build.report import BuildReport
 from kgenv.elf.symbols import SymbolIndex
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "patches"
@@ -51,40 +53,39 @@ def test_fixtures_cover_the_issue():
 def test_accepted_fix_builds_verifies_and_boots(builds, name):
     result, out = builds(name)
     rep = result.report
-    assert rep["result"]["outcome"] == "built", rep["result"]["reason"]
+    assert rep.result.outcome == "built", rep.result.reason
     assert result.exit_code == 0
-    replaced = sorted(f"{f['object']}:{f['name']}" for f in rep["functions"] if f["verdict"] == "replaced")
-    assert replaced == sorted(expect(name)["replaced"])
+    assert sorted(f"{f.object}:{f.name}" for f in rep.replaced()) == sorted(expect(name)["replaced"])
     ko = out / f"livepatch-{name}.ko"
-    assert ko.is_file() and rep["result"]["module_sha256"]
+    assert ko.is_file() and rep.result.module_sha256
     assert (out / f"{name}.c").is_file() and (out / "Kbuild").is_file()
     for sym in expect(name).get("klp_symbols", []):
-        assert sym in rep["result"]["klp_symbols"]
+        assert sym in rep.result.klp_symbols
     # the klp symbols really are SHN_LIVEPATCH in the handed-off module
     index = SymbolIndex.open(ko)
     klp_syms = [s for s in index.symbols if s.name.startswith(".klp.sym.")]
-    assert len(klp_syms) == len(rep["result"]["klp_symbols"])
+    assert len(klp_syms) == len(rep.result.klp_symbols)
     assert all(s.shndx == 0xFF20 for s in klp_syms)
     # two levels deep, reproducer names the image
-    assert rep["env"]["image_id"] in rep["kgenv"]["reproducer"]
-    for group in rep.values():
+    assert rep.env.image_id in rep.kgenv.reproducer
+    for group in rep.to_dict().values():
         for value in (group.values() if isinstance(group, dict) else group):
             if isinstance(value, dict):
                 assert all(not isinstance(v, (dict, list)) for v in value.values())
-    assert rep["boot"]["result"] == "pass", rep["boot"]["reason"]
-    assert rep["boot"]["phase_sympos"] == "ok"   # each old_sympos named the function in /proc/kallsyms
-    assert json.loads((out / "report.json").read_text()) == rep
+    assert rep.boot is not None and rep.boot.result == "pass", rep.boot
+    assert rep.boot.phases["sympos"] == "ok"   # each old_sympos named the function in /proc/kallsyms
+    assert build_report.load(out / "report.json") == rep
 
 
 @pytest.mark.parametrize("name", REFUSED)
 def test_refused_fix_writes_no_module(builds, name):
     result, out = builds(name)
     rep = result.report
-    assert result.exit_code == 1, rep["result"]
-    assert rep["result"]["outcome"] == "refused"
-    assert expect(name)["reason"] in rep["result"]["reason"]
-    assert not list(out.glob("*.ko")) and (out / "report.json").is_file()
-    assert "boot" not in rep
+    assert result.exit_code == 1, rep.result
+    assert rep.result.outcome == "refused"
+    assert expect(name)["reason"] in rep.result.reason
+    assert not list(out.glob("*.ko")) and build_report.load(out / "report.json") == rep
+    assert rep.boot is None
 
 
 def test_generated_source_is_the_fix_plus_declarations(builds):
@@ -115,8 +116,9 @@ def test_cli_json_report(tmp_path, env):
                         "--env", env.name, "-o", str(tmp_path), "--json"],
                        capture_output=True, text=True)
     assert r.returncode == 1, r.stderr
-    rep = json.loads(r.stdout)
-    assert rep["result"]["outcome"] == "refused" and "proc_cmdline_init" in rep["result"]["reason"]
+    rep = BuildReport.from_dict(json.loads(r.stdout), "stdout")
+    assert rep.result.outcome == "refused" and "proc_cmdline_init" in rep.result.reason
+    assert json.loads(r.stdout) == json.loads((tmp_path / "report.json").read_text())   # --json prints the report
 
 
 def test_module_is_reproducible(builds, tmp_path, env):
@@ -126,7 +128,7 @@ def test_module_is_reproducible(builds, tmp_path, env):
                         "--env", env.name, "-o", str(tmp_path), "--name", "cmdline", "--json"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    again = json.loads(r.stdout)
-    assert again["result"]["module_sha256"] == result.report["result"]["module_sha256"]
+    again = BuildReport.from_dict(json.loads(r.stdout), "stdout")
+    assert again.result.module_sha256 == result.report.result.module_sha256
     assert (tmp_path / "cmdline-fs_proc_cmdline.c").read_text() == \
-        (Path(result.report["result"]["module"]).parent / "cmdline-fs_proc_cmdline.c").read_text()
+        (Path(result.report.result.module).parent / "cmdline-fs_proc_cmdline.c").read_text()

@@ -256,6 +256,7 @@ def test_binary_patch_is_refused(binary):
     (b"--- a/x.c\n+++ b/x.c\n@@ bogus @@\n a\n", "malformed hunk header"),
     (b"--- a/x.c\n+++ b/x.c\n@@ -1,2 +1,2 @@\n a\n?b\n", "malformed hunk"),
     (b"--- /dev/null\n+++ /dev/null\n@@ -0,0 +1 @@\n+a\n", "both sides"),
+    (b"diff --git a/x.c b/x.c\nnew file mode 100644\ndeleted file mode 100644\n", "both created and deleted"),
 ])
 def test_garbage_input(garbage, what):
     with pytest.raises(UserError, match=what):

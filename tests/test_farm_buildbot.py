@@ -1,6 +1,5 @@
 """Buildbot tier: a real master and two workers on loopback run farm jobs; the matrix equals the local one."""
 
-import json
 import os
 import signal
 from pathlib import Path
@@ -9,6 +8,7 @@ import pytest
 
 from buildbot_cluster import Cluster, port_open
 from farm_helpers import BAD_C, OK_C, TINYJOB, tiny_engine, write_plan
+from kgenv.build import report as build_report
 from kgenv.farm import plan as plans
 from kgenv.farm.buildbot.client import BuildbotEngine
 from kgenv.farm.run import Farm
@@ -61,8 +61,8 @@ def test_jobs_run_on_both_workers_and_artefacts_arrive(bb_matrix, cluster, env):
         if c.outcome == "built":
             module = d / "out" / c.dir / c.module
             assert sha256_file(module) == c.module_sha256
-            report = json.loads((d / "out" / c.report).read_text())
-            assert report["env"]["image_id"] == env.image.id and "--image" in report["kgenv"]["reproducer"]
+            report = build_report.load(d / "out" / c.report)
+            assert report.env.image_id == env.image.id and "--image" in report.kgenv.reproducer
             assert (d / "out" / c.provenance).is_file()
     # The job's tarball went through the master's store.
     assert len(list((cluster.master / "kgenv-store" / "jobs").glob("*/*.tar"))) >= 5

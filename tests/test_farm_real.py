@@ -5,6 +5,7 @@ import json
 import pytest
 
 from buildbot_cluster import Cluster
+from kgenv.build import report as build_report
 from kgenv.farm import plan as plans
 from kgenv.farm.buildbot.client import BuildbotEngine
 from kgenv.farm.engine import LocalEngine
@@ -39,12 +40,12 @@ def check_real(m, out, env):
     for cell in c.values():
         if cell.outcome != "built":
             continue
-        report = json.loads((out / cell.report).read_text())
-        assert report["env"]["image_id"] == env.image.id
-        assert sha256_file(out / cell.dir / cell.module) == cell.module_sha256 == report["result"]["module_sha256"]
+        report = build_report.load(out / cell.report)
+        assert report.env.image_id == env.image.id
+        assert sha256_file(out / cell.dir / cell.module) == cell.module_sha256 == report.result.module_sha256
         st = json.loads((out / cell.provenance).read_text())
         assert st["subject"][0]["digest"]["sha256"] == cell.module_sha256
-        assert st["predicate"]["runDetails"]["builder"]["version"]["reproducer"] == report["kgenv"]["reproducer"]
+        assert st["predicate"]["runDetails"]["builder"]["version"]["reproducer"] == report.kgenv.reproducer
     assert m.exit_code == 2
 
 
@@ -55,8 +56,8 @@ def test_local_farm_builds_boots_refuses_and_reruns_from_the_cache(env, tmp_path
     check_real(m, tmp_path / "out", env)
     cmdline = m.cell(env.name, "cmdline")
     assert cmdline.outcome == "built" and cmdline.as_expected
-    boot = json.loads((tmp_path / "out" / cmdline.report).read_text())["boot"]
-    assert boot["result"] == "pass"
+    boot = build_report.load(tmp_path / "out" / cmdline.report).boot
+    assert boot is not None and boot.result == "pass"
     again = Farm(p, tmp_path / "out", LocalEngine(2), Store(tmp_path / "store"), docker_rt).run()
     assert [c.fix for c in again.cells if c.cached] == ["cmdline", "refuse-data"]
     assert [(c.fix, c.outcome) for c in again.cells] == [(c.fix, c.outcome) for c in m.cells]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kgenv import manifest
+from kgenv.build import report as build_report
 from kgenv.errors import RefusedError, ToolError
 from kgenv.runtime.base import Mount
 from kgenv.runtime.host import HostRuntime, _mount
@@ -106,6 +107,6 @@ def test_kgenv_build_on_the_host_runtime_inside_the_env_image(env, envs_dir, tmp
     assert result["differences"] == []
     assert (result["outcome"], result["exit_code"]) == ("built", 0), result["reason"]
     assert result["tree_unchanged"]
-    report = json.loads((out / "report.json").read_text())
-    assert [f["name"] for f in report["functions"] if f["verdict"] == "replaced"] == ["cmdline_proc_show"]
+    report = build_report.load(out / "report.json")
+    assert [f.name for f in report.replaced()] == ["cmdline_proc_show"]
     assert (out / "livepatch-cmdline.ko").is_file()

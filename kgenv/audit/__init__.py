@@ -7,13 +7,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from kgenv.errors import ToolError, UserError
-from kgenv.manifest import Manifest
-from kgenv.progress import QUIET
-from kgenv.verify import open_binary
-from kgenv.audit import candidate as candidates, probe, rebuild, sample
+from kgenv.audit import candidate as candidates
+from kgenv.audit import probe, rebuild, sample
 from kgenv.audit.evidence import tu_evidence
 from kgenv.audit.records import AuditReport
+from kgenv.errors import ToolError
+from kgenv.manifest import Manifest
+from kgenv.progress import QUIET
+from kgenv.runtime.base import Runtime
+from kgenv.verify import open_binary
 
 DEFAULT_SAMPLE = 20
 
@@ -21,16 +23,10 @@ __all__ = ["audit", "AuditReport", "DEFAULT_SAMPLE"]
 
 
 def _vmlinux(m: Manifest) -> str:
-    ref = m.files.get("vmlinux")
-    if ref is None:
-        raise UserError(f"{m.name}: the manifest records no vmlinux to audit against")
-    path = ref.resolve()
-    if not path.exists():
-        raise UserError(f"{path}: the env's vmlinux is not in the cache (kgenv envs restore {m.name})")
-    return str(path)
+    return str(m.file("vmlinux"))
 
 
-def audit(rt, m: Manifest, toolchain: str | None = None, cc: str | None = None, tus: list[str] | None = None,
+def audit(rt: Runtime, m: Manifest, toolchain: str | None = None, cc: str | None = None, tus: list[str] | None = None,
           sample_n: int = DEFAULT_SAMPLE, seed: int = 0, jobs: int | None = None, progress=QUIET,
           keep_tmp: bool = False) -> AuditReport:
     """Compare candidate toolchain with env `m`: fingerprint items, then every function of the chosen TUs."""

@@ -8,13 +8,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from kgenv.audit import foreign
+from kgenv.audit.records import Candidate
 from kgenv.errors import ToolError, UserError
 from kgenv.fsutil import cache_dir
 from kgenv.image.derive import PKG_RE, with_packages
 from kgenv.manifest import Manifest
-from kgenv.runtime.base import Mount, RunResult
-from kgenv.audit import foreign
-from kgenv.audit.records import Candidate
+from kgenv.runtime.base import Mount, RunResult, Runtime
 
 OUT = "/kgenv-out"
 
@@ -22,7 +22,7 @@ OUT = "/kgenv-out"
 class DockerRunner:
     """Runs audit scripts in a throwaway container of the candidate image, no network."""
 
-    def __init__(self, rt, image: str, m: Manifest):
+    def __init__(self, rt: Runtime, image: str, m: Manifest):
         self.rt, self.image, self.m = rt, image, m
 
     def run(self, script: str, outdir: Path | None = None, progress=None) -> RunResult:
@@ -41,7 +41,7 @@ class HostRunner:
     olddefconfig write into it), and removed afterwards unless kept.
     """
 
-    def __init__(self, rt, m: Manifest, progress=None, keep: bool = False):
+    def __init__(self, rt: Runtime, m: Manifest, progress=None, keep: bool = False):
         self.m, self.keep, self.progress = m, keep, progress
         self.work = Path(tempfile.mkdtemp(prefix=f"audit-host-{m.name}.", dir=cache_dir()))
         layer_dir = cache_dir() / "layers"
@@ -67,14 +67,13 @@ class HostRunner:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
-def _image_cc(rt, image: str, m: Manifest) -> str:
+def _image_cc(rt: Runtime, image: str, m: Manifest) -> str:
     """The compiler an image says it carries (label org.kgenv.cc), else the env's."""
-    labels = rt.client.images.get(image).attrs.get("Config", {}).get("Labels") or {}
-    return labels.get("org.kgenv.cc", "") or m.make.get("CC", "gcc")
+    return rt.labels(image).get("org.kgenv.cc", "") or m.make.get("CC", "gcc")
 
 
-def resolve(rt, m: Manifest, toolchain: str | None, cc: str | None, progress=None,
-            keep_tmp: bool = False) -> tuple[Candidate, object]:
+def resolve(rt: Runtime, m: Manifest, toolchain: str | None, cc: str | None, progress=None,
+            keep_tmp: bool = False) -> tuple[Candidate, DockerRunner | HostRunner]:
     """(candidate record, runner) for the --toolchain / --cc options."""
     env_cc = m.make.get("CC", "gcc")
     if cc and toolchain:
@@ -98,8 +97,8 @@ def resolve(rt, m: Manifest, toolchain: str | None, cc: str | None, progress=Non
         return Candidate("host", f"this machine's {prog}", "", prog, make), HostRunner(rt, m, progress, keep_tmp)
     kind, _, ref = toolchain.partition(":")
     if kind == "image" and ref:
-        image = rt.image_id(ref)
-        if image is None:
+        image = rt.image_id(ref) or ""
+        if not image:
             raise UserError(f"--toolchain {toolchain}: no such image in the engine")
         prog = _image_cc(rt, image, m)
         make = {"CC": prog, "HOSTCC": prog} if prog != env_cc else {}

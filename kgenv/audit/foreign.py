@@ -14,13 +14,15 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import IO, cast
 
 from kgenv.distro.archive import Archive
+from kgenv.env.toolchain import BUILD_DEPS
 from kgenv.errors import ToolError, UserError
 from kgenv.fsutil import cache_dir, write_atomic
 from kgenv.image import rootfs
 from kgenv.manifest import Manifest
-from kgenv.env.toolchain import BUILD_DEPS
+from kgenv.runtime.base import Runtime
 
 SPEC_RE = re.compile(r"^(?P<suite>[a-z]+)/(?P<cc>(?:gcc|clang)-\d+)$")
 TAG_REPO = "kgenv-candidate"
@@ -41,7 +43,7 @@ def tag_of(m: Manifest, suite: str, cc: str) -> str:
     return f"{TAG_REPO}/tree-{m.image.tree_sha256[:16]}:{suite}-{cc}"
 
 
-def tree_layer(rt, m: Manifest, dest_dir: Path, progress=None) -> Path:
+def tree_layer(rt: Runtime, m: Manifest, dest_dir: Path, progress=None) -> Path:
     """The env image's tree layer as a tar file, taken from `docker save` and checked by sha256."""
     want = m.image.tree_sha256
     out = dest_dir / f"{want}.tar"
@@ -49,14 +51,15 @@ def tree_layer(rt, m: Manifest, dest_dir: Path, progress=None) -> Path:
         return out
     if progress:
         progress.step(f"extract tree layer {want[:12]} from {m.image.id[7:19]}")
-    stream = _ChunkReader(rt.client.images.get(m.image.id).save(named=False))
+    stream = cast(IO[bytes], _ChunkReader(rt.save_chunks(m.image.id)))   # stream mode only reads
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
-            if not (member.isfile() and member.name.endswith("layer.tar")):
+            src = tar.extractfile(member) if member.isfile() and member.name.endswith("layer.tar") else None
+            if src is None:
                 continue
             tmp = dest_dir / f".{want}.part"
             h = hashlib.sha256()
-            with tar.extractfile(member) as src, open(tmp, "wb") as dst:
+            with src, open(tmp, "wb") as dst:
                 while chunk := src.read(1 << 20):
                     h.update(chunk)
                     dst.write(chunk)
@@ -107,7 +110,7 @@ def _rootfs(suite: str, cc: str, epoch: int, progress) -> tuple[Path, dict[str, 
     return tar, dict(line.split("=", 1) for line in listing.read_text().split())
 
 
-def candidate_image(rt, m: Manifest, spec: str, progress=None) -> str:
+def candidate_image(rt: Runtime, m: Manifest, spec: str, progress=None) -> str:
     """The image ID of env `m`'s tree on SUITE's rootfs with COMPILER; built on first use.
 
     The rootfs tar is cached per suite and compiler, so another tree on it costs only a load.

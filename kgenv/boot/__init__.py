@@ -7,6 +7,7 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -73,7 +74,7 @@ def boot_test(module, kernel, *, check=None, sympos=None, timeout: float = DEFAU
               transition_timeout: int | None = None, serial_log=None, keep_tmp: bool = False,
               progress: Callable[[Marker, float], None] | None = None,
               busybox: str | None = None, memory_mb: int = 512, cpus: int = 1,
-              targets: list = ()) -> Boot:
+              targets: Sequence[str | Path] = ()) -> Boot:
     """Boot `kernel` with `module` in a busybox initramfs and return the Boot record.
 
     `targets` are shipped modules the patch applies to, loaded before it (dependencies first).

@@ -137,7 +137,7 @@ def parse(text: str) -> Transcript:
                     in_dmesg, dmesg = True, []
                 elif m.kind == "dmesg" and "end" in m.fields:
                     in_dmesg = False
-        elif in_dmesg:
+        elif in_dmesg and dmesg is not None:
             if line.strip():
                 dmesg.append(line)
         elif line.strip():

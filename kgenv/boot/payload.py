@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
@@ -44,7 +45,7 @@ def env_file(name: str, has_check: bool, transition_timeout: int, check_timeout:
 
 def build(dest: Path, *, module: Path, name: str, busybox: Path, check: Path | None,
           sympos: str, transition_timeout: int, check_timeout: int,
-          targets: list[Path] = (), guest_init: Path = GUEST_INIT) -> Path:
+          targets: Sequence[Path] = (), guest_init: Path = GUEST_INIT) -> Path:
     """Write the initramfs (uncompressed: unpacking gzip under TCG costs more than it saves)."""
     if not guest_init.is_file():
         raise UserError(f"guest init script missing: {guest_init}")

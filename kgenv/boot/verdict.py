@@ -86,6 +86,7 @@ def decide(t: Transcript, run: Run, *, timeout: float, module: str, kernel: str,
               for m in t.of("sympos")}
     info = t.of("info")
     result = t.result
+    log: tuple[str, ...]
     if result is not None and result.get("status") == "pass":
         verdict, reason, log = "pass", "", ()
     else:

@@ -1,9 +1,10 @@
 """Facts about a kernel C file's top-level declarations, read with libclang inside the env image.
 
-Runs as `python3 -m kgenv.build.cfacts` in the env's container (stdlib + clang.cindex only, so
-it must not import the rest of kgenv). The TU is parsed with the include paths and macros of
-the gcc command Kbuild recorded in its .cmd file; gensrc.py turns the facts into a livepatch
-source on the host. Byte offsets index the file's bytes; `end` is exclusive.
+Runs as `python3 -m kgenv.build.cfacts` in the env's container with the image's own Python, so
+it imports only the standard library, clang.cindex and kgenv's stdlib-only .cmd parser
+(kgenv.env.kbuildcmd). The TU is parsed with the include paths and macros of the gcc command
+Kbuild recorded in its .cmd file; gensrc.py turns the facts into a livepatch source on the
+host. Byte offsets index the file's bytes; `end` is exclusive.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import functools
 import hashlib
 import json
 import os
-import shlex
 import sys
 from bisect import bisect_left, bisect_right
 from dataclasses import asdict, dataclass, field
+
+from kgenv.env.kbuildcmd import read_command
+from kgenv.errors import KgenvError
 
 SCHEMA = 1
 
@@ -58,33 +61,6 @@ class Decl:
 
 
 # --- the compile command -------------------------------------------------------------------
-
-def read_command(cmd_file: str) -> list[str]:
-    """The compiler argv Kbuild recorded in `cmd_<obj> := ...` (or `savedcmd_`), make-unescaped."""
-    with open(cmd_file, encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            key, sep, value = line.partition(" := ")
-            if sep and key.startswith(("cmd_", "savedcmd_")):
-                words = shlex.split(_make_unescape(value))
-                return words[:words.index(";")] if ";" in words else words
-    raise ValueError(f"{cmd_file}: no cmd_ line")
-
-
-def _make_unescape(value: str) -> str:
-    """Undo Kbuild's make-cmd escaping, left to right: '$$' was '$', '$(pound)' was '#'."""
-    out, i = [], 0
-    while i < len(value):
-        if value.startswith("$$", i):
-            out.append("$")
-            i += 2
-        elif value.startswith("$(pound)", i):
-            out.append("#")
-            i += 8
-        else:
-            out.append(value[i])
-            i += 1
-    return "".join(out)
-
 
 def clang_args(argv: list[str]) -> tuple[list[str], str | None]:
     """gcc argv -> (clang parse args, the source file it compiles)."""
@@ -213,7 +189,7 @@ class Tokens:
         self.data = data
         self.start = [t.location.offset for t in toks]
         self.text = [t.spelling for t in toks]
-        self.end = [s + len(w.encode()) for s, w in zip(self.start, self.text)]
+        self.end = [s + len(w.encode()) for s, w in zip(self.start, self.text, strict=True)]
         self.in_directive = self._directive_tokens()
 
     def _directive_tokens(self) -> list[bool]:
@@ -321,7 +297,9 @@ def _descendants(cursor) -> list:
 
 def _body_facts(cursor):
     """(refs, type_refs, local statics) of a definition's subtree."""
-    refs, types, statics = {}, {}, []
+    refs: dict[str, None] = {}      # ordered sets
+    types: dict[str, None] = {}
+    statics = []
     for c in _descendants(cursor):
         kind = c._kind_id
         if kind == _DECL_REF_EXPR:
@@ -368,7 +346,7 @@ def _macro_at(macros: list, offset: int) -> tuple | None:
 
 def _address(f) -> int:
     """Identity of a clang File (cheaper than its name)."""
-    return ctypes.cast(f.obj, ctypes.c_void_p).value
+    return ctypes.cast(f.obj, ctypes.c_void_p).value or 0
 
 
 def collect(tu, path: str, data: bytes) -> tuple[list[Decl], list, Tokens]:
@@ -437,7 +415,8 @@ def _decl(c, ci, lib, toks: Tokens, macros: list) -> Decl:
         start, end = min(start, macro[0]), max(end, macro[1])
     name = "" if kind == "type" and "(unnamed " in c.spelling else c.spelling
     d = Decl(name=name, kind=kind, cursor=c.kind.name, storage=storage, is_definition=definition,
-             start=start, end=max(end, start), name_offset=name_at, macro=macro and macro[2])
+             start=start, end=max(end, start), name_offset=name_at,
+             macro=macro[2] if macro else None)
     if kind in ("function", "variable"):
         d.section = printed_section(printed)
         d.notrace = "__attribute__((no_instrument_function))" in printed
@@ -491,7 +470,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         result = facts(a.cmd, a.cwd, a.source)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KgenvError) as e:
         print(f"cfacts: {e}", file=sys.stderr)
         return 2
     except Exception as e:     # libclang's TranslationUnitLoadError and friends

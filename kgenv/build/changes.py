@@ -114,17 +114,22 @@ class _Item:
         self.sym, self.key, self.fp, self.section = sym, key, fingerprint, section
 
 
-def _pair_all(olds: list[_Item], news: list[_Item]) -> list[tuple]:
+# (old, new, status): None on the side that lacks the item (new or removed), never on both
+_Pair = tuple[_Item | None, _Item | None, str]
+
+
+def _pair_all(olds: list[_Item], news: list[_Item]) -> list[_Pair]:
     """(old, new, status) for every item; same key groups are paired by content, then by name."""
     keys = list(dict.fromkeys([i.key for i in news] + [i.key for i in olds]))
-    out = []
+    out: list[_Pair] = []
     for key in keys:
         out += _pair_group([i for i in olds if i.key == key], [i for i in news if i.key == key])
     return out
 
 
-def _pair_group(olds: list[_Item], news: list[_Item]) -> list[tuple]:
-    out, olds, news = [], list(olds), list(news)
+def _pair_group(olds: list[_Item], news: list[_Item]) -> list[_Pair]:
+    out: list[_Pair] = []
+    olds, news = list(olds), list(news)
     for match, status in ((lambda o, n: o.fp == n.fp, UNCHANGED),
                           (lambda o, n: o.sym.name == n.sym.name, CHANGED),
                           (lambda o, n: True, CHANGED)):
@@ -142,15 +147,24 @@ def _digest(data) -> bytes:
     return hashlib.sha256(bytes(data)).digest()
 
 
+def _either(old: _Item | None, new: _Item | None) -> _Item:
+    """The item a pair reports: the patched one, else the original."""
+    if new is not None:
+        return new
+    if old is None:
+        raise ValueError("a change pair without either item")
+    return old
+
+
 def _function_change(old: _Item | None, new: _Item | None, status: str) -> FunctionChange:
-    item = new or old
+    item = _either(old, new)
     original = old.sym.name if old and new and old.sym.name != new.sym.name else ""
     return FunctionChange(item.sym.name, status, original, item.section, item.sym.size,
                           item.sym.binding)
 
 
 def _data_change(old: _Item | None, new: _Item | None, status: str) -> DataChange:
-    item = new or old
+    item = _either(old, new)
     return DataChange(item.sym.name, status, item.section, item.sym.size, item.sym.binding)
 
 
@@ -218,6 +232,8 @@ class _Side:
 
     def _data_fp(self, sym: Symbol) -> tuple:
         sec = self.index.section_of(sym)
+        if sec is None:
+            raise self.index.elf.error(f"variable {sym.name} has no section")
         raw = bytes(sym.size) if sec.type == SHT_NOBITS else bytes(self.index.code(sym))
         relocs = self.obj.relocs_in(sym)
         masked = bytes(masked_pair(raw, raw, relocs, sym.value)[0])
@@ -304,20 +320,25 @@ class _Side:
             return []
         data = bytes(self.index.elf.section_data(sec))
         relocs = {r.offset: r for r in relocations(self.index.elf, sec.index)}
-        starts = range(0, len(data), BUG_ENTRY)
-        if len(data) % BUG_ENTRY or any(self._bug_code(relocs.get(e)) is None for e in starts):
+        if len(data) % BUG_ENTRY:
             return self._raw_bugs(relocs, data)
-        return [self._bug(relocs, data, e) for e in starts]
+        codes = []
+        for e in range(0, len(data), BUG_ENTRY):
+            code = self._bug_code(relocs.get(e))
+            if code is None:
+                return self._raw_bugs(relocs, data)
+            codes.append((e, code))
+        return [self._bug(relocs, data, e, code) for e, code in codes]
 
-    def _bug_code(self, r: Reloc | None) -> tuple | None:
+    def _bug_code(self, r: Reloc | None) -> tuple[int, int] | None:
         if r is None:
             return None
         t = self.obj.symbol(r.sym)
         sec = self.index.section_of(t)
         return (t.shndx, t.value + r.addend) if sec is not None and sec.is_exec else None
 
-    def _bug(self, relocs: dict, data: bytes, e: int) -> tuple:
-        shndx, where = self._bug_code(relocs[e])
+    def _bug(self, relocs: dict, data: bytes, e: int, code: tuple[int, int]) -> tuple:
+        shndx, where = code
         file_rel = relocs.get(e + 4)
         # `.long file - entry`: the addend carries the field's distance from the entry start
         file = self._target(file_rel._replace(addend=file_rel.addend - 4), [], 0) if file_rel else None
@@ -326,7 +347,7 @@ class _Side:
 
     def _raw_bugs(self, relocs: dict, data: bytes) -> list[tuple]:
         """Unknown layout: an entry runs from one code pointer to the next, all bytes compared."""
-        heads = sorted((off, self._bug_code(r)) for off, r in relocs.items() if self._bug_code(r))
+        heads = sorted((off, code) for off, r in relocs.items() if (code := self._bug_code(r)) is not None)
         ends = [off for off, _ in heads[1:]] + [len(data)]
         return [(code[0], code[1], None, None, data[off:end])
                 for (off, code), end in zip(heads, ends)]

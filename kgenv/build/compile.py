@@ -6,7 +6,7 @@ from pathlib import Path, PurePosixPath
 from kgenv.errors import ToolError, UserError
 from kgenv.image.tree import make_command
 from kgenv.manifest import Manifest
-from kgenv.runtime.base import Mount
+from kgenv.runtime.base import Mount, Runtime
 
 OUT = "/kgenv-out"
 OVERLAY = "/kgenv-overlay"
@@ -32,7 +32,7 @@ def _copy_out(obj: str, tu: str) -> str:
             f"cp {shlex.quote(obj)}/{c} {OUT}/{c}")
 
 
-def compile_tus(rt, m: Manifest, tus: list[str], outdir: Path, *, overlay: Path | None = None,
+def compile_tus(rt: Runtime, m: Manifest, tus: list[str], outdir: Path, *, overlay: Path | None = None,
                 extra_cflags: str = "", image: str | None = None, make_overrides: dict | None = None,
                 progress=None) -> dict[str, Path]:
     """Build each TU's .o in a throwaway container (no network) and copy it to outdir.

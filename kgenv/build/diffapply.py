@@ -182,7 +182,8 @@ class _Parser:
                 raise self.fail(f"binary patch refused ({ext['git'][11:]})")
             if line.startswith(("old mode ", "new mode ", "new file mode ", "deleted file mode ")):
                 self._check_mode(line)
-                ext[line.rsplit(" ", 1)[0]] = True   # "new file mode", "old mode", ...
+                key, mode = line.rsplit(" ", 1)
+                ext[key] = mode   # "new file mode", "old mode", ... -> the mode
             for field in ("rename from ", "rename to ", "copy from ", "copy to "):
                 if line.startswith(field):
                     ext[field.strip()] = line[len(field):]
@@ -196,10 +197,12 @@ class _Parser:
         if mode in _REFUSED_MODES:
             raise self.fail(f"mode change to a symlink or submodule refused ({line})")
 
-    def _header_only(self, ext: dict) -> FilePatch:
+    def _header_only(self, ext: dict[str, str]) -> FilePatch:
         """A git section without hunks: a pure rename, or an empty new/deleted file."""
         if "copy from" in ext:
             raise self.fail("git copy patches are not supported")
+        if "new file mode" in ext and "deleted file mode" in ext:
+            raise self.fail(f"a file both created and deleted ('{ext['git']}')")
         if "rename from" in ext:
             old = self._path(ext["rename from"], strip=False)
             return FilePatch(old, self._path(ext["rename to"], strip=False), ())
@@ -210,19 +213,20 @@ class _Parser:
         return FilePatch(None if "new file mode" in ext else old,
                          None if "deleted file mode" in ext else new, ())
 
-    def _unified_file(self, ext: dict) -> FilePatch:
+    def _unified_file(self, ext: dict[str, str]) -> FilePatch:
         old = self._path(_header_name(self.lines[self.i][4:]))
         new = self._path(_header_name(self.lines[self.i + 1][4:]))
         self.i += 2
         if "copy from" in ext:
             raise self.fail("git copy patches are not supported")
+        path = old or new
+        if path is None:
+            raise self.fail("both sides of a file header are /dev/null")
         hunks = []
         while self.i < len(self.lines) and self.lines[self.i].startswith("@@"):
-            hunks.append(self._hunk(old or new))
+            hunks.append(self._hunk(path))
         if not hunks:
             raise self.fail(f"no hunks for {new or old}")
-        if old is None and new is None:
-            raise self.fail("both sides of a file header are /dev/null")
         return FilePatch(old, new, tuple(hunks))
 
     def _hunk(self, path: str) -> Hunk:
@@ -387,7 +391,10 @@ def _read(diff: FixDiff, tree: Path, rel: str, state: dict) -> str | None:
 
 
 def _apply_file(diff: FixDiff, tree: Path, fp: FilePatch, state: dict) -> None:
-    if fp.added:
+    text: str | None
+    if fp.old_path is None:   # added
+        if fp.new_path is None:
+            raise diff.error("a file section with neither an old nor a new path")
         if _read(diff, tree, fp.new_path, state) is not None:
             raise diff.error(f"{fp.new_path} is created by the diff but already exists")
         text = ""

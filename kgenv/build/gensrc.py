@@ -97,7 +97,7 @@ def _groups(decls: list) -> list[_Group]:
 
 
 def _freed(section: str | None) -> bool:
-    return bool(section) and section.startswith(FREED_SECTIONS)
+    return bool(section and section.startswith(FREED_SECTIONS))
 
 
 class _Planner:
@@ -107,20 +107,23 @@ class _Planner:
         self.file = facts["file"].rsplit("/", 1)[-1]
         self.present = present
         self.groups = _groups(facts["decls"])
-        self.fdef, self.vdef = {}, {}
+        self.fdef: dict[str, tuple[_Group, dict]] = {}
+        self.vdef: dict[str, tuple[_Group, dict]] = {}
         for g in self.groups:
             for d in g.defs("function"):
                 self.fdef.setdefault(d["name"], (g, d))
             for d in g.defs("variable"):
                 self.vdef.setdefault(d["name"], (g, d))
-        self.new_vars = set()
+        self.new_vars: set[str] = set()
         if original is not None:
             before = {d["name"] for d in original["decls"] if d["kind"] == "variable" and d["is_definition"]}
             self.new_vars = {n for n, (_, d) in self.vdef.items()
                              if n not in before and not n.startswith("__UNIQUE_ID") and not d["const"]}
         self.externs: dict[str, Extern] = {}
-        self.replaced, self.copied = [], []
-        self.refusals, self.notes = [], []
+        self.replaced: list[str] = []
+        self.copied: list[str] = []
+        self.refusals: list[str] = []
+        self.notes: list[str] = []
 
     def refuse(self, why: str) -> None:
         if why not in self.refusals:

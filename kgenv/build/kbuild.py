@@ -7,12 +7,12 @@ from pathlib import Path
 from kgenv.errors import ToolError, UserError
 from kgenv.image.tree import make_command
 from kgenv.manifest import Manifest
-from kgenv.runtime.base import Mount
+from kgenv.runtime.base import Mount, Runtime
 
 SRC = "/kgenv-module"
 
 
-def build_module(rt, m: Manifest, src: Path, outdir: Path, *, allow_undefined: bool = False,
+def build_module(rt: Runtime, m: Manifest, src: Path, outdir: Path, *, allow_undefined: bool = False,
                  progress=None) -> Path:
     """Run `make M=... modules` against the env's prepared tree and Module.symvers; return the .ko.
 

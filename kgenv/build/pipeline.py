@@ -2,33 +2,41 @@
 
 from __future__ import annotations
 
-import json
+import os
 import re
 import shlex
 import shutil
 import tarfile
 import tempfile
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from kgenv import __version__
 from kgenv.build import changes as changes_mod
 from kgenv.build import diffapply, skeleton
 from kgenv.build.compile import cmd_file, compile_tus
 from kgenv.build.kbuild import build_module
-from kgenv.build.target import VMLINUX, Resolver, Target, compile_flags, find as find_target, load_order
+from kgenv.build.report import BootSummary, BuildReport, EnvInfo, FixInfo, FunctionRecord, ResultInfo, ToolInfo
+from kgenv.build.target import VMLINUX, Resolver, Target, compile_flags, load_order
+from kgenv.build.target import find as find_target
 from kgenv.elf import klp
 from kgenv.elf.symbols import STT_FILE, SymbolIndex
 from kgenv.errors import RefusedError, ToolError, UserError
 from kgenv.fsutil import sha256_file, write_atomic
 from kgenv.manifest import Manifest
 from kgenv.progress import QUIET
-from kgenv.runtime.base import Mount
+from kgenv.runtime.base import Mount, Runtime
 from kgenv.verify import verify
 from kgenv.verify.mapping import ObjectFile
 from kgenv.verify.records import IDENTICAL
+
+if TYPE_CHECKING:
+    from kgenv.boot.record import Boot
+    from kgenv.build.gensrc import Generated
 
 SECTIONS = "-ffunction-sections -fdata-sections"
 _CLONE = re.compile(r"\.(isra|constprop|part|cold|lto_priv|localalias)(\.\d+)?")
@@ -40,7 +48,7 @@ TREE_OUT = "/kgenv-tree"
 class Refusal(RefusedError):
     """A check said no; carries per-function records for the report."""
 
-    def __init__(self, reason: str, functions: list[dict] | None = None):
+    def __init__(self, reason: str, functions: list[FunctionRecord] | None = None):
         super().__init__(reason)
         self.functions = functions or []
 
@@ -58,26 +66,31 @@ class Request:
     check: Path | None = None
 
 
+def _later():
+    """A Unit field the named stage sets: reading it earlier is a bug (AttributeError), never None."""
+    return field(init=False, repr=False)
+
+
 @dataclass
 class Unit:
     """One touched translation unit on its way through the stages."""
 
     tu: str                       # fs/proc/cmdline.o
     source: str                   # fs/proc/cmdline.c
-    original: Path | None = None
-    patched: Path | None = None
-    target: Target | None = None
-    resolver: Resolver | None = None
-    changes: changes_mod.Changes | None = None
-    replaced: list[str] = field(default_factory=list)   # source-level names to register
-    generated: object = None
+    original: Path = _later()     # compile
+    patched: Path = _later()      # compile
+    target: Target = _later()     # compile
+    changes: changes_mod.Changes = _later()   # changes
+    resolver: Resolver = _later()             # map
+    replaced: list[str] = field(default_factory=list)   # source-level names to register (map)
+    generated: Generated = _later()           # generate
 
 
 @dataclass
 class Result:
     """What one build did: the report's content and where the files went."""
 
-    report: dict
+    report: BuildReport
     exit_code: int
     module: Path | None = None
 
@@ -97,16 +110,16 @@ class Build:
     """One `kgenv build` run: each stage method adds to the units, functions and timings the report
     is made of, so a refused or failed build still explains itself."""
 
-    def __init__(self, req: Request, rt, progress=QUIET):
+    def __init__(self, req: Request, rt: Runtime, progress=QUIET):
         self.req, self.rt, self.progress = req, rt, progress
         self.m = req.env
         self.stages: dict[str, float] = {}
         self.units: list[Unit] = []
-        self.functions: list[dict] = []
+        self.functions: list[FunctionRecord] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="kgenv-build-"))
-        self.diff = None
+        self.diff: diffapply.FixDiff | None = None
         self.klp_symbols: dict[str, tuple[str, int]] = {}
-        self.boot = None
+        self.boot: Boot | None = None
 
     # -- running -----------------------------------------------------------------------------
 
@@ -121,14 +134,14 @@ class Build:
             outcome, reason, code = "refused", str(exc), 1
         except (UserError, ToolError) as exc:
             outcome, reason, code = "error", str(exc), 2
-        except (OSError, ValueError) as exc:   # a file vanished, facts out of step: still a report
-            outcome, reason, code = "error", f"{type(exc).__name__}: {exc}", 2
+        except Exception as exc:   # a file vanished, facts out of step, a bug: still a report
+            outcome, reason, code = "error", _unexpected(exc), 2
         finally:
             if not self.req.keep_tmp:
                 shutil.rmtree(self.tmp, ignore_errors=True)
         report = self._report(outcome, reason, code, module)
         self.req.outdir.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.req.outdir / "report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_atomic(self.req.outdir / "report.json", report.to_json())
         return Result(report, code, module)
 
     def _timed(self, stage: str, fn, *args):
@@ -140,7 +153,7 @@ class Build:
             self.stages[stage] = round(self.stages.get(stage, 0) + time.monotonic() - t0, 3)
 
     def _stages(self) -> Path:
-        self._timed("check", self._check_image)
+        self._timed("check", self._check_env)
         overlay = self._timed("diff", self._apply_diff)
         self._timed("compile", self._compile, overlay)
         self._timed("changes", self._changes)
@@ -154,7 +167,11 @@ class Build:
 
     # -- stages ------------------------------------------------------------------------------
 
-    def _check_image(self) -> None:
+    def _check_env(self) -> None:
+        """Before any compile: the shipped files later stages read are recorded and cached, and
+        the image is in the engine (a vendor env may lack a vmlinuz to boot, say)."""
+        for role in ("symvers", "vmlinuz") if self.req.boot_test else ("symvers",):
+            self.m.file(role)
         if not self.rt.image_id(self.m.image.id):
             raise ToolError(f"env {self.m.name}: image {self.m.image.id[:19]} is not in the engine; "
                             f"run `kgenv envs restore {self.m.name}`")
@@ -258,11 +275,10 @@ class Build:
                                                trace=v.trace, note=""))
         if failures:
             self.functions.extend(failures)
-            raise Refusal("; ".join(f"{f['name']}: {f['note']}" for f in failures), [])
+            raise Refusal("; ".join(f"{f.name}: {f.note}" for f in failures), [])
 
-    def _fn(self, u: Unit, name: str, verdict: str, **kw) -> dict:
-        return {"name": name, "tu": u.tu, "object": u.target.objname, "verdict": verdict,
-                "sympos": 0, "address": None, "reason": "", "trace": "", "note": "", **kw}
+    def _fn(self, u: Unit, name: str, verdict: str, **kw) -> FunctionRecord:
+        return FunctionRecord(name, u.tu, u.target.objname, verdict, **kw)
 
     def _generate(self, overlay: Path) -> None:
         from kgenv.build.source import generate_source
@@ -288,8 +304,7 @@ class Build:
                                       self.m.kernel.srctree, self.m.kernel.objtree)
             local = f"-I{self.m.kernel.srctree}/{PurePosixPath(u.source).parent}"
             sources.append(skeleton.Source(fname, (local, *(f for f in flags if f != local))))
-        reps = [skeleton.Replacement(f["object"], f["name"], f["sympos"])
-                for f in self.functions if f["verdict"] == "replaced"]
+        reps = [skeleton.Replacement(f.object, f.name, f.sympos) for f in self.functions if f.verdict == "replaced"]
         (src / f"{name}.c").write_text(skeleton.render_registration(
             name, self.m.kernel.release, self.m.kernel.build_id, reps))
         (src / "Kbuild").write_text(skeleton.render_kbuild(name, f"{name}.c", sources))
@@ -326,8 +341,8 @@ class Build:
     def _boot(self, ko: Path):
         from kgenv.boot import boot_test
 
-        vmlinuz = self.m.files["vmlinuz"].resolve()
-        sympos = "".join(self._sympos_line(f) for f in self.functions if f["verdict"] == "replaced")
+        vmlinuz = self.m.file("vmlinuz")
+        sympos = "".join(self._sympos_line(f) for f in self.functions if f.verdict == "replaced")
         extra = [ko for u in self.units if u.target.is_module for ko in load_order(self.m, u.target)]
         boot = boot_test(ko, vmlinuz, check=self.req.check, sympos=sympos,
                          targets=list(dict.fromkeys(extra)), keep_tmp=self.req.keep_tmp)
@@ -335,13 +350,13 @@ class Build:
         if not boot.passed:
             raise Refusal(f"boot test failed: {boot.reason}")
 
-    def _sympos_line(self, f: dict) -> str:
+    def _sympos_line(self, f: FunctionRecord) -> str:
         """"obj func sympos [offset from _text]" for the guest to find in /proc/kallsyms."""
-        line = f"{f['object']} {f['name']} {f['sympos']}"
-        unit = next(u for u in self.units if u.tu == f["tu"])
+        line = f"{f.object} {f.name} {f.sympos}"
+        unit = next(u for u in self.units if u.tu == f.tu)
         text = unit.resolver.binary.index.address("_text") if not unit.target.is_module else None
-        if text is not None and f.get("address") is not None:
-            line += f" {f['address'] - text:#x}"
+        if text is not None and f.address is not None:
+            line += f" {f.address - text:#x}"
         return line + "\n"
 
     def _hand_off(self, ko: Path) -> Path:
@@ -356,30 +371,18 @@ class Build:
 
     # -- report ------------------------------------------------------------------------------
 
-    def _report(self, outcome: str, reason: str, code: int, module: Path | None) -> dict:
+    def _report(self, outcome: str, reason: str, code: int, module: Path | None) -> BuildReport:
         m, req = self.m, self.req
-        diff_sha = sha256_file(req.diff) if req.diff.is_file() else ""
-        report = {
-            "kgenv": {"version": __version__, "reproducer": shlex.join(self._reproducer())},
-            "env": {"name": m.name, "image_id": m.image.id, "kernel_release": m.kernel.release,
-                    "build_id": m.kernel.build_id, "version": m.kernel.version},
-            "fix": {"name": req.name, "diff": str(req.diff), "diff_sha256": diff_sha,
-                    "files": list(self.diff.paths) if self.diff else [],
-                    "tus": [u.tu for u in self.units]},
-            "result": {"outcome": outcome, "exit_code": code, "reason": reason,
-                       "module": str(module) if module else "",
-                       "module_sha256": sha256_file(module) if module else "",
-                       "klp_symbols": sorted(f"{o}.{n},{p}" for n, (o, p) in
-                                             self.klp_symbols.items())},
-            "functions": self.functions,
-            "stages": dict(self.stages),
-        }
-        boot = self.boot
-        if boot is not None:
-            report["boot"] = {"result": boot.result, "reason": boot.reason, "release": boot.release,
-                              "serial_log": boot.serial_log, "seconds": boot.timings.get("total"),
-                              **{f"phase_{k}": v for k, v in boot.phases.items()}}
-        return report
+        return BuildReport(
+            kgenv=ToolInfo(__version__, shlex.join(self._reproducer())),
+            env=EnvInfo(m.name, m.image.id, m.kernel.release, m.kernel.build_id, m.kernel.version),
+            fix=FixInfo(req.name, str(req.diff), sha256_file(req.diff) if req.diff.is_file() else "",
+                        tuple(self.diff.paths) if self.diff else (), tuple(u.tu for u in self.units)),
+            result=ResultInfo(outcome, code, reason, str(module) if module else "",
+                              sha256_file(module) if module else "",
+                              tuple(sorted(f"{o}.{n},{p}" for n, (o, p) in self.klp_symbols.items()))),
+            functions=tuple(self.functions), stages=self.stages,
+            boot=BootSummary.of(self.boot) if self.boot is not None else None)
 
     def _reproducer(self) -> list[str]:
         cmd = ["kgenv", "build", str(self.req.diff), "--env", self.m.name, "--image", self.m.image.id,
@@ -391,6 +394,14 @@ class Build:
         if self.req.check:
             cmd += ["--check", str(self.req.check)]
         return cmd
+
+
+def _unexpected(exc: Exception) -> str:
+    """One line for an exception no stage anticipated; KGENV_DEBUG=1 also prints where it arose."""
+    if os.environ.get("KGENV_DEBUG"):
+        traceback.print_exception(exc)
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if isinstance(exc, (OSError, ValueError)) else f"internal error: {text}"
 
 
 def _first_difference(v) -> str:
@@ -429,11 +440,8 @@ def _slug(tu: str) -> str:
 
 
 def _exported(m: Manifest) -> set[str]:
-    ref = m.files.get("symvers")
-    if ref is None:
-        raise UserError(f"env {m.name}: its manifest records no Module.symvers")
     out = set()
-    for line in ref.resolve().read_text().splitlines():
+    for line in m.file("symvers").read_text().splitlines():
         parts = line.split("\t")
         if len(parts) >= 2:
             out.add(parts[1])
@@ -445,8 +453,8 @@ def _vmlinux_resolver(m: Manifest, units: list[Unit]) -> Resolver | None:
     unit = next((u for u in units if u.target.is_module), None)
     if unit is None:
         return None
-    return Resolver(Target(VMLINUX, m.files["vmlinux"].resolve()), ObjectFile(unit.original, unit.tu))
+    return Resolver(Target(VMLINUX, m.file("vmlinux")), ObjectFile(unit.original, unit.tu))
 
 
-def build(req: Request, rt, progress=QUIET) -> Result:
+def build(req: Request, rt: Runtime, progress=QUIET) -> Result:
     return Build(req, rt, progress).run()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kgenv.build.target import VMLINUX
+from kgenv.env import kbuildcmd
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "kernel" / "livepatch"
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,55}")
@@ -74,7 +75,8 @@ def render_registration(name: str, release: str, build_id: str, reps: list[Repla
 
 def render_kbuild(name: str, registration: str, sources: list[Source]) -> str:
     objs = [registration.removesuffix(".c") + ".o"] + [s.filename.removesuffix(".c") + ".o" for s in sources]
-    cflags = [f"CFLAGS_{s.filename.removesuffix('.c')}.o := {' '.join(s.cflags)} "
+    # the flags are the words gcc got: make must read '$' and '#' in them back as such
+    cflags = [f"CFLAGS_{s.filename.removesuffix('.c')}.o := {' '.join(map(kbuildcmd.make_escape, s.cflags))} "
               "-Wno-unused-function -Wno-unused-variable" for s in sources]
     text = (TEMPLATES / "Kbuild.in").read_text()
     return (text.replace("@NAME@", name).replace("@OBJS@", " ".join(objs))

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
+from kgenv.build import gensrc
 from kgenv.errors import ToolError, UserError
 from kgenv.manifest import Manifest
-from kgenv.runtime.base import Mount
-from kgenv.build import gensrc
+from kgenv.runtime.base import Mount, Runtime
 
 PY = "/kgenv-py"          # PYTHONPATH in the container: the clang bindings and kgenv
 IN, OUT, OVERLAY = "/kgenv-in", "/kgenv-out", "/kgenv-overlay"
@@ -41,7 +41,7 @@ def _script(m: Manifest, tu_source: str, overlay: bool) -> str:
     return "\n".join(steps)
 
 
-def read_facts(rt, m: Manifest, tu_source: str, overlay: Path | None, cmd_file: Path, workdir: Path,
+def read_facts(rt: Runtime, m: Manifest, tu_source: str, overlay: Path | None, cmd_file: Path, workdir: Path,
                progress=None) -> tuple[dict, dict, bytes]:
     """(original facts, patched facts, patched text) of one TU, parsed in the env image."""
     p = PurePosixPath(tu_source)
@@ -70,7 +70,7 @@ def read_facts(rt, m: Manifest, tu_source: str, overlay: Path | None, cmd_file: 
     return original, patched, (out / "patched.c").read_bytes()
 
 
-def generate_source(rt, m: Manifest, tu_source: str, overlay: Path | None, cmd_file: Path, keep: set[str],
+def generate_source(rt: Runtime, m: Manifest, tu_source: str, overlay: Path | None, cmd_file: Path, keep: set[str],
                     present: Callable[[str, str], bool], workdir: Path, progress=None) -> gensrc.Generated:
     """The reviewable livepatch C of `tu_source` (patched by `overlay`) replacing the functions in keep.
 

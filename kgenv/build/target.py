@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from kgenv.elf.reader import open_elf
 from kgenv.elf.symbols import STB_LOCAL, STT_FUNC, STT_NOTYPE, STT_OBJECT, Symbol
+from kgenv.env import kbuildcmd
 from kgenv.errors import ToolError, UserError
 from kgenv.manifest import Manifest
 from kgenv.verify.mapping import OK, Mapper, ObjectFile
@@ -30,19 +30,8 @@ class Target:
 
 
 def compile_flags(cmd_file: Path) -> list[str]:
-    """The gcc command line Kbuild recorded in a TU's .cmd file (`savedcmd_`/`cmd_` line)."""
-    try:
-        lines = cmd_file.read_text(errors="replace").splitlines()
-    except OSError as exc:
-        raise ToolError(f"{cmd_file}: cannot read: {exc.strerror}") from None
-    for line in lines:
-        key, sep, value = line.partition(" := ")
-        if sep and (key.startswith("cmd_") or key.startswith("savedcmd_")):
-            try:
-                return shlex.split(value.split(";", 1)[0])
-            except ValueError:
-                break
-    raise ToolError(f"{cmd_file}: no compile command recorded")
+    """The gcc argv Kbuild recorded in a TU's .cmd file, make escapes undone (see kbuildcmd)."""
+    return kbuildcmd.read_command(cmd_file)
 
 
 def module_name(flags: list[str]) -> str | None:
@@ -57,7 +46,7 @@ def module_name(flags: list[str]) -> str | None:
 
 def modules_dir(m: Manifest) -> Path:
     """The shipped modules beside the shipped kernel image: <image root>/lib/modules/<release>."""
-    vmlinuz = m.files["vmlinuz"].resolve()
+    vmlinuz = m.file("vmlinuz")
     return vmlinuz.parent.parent / "lib" / "modules" / m.kernel.release
 
 

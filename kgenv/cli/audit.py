@@ -14,6 +14,7 @@ from kgenv.audit.records import Candidate
 from kgenv.errors import KgenvError, UserError
 from kgenv.fsutil import write_atomic
 from kgenv.progress import Progress
+from kgenv.runtime.base import Runtime
 
 
 def _emit(data: str, output: Path | None) -> None:
@@ -23,7 +24,7 @@ def _emit(data: str, output: Path | None) -> None:
         click.echo(data, nl=False)
 
 
-def _fleet(rt, toolchain, cc, tus, sample_n, seed, jobs, progress, keep_tmp) -> tuple[Candidate | dict, list]:
+def _fleet(rt: Runtime, toolchain, cc, tus, sample_n, seed, jobs, progress, keep_tmp) -> tuple[Candidate | dict, list]:
     if toolchain and toolchain.startswith("image:"):
         raise UserError("--all: an image holds one kernel's tree; use --cc, --toolchain debian:SUITE/CC or host")
     rows, cand = [], None
@@ -48,7 +49,8 @@ def _fleet(rt, toolchain, cc, tus, sample_n, seed, jobs, progress, keep_tmp) -> 
 @click.option("--all", "all_envs", is_flag=True, help="Every env in envs/, one row per kernel.")
 @click.option("--toolchain", metavar="SPEC",
               help="env (default), host, image:ID, or debian:SUITE/COMPILER (e.g. debian:trixie/gcc-14).")
-@click.option("--cc", metavar="PKG", help="A Debian compiler package (gcc-11) installed into a derivative of the env image.")
+@click.option("--cc", metavar="PKG",
+              help="A Debian compiler package (gcc-11) installed into a derivative of the env image.")
 @click.option("--tu", "tus", multiple=True, metavar="PATH", help="A TU to rebuild (fs/namei.o); repeatable.")
 @click.option("--sample", "sample_n", type=int, default=DEFAULT_SAMPLE, show_default=True,
               help="Without --tu: how many built-in TUs to sample from the shipped vmlinux.")

@@ -23,14 +23,12 @@ def _kernel_of(kernel: Path | None, env: str | None, progress: Progress) -> Path
 
 def _env_vmlinuz(name: str, progress: Progress) -> Path:
     """The env's vmlinuz from the cache, fetched again if the cache lost it, checked by sha256."""
-    from kgenv import manifest   # only --env needs the manifest and archive code
+    from kgenv import manifest  # only --env needs the manifest and archive code
     from kgenv.distro import debian
     from kgenv.fsutil import sha256_file
 
     m = manifest.load(name)
-    ref = m.files.get("vmlinuz")
-    if ref is None:
-        raise UserError(f"env {name}: its manifest records no vmlinuz")
+    ref = m.file_ref("vmlinuz")
     path = ref.resolve()
     if not path.exists():
         debian.fetch(debian.resolve(f"{m.kernel.line}:{m.kernel.release}"), progress=progress)

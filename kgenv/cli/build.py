@@ -10,30 +10,33 @@ import click
 
 from kgenv import manifest
 from kgenv.build import pipeline
+from kgenv.build.report import BuildReport
 from kgenv.errors import UserError
+from kgenv.manifest import Manifest
 from kgenv.progress import Progress
+from kgenv.runtime.base import Runtime
 
 
-def _summary(report: dict) -> str:
-    res, env = report["result"], report["env"]
-    lines = [f"{res['outcome'].upper()}: {report['fix']['name']} for {env['kernel_release']} "
-             f"(env {env['name']}, image {env['image_id'][7:19]})"]
-    if res["reason"]:
-        lines.append(f"  reason: {res['reason']}")
-    for f in report["functions"]:
-        where = f"{f['object']}:{f['name']}" + (f",{f['sympos']}" if f.get("sympos") else "")
-        lines.append(f"  {f['verdict']:<9} {where:<48} {f.get('note') or f.get('trace') or ''}")
-    if res["module"]:
-        lines.append(f"  module: {res['module']} sha256 {res['module_sha256'][:16]}")
-    if "boot" in report:
-        lines.append(f"  boot test: {report['boot']['result']} in {report['boot']['seconds']} s")
-    total = sum(report["stages"].values())
-    lines.append("  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in report["stages"].items())
+def _summary(report: BuildReport) -> str:
+    res, env = report.result, report.env
+    lines = [f"{res.outcome.upper()}: {report.fix.name} for {env.kernel_release} "
+             f"(env {env.name}, image {env.image_id[7:19]})"]
+    if res.reason:
+        lines.append(f"  reason: {res.reason}")
+    for f in report.functions:
+        where = f"{f.object}:{f.name}" + (f",{f.sympos}" if f.sympos else "")
+        lines.append(f"  {f.verdict:<9} {where:<48} {f.note or f.trace}")
+    if res.module:
+        lines.append(f"  module: {res.module} sha256 {res.module_sha256[:16]}")
+    if report.boot is not None:
+        lines.append(f"  boot test: {report.boot.result} in {report.boot.seconds} s")
+    total = sum(report.stages.values())
+    lines.append("  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.stages.items())
                  + f" (total {total:.1f}s)")
     return "\n".join(lines)
 
 
-def _runtime(name: str, m):
+def _runtime(name: str, m: Manifest) -> Runtime:
     """Docker, or this machine itself once its toolchain fingerprint equals the manifest's."""
     if name == "host":
         from kgenv.runtime.host import HostRuntime
@@ -80,9 +83,9 @@ def build_command(diff, env_name, outdir, name, image, tus, boot_test, check, ru
         click.echo(f"work directory: {b.tmp}", err=True)
     result = b.run()
     if as_json:
-        click.echo(json.dumps(result.report, indent=1))
-    elif result.report["result"]["outcome"] == "error":
-        click.echo(f"kgenv: {result.report['result']['reason']}", err=True)
+        click.echo(json.dumps(result.report.to_dict(), indent=1))
+    elif result.report.result.outcome == "error":
+        click.echo(f"kgenv: {result.report.result.reason}", err=True)
     else:
         click.echo(_summary(result.report))
     sys.exit(result.exit_code)

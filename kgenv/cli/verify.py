@@ -17,10 +17,7 @@ from kgenv.verify.sources import Binary, LiveBinary, open_binary
 
 def _env_binary(name: str) -> str:
     """The -dbg vmlinux recorded by the snapshot of environment `name` (in the cache)."""
-    ref = manifest.load(name).files.get("vmlinux")
-    if ref is None:
-        raise UserError(f"environment {name!r} records no vmlinux; use --binary PATH")
-    return str(ref.resolve())
+    return str(manifest.load(name).file("vmlinux"))
 
 
 def _open_source(env: str | None, binary: str | None, kallsyms: str | None,

@@ -38,9 +38,9 @@ def _deb822(text: str) -> list[Source]:
 def _one_line(text: str) -> list[Source]:
     out = []
     for line in text.splitlines():
-        line = re.sub(r"\[[^\]]*\]", "", line.split("#", 1)[0]).split()
-        if len(line) >= 3 and line[0] == "deb":
-            out.append(Source(line[1].rstrip("/"), (line[2],), tuple(line[3:])))
+        words = re.sub(r"\[[^\]]*\]", "", line.split("#", 1)[0]).split()
+        if len(words) >= 3 and words[0] == "deb":
+            out.append(Source(words[1].rstrip("/"), (words[2],), tuple(words[3:])))
     return out
 
 

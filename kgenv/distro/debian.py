@@ -100,12 +100,16 @@ def _same_version(archive: Archive, name: str, version: str) -> Package | None:
 
 
 def _complete(archive: Archive, image: Package, abi: str, line: str) -> KernelPackages | None:
-    series = ABI_RE.match(abi).group(1)
-    found = [_same_version(archive, n, image.version) for n in (
-        f"linux-image-{abi}-dbg", f"linux-headers-{abi}",
-        f"linux-headers-{abi.removesuffix('-' + FLAVOUR)}-common", f"linux-source-{series}")]
-    if None in found:
-        return None
+    m = ABI_RE.match(abi)
+    if m is None:
+        raise UserError(f"{abi}: not a kernel ABI like 6.1.0-57-{FLAVOUR}")
+    found: list[Package] = []
+    for name in (f"linux-image-{abi}-dbg", f"linux-headers-{abi}",
+                 f"linux-headers-{abi.removesuffix('-' + FLAVOUR)}-common", f"linux-source-{m.group(1)}"):
+        pkg = _same_version(archive, name, image.version)
+        if pkg is None:
+            return None
+        found.append(pkg)
     return KernelPackages(line, abi, image.version, image, *found)
 
 
@@ -118,7 +122,7 @@ def resolve(spec: str, archive: Archive | None = None) -> KernelPackages:
     for name, versions in archive.index().items():
         m = pat.match(name)
         series = ABI_RE.match(m.group(1)) if m else None
-        if not series:
+        if m is None or series is None:
             continue
         # A line's own kernel series only (bookworm also carries a 6.12 backport), unless asked by ABI.
         if (want_abi is None and series.group(1) == LINES.get(line)) or m.group(1) == want_abi:

@@ -1,18 +1,19 @@
 """`kgenv snapshot`: record a shipped kernel's toolchain into a manifest and a reproducible env image."""
 
-from dataclasses import replace
 from pathlib import Path
 
-from kgenv import __version__, manifest
-from kgenv.env import toolchain
+from kgenv import manifest
 from kgenv.distro import debian
 from kgenv.distro.archive import Archive
+from kgenv.env import toolchain
 from kgenv.env.draft import commit, draft
-from kgenv.errors import RefusedError, UserError
-from kgenv.env.fingerprint import Fingerprint, config_sha256, fingerprint
+from kgenv.env.fingerprint import config_sha256, fingerprint
+from kgenv.errors import UserError
 from kgenv.fsutil import cache_dir, sha256_file
 from kgenv.image.build import build, from_manifest
-from kgenv.manifest import FileRef, Image, Kernel, Manifest
+from kgenv.manifest import FileRef, Kernel, Manifest
+from kgenv.runtime.base import Runtime
+
 
 def _ref(path: Path, package: str) -> FileRef:
     return FileRef(str(path.relative_to(cache_dir())), sha256_file(path), package)
@@ -25,7 +26,8 @@ def _files(kf: debian.KernelFiles) -> dict[str, FileRef]:
             "source": _ref(kf.source_tarball, kp.source.pin)}
 
 
-def snapshot_debian(spec: str, rt, name: str | None, force: bool, progress, keep_tmp: bool = False) -> Manifest:
+def snapshot_debian(spec: str, rt: Runtime, name: str | None, force: bool, progress,
+                    keep_tmp: bool = False) -> Manifest:
     line, _ = debian.line_of(spec)
     archive = Archive(line, progress=progress)
     kp = debian.resolve(spec, archive)

@@ -40,7 +40,8 @@ def commit(rt: Runtime, draft: Manifest, built: Built, force: bool, progress: Pr
     failures = [c for c in verify_image(rt, m, progress) if not c.ok]
     if failures:
         rt.remove(built.id)
-        raise RefusedError(f"{draft.name}: env self-check failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failures))
+        raise RefusedError(f"{draft.name}: env self-check failed: "
+                           + "; ".join(f"{c.name}: {c.detail}" for c in failures))
     repo, tag = m.image.tag.rsplit(":", 1)
     rt.tag(built.id, repo, tag)
     try:

@@ -4,7 +4,12 @@ Kbuild writes `cmd_<target> := <command>` (`savedcmd_` from 6.3) beside every ta
 Comparing a vendor's files with the ones the env image writes for the same targets proves the
 rebuilt make line; the one make variable that lands as a block inside the compiler flags,
 KCFLAGS, is read off the vendor's line with a marker (see derive_kcflags).
+
+The one reader of these files: the snapshot, the build stage (a TU's module and flags) and cfacts,
+which imports it inside the env image's own Python, so it needs the standard library only.
 """
+
+from __future__ import annotations
 
 import os
 import re
@@ -12,7 +17,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from kgenv.errors import RefusedError
+from kgenv.errors import RefusedError, ToolError
 
 CMD_RE = re.compile(r"^(?:saved)?cmd_(\S+) := (.*)$", re.M)
 SOURCE_RE = re.compile(r"^source_(\S+) := (\S+)$", re.M)
@@ -43,7 +48,7 @@ def head(path: Path) -> str:
     """The part of a .cmd file holding its cmd_ and source_ lines: Kbuild writes them first (the
     deps list after them can be large); tools/build writes its command last, so then all of it."""
     lines = []
-    with open(path, errors="replace") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             lines.append(line)
             if line.startswith("source_") or len(lines) >= 4:
@@ -53,17 +58,50 @@ def head(path: Path) -> str:
 
 
 def command(text: str) -> str | None:
-    """The recorded command of a .cmd file's text."""
+    """The recorded command of a .cmd file's text, still make-escaped (see tokens)."""
     m = CMD_RE.search(text)
     return m.group(2).strip() if m else None
 
 
-def tokens(cmd: str) -> list[str]:
-    """A command's words as the shell sees them (Kbuild escapes '#' as '\\#')."""
+def read_command(path: Path | str) -> list[str]:
+    """The compile a .cmd file records: its words up to the first `;` (Kbuild chains objtool
+    and the like after the compiler); a one-line ToolError naming the file when there is none."""
     try:
-        return shlex.split(cmd)
-    except ValueError:
-        return cmd.split()
+        cmd = command(head(Path(path)))
+    except OSError as e:
+        raise ToolError(f"{path}: cannot read: {e.strerror or e}") from None
+    words = first_command(tokens(cmd)) if cmd else []
+    if not words:
+        raise ToolError(f"{path}: no compile command recorded (a cmd_ or savedcmd_ line)")
+    return words
+
+
+def make_unescape(value: str) -> str:
+    """Undo Kbuild's make-cmd escaping, left to right: '$$' was '$', '$(pound)' was '#'."""
+    return re.sub(r"\$(\$|\(pound\))", lambda m: "$" if m[1] == "$" else "#", value)
+
+
+def make_escape(text: str) -> str:
+    """make_unescape's inverse, for text make reads again (a Kbuild file, a make-line variable);
+    `$(pound)` as Kbuild writes it itself (its Kbuild.include defines `pound`)."""
+    return text.replace("$", "$$").replace("#", "$(pound)")
+
+
+def tokens(cmd: str) -> list[str]:
+    """A recorded command's words as the shell gets them: make escapes undone, then split as the
+    shell does (quotes removed, an older Kbuild's '\\#' is '#', and ';' is a word even when glued)."""
+    text = make_unescape(cmd)
+    lex = shlex.shlex(text, posix=True, punctuation_chars=";")
+    lex.whitespace_split, lex.commenters = True, ""
+    try:
+        return list(lex)
+    except ValueError:      # unbalanced quotes: no shell ran it, but compare what is there
+        return text.split()
+
+
+def first_command(words: list[str]) -> list[str]:
+    """The words before the first `;`."""
+    return words[:words.index(";")] if ";" in words else words
 
 
 def is_kernel_compile(words: list[str]) -> bool:
@@ -143,4 +181,5 @@ def derive_kcflags(vendor: str, marked: str, where: str) -> str:
         bare = prefix + suffix
         raise RefusedError(f"{where}: compiler flags differ beyond KCFLAGS: {first_difference(v, bare)}; "
                            "pass the make-line variables with --make VAR=VALUE")
-    return shlex.join(v[len(prefix):len(v) - len(suffix)])
+    # the value goes on make's command line, where '$' and '#' need make's escapes again
+    return make_escape(shlex.join(v[len(prefix):len(v) - len(suffix)]))

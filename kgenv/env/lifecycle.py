@@ -15,6 +15,7 @@ from kgenv.fsutil import sha256_file
 from kgenv.image import tree
 from kgenv.image.build import build, from_manifest
 from kgenv.manifest import Manifest
+from kgenv.runtime.base import Runtime
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def _probe_script(m: Manifest) -> str:
     ])
 
 
-def verify_image(rt, m: Manifest, progress) -> list[Check]:
+def verify_image(rt: Runtime, m: Manifest, progress) -> list[Check]:
     """Inside the image: the exact compiler string, a probe's .comment, binutils, pahole, config stability."""
     if rt.image_id(m.image.id) is None:
         return [Check("image", False, f"{m.image.id[:19]} not in the engine (kgenv envs restore {m.name})")]
@@ -71,7 +72,7 @@ def show(m: Manifest) -> dict:
             "files": {k: v.path for k, v in m.files.items()}, "packages": {"count": len(m.packages)}}
 
 
-def restore(rt, m: Manifest, progress, keep_tmp: bool = False) -> str:
+def restore(rt: Runtime, m: Manifest, progress, keep_tmp: bool = False) -> str:
     """Re-create the image from the manifest alone; it must come back with the recorded ID."""
     if rt.image_id(m.image.id):
         progress.step(f"{m.image.id[:19]} already present")
@@ -95,12 +96,12 @@ def restore(rt, m: Manifest, progress, keep_tmp: bool = False) -> str:
     return built.id
 
 
-def _tag(rt, m: Manifest) -> None:
+def _tag(rt: Runtime, m: Manifest) -> None:
     repo, tag = m.image.tag.rsplit(":", 1)
     rt.tag(m.image.id, repo, tag)
 
 
-def export(rt, m: Manifest, dest: Path) -> None:
+def export(rt: Runtime, m: Manifest, dest: Path) -> None:
     """The image as a docker-archive file plus the manifest, for hosts without a registry."""
     if rt.image_id(m.image.id) is None:
         raise UserError(f"{m.name}: image {m.image.id[:19]} not in the engine")
@@ -114,12 +115,14 @@ def export(rt, m: Manifest, dest: Path) -> None:
     tmp.replace(dest)
 
 
-def import_(rt, archive: Path, force: bool = False) -> Manifest:
+def import_(rt: Runtime, archive: Path, force: bool = False) -> Manifest:
     """Load an exported env: the image must carry the manifest's ID; the manifest is then saved."""
     try:
         with tarfile.open(archive) as tar:
-            member = tar.getmember("kgenv-manifest.toml")
-            m = manifest.parse(tar.extractfile(member).read().decode(), f"{archive}:kgenv-manifest.toml")
+            data = tar.extractfile(tar.getmember("kgenv-manifest.toml"))
+            if data is None:
+                raise tarfile.TarError("kgenv-manifest.toml is not a regular file")
+            m = manifest.parse(data.read().decode(), f"{archive}:kgenv-manifest.toml")
     except (tarfile.TarError, KeyError, OSError) as e:
         raise UserError(f"{archive}: not a kgenv env export ({e})") from None
     if manifest.path_of(m.name).exists() and not force:

@@ -15,20 +15,20 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
-from kgenv import __version__, manifest
-from kgenv.env import buildtree, kbuildcmd, sourcetree, toolchain
+from kgenv import manifest
 from kgenv.distro import debian
 from kgenv.distro.archive import Archive
-from kgenv.errors import RefusedError, UserError
+from kgenv.env import buildtree, kbuildcmd, sourcetree, toolchain
+from kgenv.env.draft import commit
+from kgenv.env.draft import draft as new_draft
 from kgenv.env.fingerprint import Fingerprint, config_sha256, fingerprint
+from kgenv.errors import RefusedError, UserError
 from kgenv.fsutil import cache_dir, sha256_file
 from kgenv.image import tree as imagetree
 from kgenv.image.build import Built, build, from_manifest
-from kgenv.manifest import FileRef, Image, Kernel, Manifest
+from kgenv.manifest import FileRef, Kernel, Manifest
 from kgenv.progress import Progress
 from kgenv.runtime.base import Mount, Runtime
-from kgenv.env.draft import commit
-from kgenv.env.draft import draft as new_draft
 
 # Debian release of a "+debNNuM" package version.
 DEBIAN_RELEASES = {"10": "buster", "11": "bullseye", "12": "bookworm", "13": "trixie", "14": "forky"}
@@ -150,7 +150,7 @@ def _ref(path: Path, digest: str, origin: Path) -> FileRef:
     return FileRef(str(path.relative_to(cache_dir())), digest, f"build-dir:{origin}")
 
 
-def image_cmds(rt, image_id: str, srctree: str, objtree: str, script: str = "") -> dict[str, str]:
+def image_cmds(rt: Runtime, image_id: str, srctree: str, objtree: str, script: str = "") -> dict[str, str]:
     """The commands of the `.*.cmd` files in the image's prepared O= dir (after an optional script).
 
     They come back through a mounted file, not the log stream (which may split long lines).
@@ -171,7 +171,7 @@ def image_cmds(rt, image_id: str, srctree: str, objtree: str, script: str = "") 
     return cmds
 
 
-def marked_cmds(rt, image_id: str, make: dict[str, str], srctree: str, objtree: str) -> dict[str, str]:
+def marked_cmds(rt: Runtime, image_id: str, make: dict[str, str], srctree: str, objtree: str) -> dict[str, str]:
     """The image's commands after re-preparing with KCFLAGS set to a marker (a throwaway container)."""
     marked = {**make, "KCFLAGS": kbuildcmd.KCFLAGS_MARK}
     prep = shlex.join(imagetree.make_command(marked, objtree, "modules_prepare"))
@@ -255,8 +255,8 @@ def shared_packages(draft: Manifest, archive: Archive) -> tuple[str, dict[str, s
     return None
 
 
-def build_checked(rt, draft: Manifest, archive: Archive, tree: buildtree.BuildTree, vendor_cmds: dict[str, str],
-                  progress, keep_tmp: bool) -> tuple[Built, Manifest]:
+def build_checked(rt: Runtime, draft: Manifest, archive: Archive, tree: buildtree.BuildTree,
+                  vendor_cmds: dict[str, str], progress, keep_tmp: bool) -> tuple[Built, Manifest]:
     """Build the image; then the build's .cmd files must match the image's for the same targets.
 
     A kernel-compile difference is read as KCFLAGS (derive_kcflags) and the image rebuilt
@@ -280,7 +280,7 @@ def build_checked(rt, draft: Manifest, archive: Archive, tree: buildtree.BuildTr
     raise AssertionError("unreachable")
 
 
-def _check_cmds(rt, built: Built, draft: Manifest, tree: buildtree.BuildTree, vendor_cmds: dict[str, str],
+def _check_cmds(rt: Runtime, built: Built, draft: Manifest, tree: buildtree.BuildTree, vendor_cmds: dict[str, str],
                 progress, last: bool) -> tuple[str, str | None]:
     """(note for the manifest, None) when the commands match; ("", KCFLAGS) when KCFLAGS explain them."""
     k = draft.kernel
@@ -292,7 +292,8 @@ def _check_cmds(rt, built: Built, draft: Manifest, tree: buildtree.BuildTree, ve
     kernel = [d for d in diffs if d.kernel]
     if not kernel:
         if diffs:
-            progress.step(f"host-tool commands differ (no effect on kernel code), e.g. {diffs[0].file}: {diffs[0].detail}")
+            progress.step(f"host-tool commands differ (no effect on kernel code), "
+                          f"e.g. {diffs[0].file}: {diffs[0].detail}")
         return f"{n} compared, {len(diffs)} host-tool differences", None
     first = kernel[0]
     where = str(tree.root / first.file)

@@ -7,9 +7,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kgenv import __version__
-from kgenv.fsutil import sha256_file
+from kgenv.build import report as build_report
+from kgenv.errors import UserError
 from kgenv.farm.plan import Fix
+from kgenv.fsutil import sha256_file
 
 # Outcomes a job can end in; only the first two are verdicts worth caching.
 BUILT, REFUSED, BOOT_FAILED, ERROR, NOT_RUN = "built", "refused", "boot-failed", "error", "not-run"
@@ -71,21 +72,18 @@ class Outcome:
 
 def read_outcome(outdir: Path, exit_code: int, log: Path | None = None) -> Outcome:
     """Classify a finished run; a missing or inconsistent report is an error naming why."""
+    if not (outdir / REPORT).is_file():
+        return Outcome(ERROR, f"no report.json; exit {exit_code}{_last_line(log)}", exit_code)
     try:
-        report = json.loads((outdir / REPORT).read_text())
-        result = report["result"]
-        outcome, reason = result["outcome"], str(result.get("reason", ""))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        why = "no report.json" if isinstance(e, OSError) else f"unreadable report.json ({e})"
-        return Outcome(ERROR, f"{why}; exit {exit_code}{_last_line(log)}", exit_code)
+        report = build_report.load(outdir / REPORT)
+    except UserError as e:
+        return Outcome(ERROR, f"unreadable report.json ({e}); exit {exit_code}{_last_line(log)}", exit_code)
+    outcome, reason = report.result.outcome, report.result.reason
     # kgenv build names the module by the path it wrote; the run's files may have moved since.
-    module, sha = Path(str(result.get("module") or "")).name, str(result.get("module_sha256") or "")
-    boot = report.get("boot") or {}
-    if boot.get("result") == "fail":
-        return Outcome(BOOT_FAILED, str(boot.get("reason", "")) or reason or "boot test failed", exit_code)
-    want = {BUILT: 0, REFUSED: 1, ERROR: 2}.get(outcome)
-    if want is None:
-        return Outcome(ERROR, f"report.json: unknown outcome {outcome!r}", exit_code)
+    module, sha = Path(report.result.module).name, report.result.module_sha256
+    if report.boot is not None and report.boot.result == "fail":
+        return Outcome(BOOT_FAILED, report.boot.reason or reason or "boot test failed", exit_code)
+    want = {BUILT: 0, REFUSED: 1, ERROR: 2}[outcome]   # load() accepts no other outcome
     if want != exit_code:
         return Outcome(ERROR, f"report.json says {outcome} but kgenv build exited {exit_code}", exit_code)
     if outcome == BUILT and not (module and (outdir / module).is_file()):

@@ -11,6 +11,7 @@ from kgenv.distro.debversion import sort_key
 from kgenv.errors import UserError
 from kgenv.manifest import Manifest
 from kgenv.progress import QUIET, Progress
+from kgenv.runtime.base import Runtime
 
 
 def debian_abis(line: str, archive: Archive | None = None) -> list[str]:
@@ -53,14 +54,16 @@ def env_names(specs: tuple[str, ...], progress: Progress = QUIET) -> list[tuple[
         if not abis:
             raise UserError(f"{spec}: no complete {line} kernel in the archive")
         out += [(f"debian-{a}", f"{line}:{a}") for a in abis]
-    seen: set[str] = set()
-    return [e for e in out if not (e[0] in seen or seen.add(e[0]))]
+    first: dict[str, tuple[str, str]] = {}
+    for e in out:
+        first.setdefault(e[0], e)
+    return list(first.values())
 
 
-def ensure(name: str, debian_spec: str, rt, progress: Progress = QUIET) -> Manifest:
+def ensure(name: str, debian_spec: str, rt: Runtime, progress: Progress = QUIET) -> Manifest:
     """The env's manifest with its image in the engine: restored or snapshotted when missing."""
-    from kgenv.env.lifecycle import restore
     from kgenv.env.debian import snapshot_debian
+    from kgenv.env.lifecycle import restore
 
     if manifest.path_of(name).exists():
         m = manifest.load(name)

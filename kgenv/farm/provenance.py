@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from kgenv.fsutil import sha256_file
-from kgenv.manifest import Manifest
+from kgenv.build import report as build_report
 from kgenv.farm.job import REPORT, Job
 from kgenv.farm.store import Attempt
+from kgenv.fsutil import sha256_file
+from kgenv.manifest import Manifest
 
 STATEMENT = "https://in-toto.io/Statement/v1"
 PREDICATE = "https://slsa.dev/provenance/v1"
@@ -23,8 +23,7 @@ def _digest(sha256: str) -> dict[str, str]:
 
 def statement(job: Job, env: Manifest, outdir: Path, module: str, attempt: Attempt) -> dict:
     """Subject: the module; materials: env image, kernel source, config, the diff; builder: kgenv."""
-    report = json.loads((outdir / REPORT).read_text())
-    reproducer = str(report.get("kgenv", {}).get("reproducer", ""))
+    reproducer = build_report.load(outdir / REPORT).kgenv.reproducer
     finished = datetime.fromisoformat(attempt.finished)
     deps = [
         {"name": "env-image", "uri": f"docker-image-id:{env.image.id}", "digest": _digest(env.image.id),

@@ -9,8 +9,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kgenv.manifest import Manifest
-from kgenv.progress import QUIET, Progress
 from kgenv.farm import kernels, outputs, provenance
 from kgenv.farm.engine import Engine, Task, now_utc
 from kgenv.farm.identity import kgenv_identity
@@ -19,6 +17,9 @@ from kgenv.farm.matrix import Cell, FixRow, KernelRow, Matrix
 from kgenv.farm.plan import Plan
 from kgenv.farm.sign import SigningKey, sign
 from kgenv.farm.store import ATTEMPT, Attempt, Store, place
+from kgenv.manifest import Manifest
+from kgenv.progress import QUIET, Progress
+from kgenv.runtime.base import Runtime
 
 JOB_FILE = "job.json"
 
@@ -29,7 +30,7 @@ class Farm:
     outdir: Path
     engine: Engine
     store: Store
-    rt: object  # the container runtime that holds the env images (snapshot, restore, signing)
+    rt: Runtime  # the container runtime that holds the env images (snapshot, restore, signing)
     progress: Progress = QUIET
     signing: SigningKey | None = None
     use_cache: bool = True
@@ -59,7 +60,7 @@ class Farm:
             for t in todo:
                 self.store.discard(t.work)
         if self.signing and not interrupted:
-            self._sign_all(jobs)
+            self._sign_all(jobs, self.signing)
         m = self._matrix(jobs, started, time.monotonic() - t0, interrupted)
         outputs.write(m, self.outdir)
         if interrupted:
@@ -112,7 +113,7 @@ class Farm:
         place(src, self.outdir / rel, {JOB_FILE: json.dumps(record, indent=1, sort_keys=True).encode()})
         return cell
 
-    def _sign_all(self, jobs: list[Job]) -> None:
+    def _sign_all(self, jobs: list[Job], key: SigningKey) -> None:
         for job in jobs:
             c = self.cells[job.id]
             if c.outcome != BUILT:
@@ -120,9 +121,9 @@ class Farm:
             module = self.outdir / c.dir / c.module
             dest = self.outdir / c.dir / "signed" / c.module
             self.progress.step(f"sign {job.id}")
-            sha = sign(self.rt, self._env(job), module, dest, self.signing)
+            sha = sign(self.rt, self._env(job), module, dest, key)
             signature = {"signature": {"module": c.module, "module_sha256": c.module_sha256, "signed_sha256": sha,
-                                       "hash": self.signing.hash, "cert_sha256": self.signing.cert_sha256}}
+                                       "hash": key.hash, "cert_sha256": key.cert_sha256}}
             (dest.parent / "signature.json").write_text(json.dumps(signature, indent=1, sort_keys=True))
             self.cells[job.id] = Cell(**{**c.__dict__, "signed": f"{c.dir}/signed/{c.module}"})
 
@@ -134,7 +135,8 @@ class Farm:
                 "kgenv": kgenv_identity(), "boot_test": self.plan.options.boot_test, "started": started,
                 "seconds": round(seconds, 3), "interrupted": interrupted,
                 "signed_with_cert_sha256": self.signing.cert_sha256 if self.signing else ""}
-        return Matrix(farm, tuple(KernelRow(m.name, m.kernel.release, m.image.id, m.kernel.build_id) for m in self.envs),
+        rows = tuple(KernelRow(m.name, m.kernel.release, m.image.id, m.kernel.build_id) for m in self.envs)
+        return Matrix(farm, rows,
                       tuple(FixRow(f.name, f.expected, str(f.diff), f.diff_sha256, f.check_sha256)
                             for f in self.plan.fixes), cells)
 

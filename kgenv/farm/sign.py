@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from kgenv.errors import ToolError, UserError
 from kgenv.fsutil import sha256_file, write_atomic
 from kgenv.manifest import Manifest
-from kgenv.runtime.base import Mount
+from kgenv.runtime.base import Mount, Runtime
 
 MAGIC = b"~Module signature appended~\n"
 KEY_DIR = "/run/kgenv-sign"
@@ -44,7 +44,7 @@ def sign_file(m: Manifest) -> str:
     return str(PurePosixPath(m.kernel.srctree) / m.kernel.objtree / "scripts" / "sign-file")
 
 
-def sign(rt, m: Manifest, module: Path, dest: Path, key: SigningKey) -> str:
+def sign(rt: Runtime, m: Manifest, module: Path, dest: Path, key: SigningKey) -> str:
     """Write a signed copy of `module` to dest; return its sha256. The input is left as it was."""
     with tempfile.TemporaryDirectory(prefix="kgenv-sign-") as out:
         mounts = [Mount(Path(key.key).resolve(), f"{KEY_DIR}/key.pem"),

@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from kgenv import manifest
-from kgenv.env import lifecycle as envs
 from kgenv.distro import debian
 from kgenv.distro.archive import Archive
+from kgenv.env import lifecycle as envs
 from kgenv.errors import ToolError, UserError
 from kgenv.fsutil import sha256_file
 from kgenv.manifest import Manifest
 from kgenv.progress import QUIET, Progress
+from kgenv.runtime.base import Runtime
 
 
-def worker_env(name: str, image_id: str, rt, archive: Path | None = None, progress: Progress = QUIET) -> str:
+def worker_env(name: str, image_id: str, rt: Runtime, archive: Path | None = None, progress: Progress = QUIET) -> str:
     """'present' when env `name` with exactly `image_id` is usable on this host, else 'missing'."""
     if archive is not None:
         m = envs.import_(rt, archive, force=True)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from kgenv.errors import ToolError
 from kgenv.fsutil import cache_dir, sha256_file
-from kgenv.manifest import Manifest
 from kgenv.image import rootfs, tree
+from kgenv.manifest import Manifest
+from kgenv.runtime.base import Runtime
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ def from_manifest(m: Manifest, sources: list[str], exact: bool, shipped_generate
     return ImageInputs(
         name=m.name, suite=m.image.suite, sources=sources,
         include=m.image.include.split(","), pins=dict(m.packages) if exact else dict(m.toolchain),
-        epoch=m.kernel.source_date_epoch, source_tarball=m.files["source"].resolve(),
-        config=m.files["config"].resolve(), symvers=m.files["symvers"].resolve(),
+        epoch=m.kernel.source_date_epoch, source_tarball=m.file("source"),
+        config=m.file("config"), symvers=m.file("symvers"),
         shipped_generated=shipped_generated, srctree=m.kernel.srctree, objtree=m.kernel.objtree,
         make=m.make, expect_packages=dict(m.packages) if exact else None)
 
@@ -65,7 +66,7 @@ def _check_packages(got: dict[str, str], want: dict[str, str]) -> None:
             f"{n}={want.get(n, '-')} (got {got.get(n, '-')})" for n in names))
 
 
-def build(rt, inp: ImageInputs, progress, keep_tmp: bool = False) -> Built:
+def build(rt: Runtime, inp: ImageInputs, progress, keep_tmp: bool = False) -> Built:
     """Build and load the image (untagged); the caller tags it once everything checked out."""
     work = Path(tempfile.mkdtemp(prefix=f"{inp.name}.", dir=cache_dir()))
     base_id = None

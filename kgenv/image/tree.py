@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from kgenv.errors import RefusedError, ToolError
-from kgenv.runtime.base import Mount
+from kgenv.runtime.base import Mount, Runtime
 
 CONFIG_CHANGED = 3  # exit code of the in-container script when olddefconfig changed the config
 
@@ -45,7 +45,7 @@ def unpack_source(tarball: Path, stage: Path, srctree: str) -> Path:
     return dest
 
 
-def prepare(rt, base_image: str, tree: Path, srctree: str, objtree: str, config: Path,
+def prepare(rt: Runtime, base_image: str, tree: Path, srctree: str, objtree: str, config: Path,
             symvers: Path | None, fp_make: dict[str, str], progress) -> None:
     """Run olddefconfig and modules_prepare in the base image, with no network."""
     out = tree / objtree

@@ -7,6 +7,7 @@ from a CI artifact as well as a file. Every string a caller passes is escaped un
 from __future__ import annotations
 
 import html
+from collections.abc import Collection
 from dataclasses import dataclass
 
 
@@ -60,7 +61,7 @@ def badge(text: str, good: bool | None) -> Raw:
 
 
 def table(headers: list[str], rows: list[list], row_classes: list[str] | None = None,
-          numeric: set[int] = frozenset(), class_: str | None = None) -> Raw:
+          numeric: Collection[int] = frozenset(), class_: str | None = None) -> Raw:
     """A table; cells are escaped text or Raw; columns in `numeric` are right-aligned."""
     head = tag("tr", [tag("th", h) for h in headers])
     body = []
@@ -88,11 +89,11 @@ def stacked_bars(labels: list[str], series: list[Series], title: str = "", width
     out = [Raw(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
                f'viewBox="0 0 {width} {height}" role="img" font-family="system-ui,sans-serif" font-size="12">'),
            tag("title", title or "chart")]
-    x = label_width
+    lx = label_width   # the legend's cursor
     for s in series:
-        out.append(Raw(f'<rect x="{x}" y="4" width="12" height="12" fill="{esc(s.color)}"/>'))
-        out.append(Raw(f'<text x="{x + 16}" y="14">{esc(s.name)}</text>'))
-        x += 24 + 8 * len(s.name)
+        out.append(Raw(f'<rect x="{lx}" y="4" width="12" height="12" fill="{esc(s.color)}"/>'))
+        out.append(Raw(f'<text x="{lx + 16}" y="14">{esc(s.name)}</text>'))
+        lx += 24 + 8 * len(s.name)
     for i, label in enumerate(labels):
         y = legend_h + i * (bar + gap)
         out.append(Raw(f'<text x="{label_width - 8}" y="{y + bar - 5}" text-anchor="end">{esc(label)}</text>'))

@@ -1,10 +1,14 @@
 """The Docker Engine back-end, through the docker SDK."""
 
+from __future__ import annotations
+
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from kgenv.errors import ToolError
-from kgenv.runtime.base import RunResult, Runtime
+from kgenv.progress import Progress
+from kgenv.runtime.base import Mount, RunResult, Runtime
 
 START_HINT = "start one with 'dockerd &' as root (the README's commands install and start it)"
 
@@ -23,10 +27,12 @@ def client():
         raise ToolError(f"{host}: no Docker engine answers ({type(e).__name__}); {START_HINT}") from None
 
 
-class DockerRuntime(Runtime):
+class DockerRuntime:
+    """The Runtime contract (kgenv.runtime.base) on a Docker Engine."""
+
     name = "docker"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.client = client()
 
     def image_id(self, ref: str) -> str | None:
@@ -51,8 +57,8 @@ class DockerRuntime(Runtime):
             raise ToolError(f"{archive}: expected one image, got {len(images)}")
         return images[0].id
 
-    def load_archive(self, dest: Path, layers: list[Path], epoch: int, env: dict, labels: dict,
-                     workdir: str) -> str:
+    def load_archive(self, dest: Path, layers: list[Path], epoch: int, env: dict[str, str],
+                     labels: dict[str, str], workdir: str) -> str:
         """Write a reproducible docker-archive of the layers, load it, return the image ID."""
         from kgenv.runtime import dockerarchive
 
@@ -76,13 +82,33 @@ class DockerRuntime(Runtime):
 
     def save(self, image_id: str, dest: Path) -> None:
         with open(dest, "wb") as f:
-            for chunk in self.client.images.get(image_id).save(named=False):
+            for chunk in self.save_chunks(image_id):
                 f.write(chunk)
+
+    def save_chunks(self, image_id: str) -> Iterable[bytes]:
+        return self.client.images.get(image_id).save(named=False)
 
     def size(self, image_id: str) -> int:
         return int(self.client.images.get(image_id).attrs.get("Size", 0))
 
-    def run(self, image, command, mounts=(), env=None, workdir="/", network=False, progress=None):
+    def labels(self, image_id: str) -> dict[str, str]:
+        return dict(self.client.images.get(image_id).attrs.get("Config", {}).get("Labels") or {})
+
+    def image_ids(self, repo: str) -> list[str]:
+        return [image.id for image in self.client.images.list(name=repo)]
+
+    def commit_run(self, image: str, command: list[str], repo: str, tag: str) -> tuple[RunResult, str | None]:
+        container = self.client.containers.create(image, command)
+        try:
+            container.start()
+            code = container.wait()["StatusCode"]
+            result = RunResult(code, container.logs().decode(errors="replace"))
+            return result, None if code else container.commit(repository=repo, tag=tag).id
+        finally:
+            container.remove(force=True)
+
+    def run(self, image: str, command: list[str], mounts: Sequence[Mount] = (), env: dict[str, str] | None = None,
+            workdir: str = "/", network: bool = False, progress: Progress | None = None) -> RunResult:
         container = self.client.containers.create(
             image, command, environment=env or {}, working_dir=workdir,
             network_mode=None if network else "none",
@@ -103,5 +129,6 @@ class DockerRuntime(Runtime):
         return RunResult(code, "\n".join(lines))
 
 
-def runtime() -> DockerRuntime:
+def runtime() -> Runtime:
+    """The default back-end (typed as the contract, so mypy checks DockerRuntime against it)."""
     return DockerRuntime()

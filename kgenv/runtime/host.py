@@ -24,17 +24,22 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from kgenv.errors import RefusedError, ToolError, UserError
 from kgenv.fsutil import sha256_file
 from kgenv.manifest import Manifest
-from kgenv.runtime.base import Mount, RunResult, Runtime
+from kgenv.progress import Progress
+from kgenv.runtime.base import Mount, RunResult
 
 PROBE = "int kgenv_probe(int x) { return x + 1; }\n"
 
 
-class HostRuntime(Runtime):
+class HostRuntime:
+    """The Runtime contract (kgenv.runtime.base) on this machine, for the env's image only."""
+
     name = "host"
 
     def __init__(self, m: Manifest, check: bool = True):
@@ -55,7 +60,8 @@ class HostRuntime(Runtime):
         """The host stands for the env's image and no other."""
         return self.m.image.id if ref in (self.m.image.id, self.m.image.tag) else None
 
-    def run(self, image, command, mounts=(), env=None, workdir="/", network=False, progress=None):
+    def run(self, image: str, command: list[str], mounts: Sequence[Mount] = (), env: dict[str, str] | None = None,
+            workdir: str = "/", network: bool = False, progress: Progress | None = None) -> RunResult:
         if self.image_id(image) is None:
             raise UserError(f"host runtime: runs env {self.m.name}'s image only, not {image[:19]}")
         with self._lock, tempfile.TemporaryDirectory(prefix="kgenv-host-") as tmp:
@@ -70,9 +76,46 @@ class HostRuntime(Runtime):
                 self._restore(saved)
         return r
 
+    # -- what only an image store can do ----------------------------------------------------
+
+    def _cannot(self, what: str) -> NoReturn:
+        raise UserError(f"host runtime: cannot {what}: this machine is env {self.m.name}'s build root, "
+                        "not an image store (use --runtime docker)")
+
+    def load(self, archive: Path) -> str:
+        self._cannot(f"load {archive}")
+
+    def load_archive(self, dest: Path, layers: list[Path], epoch: int, env: dict[str, str],
+                     labels: dict[str, str], workdir: str) -> str:
+        self._cannot("load an image")
+
+    def tag(self, image_id: str, repo: str, tag: str) -> None:
+        self._cannot(f"tag an image {repo}:{tag}")
+
+    def remove(self, ref: str) -> None:
+        self._cannot(f"remove image {ref[:19]}")
+
+    def save(self, image_id: str, dest: Path) -> None:
+        self._cannot(f"save image {image_id[:19]}")
+
+    def save_chunks(self, image_id: str) -> Iterable[bytes]:
+        self._cannot(f"save image {image_id[:19]}")
+
+    def size(self, image_id: str) -> int:
+        self._cannot(f"measure image {image_id[:19]}")
+
+    def labels(self, image_id: str) -> dict[str, str]:
+        self._cannot(f"read the labels of image {image_id[:19]}")
+
+    def image_ids(self, repo: str) -> list[str]:
+        self._cannot(f"list images of {repo}")
+
+    def commit_run(self, image: str, command: list[str], repo: str, tag: str) -> tuple[RunResult, str | None]:
+        self._cannot(f"derive image {repo}:{tag}")
+
     # -- the tree as it was ------------------------------------------------------------------
 
-    def _save(self, dest: Path, mounts) -> dict[str, Path]:
+    def _save(self, dest: Path, mounts: Sequence[Mount]) -> dict[str, Path]:
         """Copies of the tree files a run may overwrite with a mount's files (same relative path)."""
         saved = {}
         for mnt in mounts:
@@ -145,7 +188,7 @@ def _index(tree: Path) -> dict[str, tuple]:
 
 # -- mounts as symlinks ----------------------------------------------------------------------
 
-def _mount(root: Path, mounts: list[Mount]):
+def _mount(root: Path, mounts: Sequence[Mount]) -> Callable[[str], str]:
     """Symlink each target under root; return a function that rewrites targets' names in strings."""
     prefixes = {}
     for mnt in mounts:
@@ -167,12 +210,13 @@ def _mount(root: Path, mounts: list[Mount]):
     return lambda s: pattern.sub(lambda m: prefixes[m.group(0)], s)
 
 
-def _run(argv: list[str], env: dict, workdir: str, progress) -> RunResult:
+def _run(argv: list[str], env: dict[str, str], workdir: str, progress: Progress | None) -> RunResult:
     try:
         proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     except OSError as e:
         raise ToolError(f"host runtime: cannot run {argv[0]}: {e.strerror}") from None
+    assert proc.stdout is not None       # stdout=PIPE
     lines = []
     for raw in proc.stdout:
         line = raw.decode(errors="replace").rstrip("\n")

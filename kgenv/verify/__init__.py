@@ -14,7 +14,7 @@ from kgenv.verify.patchsites import function_masks, patch_sites
 from kgenv.verify.reasons import classify
 from kgenv.verify.records import (
     AMBIGUOUS as V_AMBIGUOUS, DIFFERS, IDENTICAL, MISSING as V_MISSING, NOT_TRACEABLE,
-    WEAK_OVERRIDDEN, FunctionVerdict, Summary,
+    WEAK_OVERRIDDEN, Difference, FunctionVerdict, Summary,
 )
 from kgenv.verify.sources import Binary, LiveBinary, base_name, open_binary
 
@@ -27,23 +27,31 @@ class _Work:
 
     obj: ObjectFile
     mapper: Mapper
-    comparer: object
+    comparer: LinkedComparer | ModuleComparer
     osym: Symbol
     bsym: Symbol | None = None
     code: CodeResult | None = None
     sites: dict | None = None
 
-    def verdict(self, verdict: str, **kw) -> FunctionVerdict:
-        b = self.bsym
-        base = dict(name=self.osym.name, tu=self.obj.tu, verdict=verdict, size=self.osym.size,
-                    binding=self.osym.binding, section=self.osym.section)
-        if b is not None:
-            base.update(address=b.value, sympos=b.sympos)
-        if self.code is not None:
-            base.update(code_identical=self.code.identical, relocs_checked=self.code.relocs_checked,
-                        data_refs=self.code.data_refs, masked=self.code.masked)
-        base.update(kw)
-        return FunctionVerdict(**base)
+    @property
+    def found(self) -> Symbol:
+        """The binary's copy, for the checks that run once `resolve` has found it."""
+        if self.bsym is None:
+            raise RuntimeError(f"{self.obj.path}: {self.osym.name}: checked before it was resolved")
+        return self.bsym
+
+    def verdict(self, verdict: str, *, reason: str = "", candidates: tuple[str, ...] = (),
+                trace: str = "", note: str = "", difference: Difference | None = None
+                ) -> FunctionVerdict:
+        b, c = self.bsym, self.code
+        return FunctionVerdict(
+            name=self.osym.name, tu=self.obj.tu, verdict=verdict, size=self.osym.size,
+            binding=self.osym.binding, section=self.osym.section,
+            address=b.value if b is not None else None, sympos=b.sympos if b is not None else 0,
+            code_identical=c.identical if c is not None else False,
+            relocs_checked=c.relocs_checked if c is not None else 0,
+            data_refs=c.data_refs if c is not None else 0, masked=c.masked if c is not None else (),
+            reason=reason, candidates=candidates, trace=trace, note=note, difference=difference)
 
 
 def _resolve(w: _Work) -> FunctionVerdict | None:
@@ -73,10 +81,10 @@ def _weak(w: _Work) -> FunctionVerdict | None:
     """A __weak default replaced at link time by a strong definition elsewhere."""
     if w.osym.bind != STB_WEAK:
         return None
-    if w.bsym.bind == STB_GLOBAL:
+    if w.found.bind == STB_GLOBAL:
         return w.verdict(WEAK_OVERRIDDEN, note="a strong definition elsewhere replaced this weak one")
     base = w.mapper.base(w.osym.shndx)
-    if base is not None and w.mapper.binary.linked and base[1] + w.osym.value != w.bsym.value:
+    if base is not None and w.mapper.binary.linked and base[1] + w.osym.value != w.found.value:
         return w.verdict(WEAK_OVERRIDDEN, note="another TU's weak definition was linked")
     return None
 
@@ -88,13 +96,14 @@ def _code(w: _Work) -> FunctionVerdict | None:
         if w.sites is None:
             w.sites = patch_sites(w.obj)
         masks = function_masks(w.sites, w.osym.shndx, w.osym.value, w.osym.size)
-    w.code = w.comparer.compare(w.osym, w.bsym, masks)
+    bsym = w.found
+    w.code = w.comparer.compare(w.osym, bsym, masks)
     if w.code.identical:
         return None
     ocode = bytes(w.obj.index.code(w.osym))
-    bcode = w.mapper.binary.code(w.bsym, max(w.bsym.size, 1) if w.mapper.binary.kind != "live"
+    bcode = w.mapper.binary.code(bsym, max(bsym.size, 1) if w.mapper.binary.kind != "live"
                                  else w.osym.size) or b""
-    reason, diff = classify(ocode, bcode, w.code, w.osym.value, w.bsym.value)
+    reason, diff = classify(ocode, bcode, w.code, w.osym.value, bsym.value)
     return w.verdict(DIFFERS, reason=reason, difference=diff)
 
 
@@ -102,7 +111,7 @@ def _trace(w: _Work) -> FunctionVerdict | None:
     """ftrace must be able to attach at the entry (a .cold part has no entry of its own)."""
     if ".cold" in w.osym.name:
         return w.verdict(IDENTICAL, trace="cold part of its parent: no entry to trace")
-    result = ftrace.check(w.mapper.binary, w.bsym)
+    result = ftrace.check(w.mapper.binary, w.found)
     if not result.traceable:
         return w.verdict(NOT_TRACEABLE, trace=result.detail)
     return w.verdict(IDENTICAL, trace=result.detail)

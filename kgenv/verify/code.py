@@ -64,8 +64,8 @@ class LinkedComparer:
         self.obj = mapper.obj
         self.binary = mapper.binary
 
-    def compare(self, osym: Symbol, bsym: Symbol, runtime_masks: dict[int, str] | None = None
-                ) -> CodeResult:
+    def compare(self, osym: Symbol, bsym: Symbol,
+                runtime_masks: dict[int, tuple[int, str]] | None = None) -> CodeResult:
         size = osym.size
         ocode = bytes(self.obj.index.code(osym))
         bcode = self.binary.code(bsym, size)
@@ -91,8 +91,8 @@ class LinkedComparer:
         return CodeResult(True, -1, False, None, checked, data, masked)
 
     @staticmethod
-    def _runtime_masks(a: bytearray, b: bytearray, raw: bytes, masks: dict
-                       ) -> tuple[tuple[str, ...], list]:
+    def _runtime_masks(a: bytearray, b: bytearray, raw: bytes, masks: dict[int, tuple[int, str]]
+                       ) -> tuple[tuple[str, ...], list[tuple[int, int]]]:
         """Live images: sites the kernel patched at boot are masked; all but ftrace NOPs reported."""
         out, patched = [], []
         for off, (length, what) in sorted(masks.items()):
@@ -152,10 +152,11 @@ class LinkedComparer:
         data = bytes(self.obj.index.elf.section_data(sec))
         for k in ks:
             start = r.addend + k
-            want = data[start:data.find(b"\0", start)] if 0 <= start < len(data) else None
+            if not 0 <= start < len(data):
+                continue
+            want = data[start:data.find(b"\0", start)]
             addr = (value + site + k if r.type in PC_RELATIVE else value) & _MASK64
-            got = self.binary.read(addr, len(want) + 1) if want is not None else None
-            if got is not None and got == want + b"\0":
+            if self.binary.read(addr, len(want) + 1) == want + b"\0":
                 return "data"
         return TargetMismatch(off, f"string in {sec.name}", f"{value & _MASK64:#x}", False)
 
@@ -172,7 +173,7 @@ class LinkedComparer:
         return self._function_at(addr) or f"{addr:#x}"
 
     def _function_at(self, addr: int) -> str:
-        table = self._sorted_functions
+        table = self.binary.function_table
         i = bisect.bisect_right(table[0], addr) - 1
         if i < 0:
             return ""
@@ -182,16 +183,6 @@ class LinkedComparer:
         if addr < sym.value + max(sym.size, 1):
             return f"{sym.name}+{addr - sym.value:#x}"
         return ""
-
-    @property
-    def _sorted_functions(self):
-        cache = getattr(self.binary, "_func_table", None)
-        if cache is None:
-            syms = sorted((s for fs in self.binary.index.functions.values() for s in fs),
-                          key=lambda s: s.value)
-            cache = ([s.value for s in syms], syms)
-            self.binary._func_table = cache
-        return cache
 
 
 _MASK64 = (1 << 64) - 1
@@ -216,7 +207,8 @@ class ModuleComparer:
         self.obj = mapper.obj
         self.binary = mapper.binary
 
-    def compare(self, osym: Symbol, bsym: Symbol, runtime_masks=None) -> CodeResult:
+    def compare(self, osym: Symbol, bsym: Symbol,
+                runtime_masks: dict[int, tuple[int, str]] | None = None) -> CodeResult:
         size = osym.size
         if bsym.size != size:
             return CodeResult(False, min(size, bsym.size), True)

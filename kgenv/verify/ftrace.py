@@ -50,8 +50,8 @@ def _entry_kind(binary: Binary, sym: Symbol, entry: bytes, delta: int) -> str | 
     if not binary.linked:
         rel = [r for r in binary.relocs_in(sym) if r.offset == sym.value + delta + 1]
         if rel and rel[0].type in (R_X86_64_PC32, R_X86_64_PLT32):
-            target = binary.index.symbols[rel[0].sym]
-            return "call __fentry__" if target.name == "__fentry__" else None
+            callee = binary.index.symbols[rel[0].sym]
+            return "call __fentry__" if callee.name == "__fentry__" else None
         return None
     disp = int.from_bytes(insn[1:5], "little", signed=True)
     target = sym.value + delta + 5 + disp

@@ -89,7 +89,7 @@ class Mapper:
                              key=lambda s: s.bind == STB_LOCAL)
             for anchor in anchors[:64]:
                 found, status = self._by_name(anchor, use_base=False)
-                if status == OK:
+                if status == OK and found is not None:
                     self._bases[shndx] = (found.shndx if not self.binary.linked else None,
                                           found.value - anchor.value)
                     break

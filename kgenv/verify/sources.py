@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import bisect
 import struct
+from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
+from typing import Protocol
 
 from kgenv.elf.reader import ET_CORE, ET_EXEC, ET_REL, open_elf
-from kgenv.elf.relocs import R_X86_64_64, relocations
+from kgenv.elf.relocs import R_X86_64_64, Reloc, relocations
 from kgenv.elf.symbols import STB_GLOBAL, STB_LOCAL, STT_FUNC, STT_OBJECT, Symbol, SymbolIndex
 from kgenv.errors import UserError
 
@@ -28,15 +30,53 @@ def base_name(name: str) -> str:
     return name.split(".", 1)[0] if "." in name else name
 
 
-class Binary:
-    """Common look-ups over a SymbolIndex; subclasses say how bytes and sites are read."""
+class SymbolTable(Protocol):
+    """The symbols every binary source lists: an ELF file's SymbolIndex, or a live /proc/kallsyms."""
+
+    path: str
+    symbols: list[Symbol]
+    functions: dict[str, list[Symbol]]
+
+    def lookup(self, name: str) -> list[Symbol]: ...
+
+    def address(self, name: str) -> int | None: ...
+
+    def groups_named(self, file_name: str) -> list[int]: ...
+
+    def file_group_names(self, group: int) -> set[str]: ...
+
+
+class Binary(ABC):
+    """Common look-ups over a SymbolTable; subclasses say how bytes and sites are read."""
 
     kind = "binary"
     linked = True
 
-    def __init__(self, index: SymbolIndex):
+    def __init__(self, index: SymbolTable):
         self.index = index
         self.path = index.path
+
+    @abstractmethod
+    def code(self, sym: Symbol, length: int | None = None) -> bytes | None:
+        """A function's bytes (its size, or `length`); None if the binary does not hold them."""
+
+    @abstractmethod
+    def read(self, addr: int, length: int) -> bytes | None:
+        """Bytes at a linked address; None if no part of the binary holds them."""
+
+    @abstractmethod
+    def section_at(self, addr: int) -> str:
+        """The name of the section holding a linked address ('' if none)."""
+
+    def relocs_in(self, sym: Symbol) -> list[Reloc]:
+        """Relocations left inside a function: none in a linked image (its sites hold final values)."""
+        return []
+
+    @cached_property
+    def function_table(self) -> tuple[list[int], list[Symbol]]:
+        """Every function sorted by address, and the addresses alone (for bisect)."""
+        syms = sorted((s for fs in self.index.functions.values() for s in fs), key=lambda s: s.value)
+        return [s.value for s in syms], syms
 
     def functions(self, name: str) -> list[Symbol]:
         return self.index.functions.get(name, [])
@@ -49,12 +89,6 @@ class Binary:
 
     def group_names(self, group: int) -> set[str]:
         return self.index.file_group_names(group)
-
-    def code(self, sym: Symbol, length: int | None = None) -> bytes | None:
-        try:
-            return bytes(self.index.code(sym, length))
-        except UserError:
-            return None
 
     @cached_property
     def clones(self) -> dict[str, list[str]]:
@@ -91,10 +125,19 @@ class Binary:
         return ""
 
 
-class VmlinuxBinary(Binary):
-    """A linked kernel image with its symbol table (Debian's -dbg vmlinux)."""
+class ElfBinary(Binary):
+    """A binary read from an ELF file with its symbol table (vmlinux or .ko)."""
 
-    kind = "vmlinux"
+    index: SymbolIndex
+
+    def __init__(self, index: SymbolIndex):
+        super().__init__(index)
+
+    def code(self, sym: Symbol, length: int | None = None) -> bytes | None:
+        try:
+            return bytes(self.index.code(sym, length))
+        except UserError:
+            return None
 
     def read(self, addr: int, length: int) -> bytes | None:
         got = self.index.read_addr(addr, length)
@@ -103,6 +146,12 @@ class VmlinuxBinary(Binary):
     def section_at(self, addr: int) -> str:
         sec = self.index.section_at(addr)
         return sec.name if sec else ""
+
+
+class VmlinuxBinary(ElfBinary):
+    """A linked kernel image with its symbol table (Debian's -dbg vmlinux)."""
+
+    kind = "vmlinux"
 
     def mcount_sites(self) -> set:
         return self._mcount
@@ -125,7 +174,7 @@ class VmlinuxBinary(Binary):
         return {v for (v,) in struct.iter_unpack("<Q", raw[: len(raw) - len(raw) % 8])}
 
 
-class ModuleBinary(Binary):
+class ModuleBinary(ElfBinary):
     """A kernel module (.ko): relocatable, so sites are compared as relocations, not bytes."""
 
     kind = "module"
@@ -134,7 +183,7 @@ class ModuleBinary(Binary):
     def site(self, sym: Symbol, delta: int):
         return (sym.shndx, sym.value + delta)
 
-    def relocs_in(self, sym: Symbol) -> list:
+    def relocs_in(self, sym: Symbol) -> list[Reloc]:
         """Relocations whose site lies inside a function of the module."""
         if sym.shndx not in self._relocs:
             rel = relocations(self.index.elf, sym.shndx)
@@ -143,7 +192,7 @@ class ModuleBinary(Binary):
         return rel[bisect.bisect_left(offs, sym.value):bisect.bisect_left(offs, sym.value + sym.size)]
 
     @cached_property
-    def _relocs(self) -> dict:
+    def _relocs(self) -> dict[int, tuple[list[int], list[Reloc]]]:
         return {}
 
     def mcount_sites(self) -> set:
@@ -189,9 +238,6 @@ class LiveBinary(Binary):
 
     def section_at(self, addr: int) -> str:
         return ".text"
-
-    def groups_named(self, file_name: str) -> list[int]:
-        return []
 
 
 class _KallsymsIndex:
@@ -240,6 +286,9 @@ class _KallsymsIndex:
     def address(self, name: str) -> int | None:
         found = self.by_name.get(name)
         return found[0].value if found else None
+
+    def groups_named(self, file_name: str) -> list[int]:
+        return []   # kallsyms names no source files
 
     def file_group_names(self, group: int) -> set[str]:
         return set()

@@ -8,15 +8,16 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kgenv import manifest
 from kgenv.env import lifecycle as envs
 from kgenv.errors import ToolError, UserError
-from kgenv.progress import QUIET
 from kgenv.farm.engine import Engine, Task
 from kgenv.farm.store import Attempt
+from kgenv.progress import QUIET
+from kgenv.runtime.base import Runtime
 
 BUILDER = "kgenv"
 SCHEDULER = "kgenv"
@@ -93,7 +94,7 @@ class BuildbotEngine(Engine):
 
     name = "buildbot"
 
-    def __init__(self, master_url: str, master_envs: Path | None = None, rt=None, poll: float = 1.0):
+    def __init__(self, master_url: str, master_envs: Path | None = None, rt: Runtime | None = None, poll: float = 1.0):
         self.api = Api(master_url)
         self.master_url = master_url
         self.master_envs = Path(master_envs) if master_envs else None
@@ -151,7 +152,7 @@ class BuildbotEngine(Engine):
             progress.step(f"export {name} to {self.master_envs}")
             envs.export(self._runtime(), m, self.master_envs / f"{hexid}.tar")
 
-    def _runtime(self):
+    def _runtime(self) -> Runtime:
         if self.rt is None:
             from kgenv.runtime.docker import runtime
 
@@ -180,8 +181,8 @@ class BuildbotEngine(Engine):
         b = builds[-1]
         worker = self.api.get(f"workers/{b['workerid']}")["workers"][0]["name"]
         steps = {s["name"]: s for s in self.api.get(f"builds/{b['buildid']}/steps")["steps"]}
-        build = steps.get("build")
-        ran = build is not None and build.get("started_at") is not None
+        build = steps.get("build") or {}
+        ran = build.get("started_at") is not None
         code = EXIT.get(build["results"], 2) if ran else 2
         logs = [build] if ran else [s for s in steps.values() if s.get("results") not in (None, 0, 3)]
         t.log.write_bytes(b"".join(self._log(s, not ran) for s in logs))
@@ -236,7 +237,7 @@ def _b64(path: Path) -> str:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 def _extract(tar: Path, dest: Path) -> str:
