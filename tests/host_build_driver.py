@@ -12,17 +12,17 @@ import sys
 from pathlib import Path
 
 from kgenv import manifest
-from kgenv.runtime.host import _index, fingerprint_differences
+from kgenv.runtime.host import fingerprint_differences, tree_index
 
 
 def main() -> None:
     env, diff, outdir, name = sys.argv[1:5]
     m = manifest.load(env)
     differences = fingerprint_differences(m)
-    before = _index(Path(m.kernel.srctree))
+    before = tree_index(Path(m.kernel.srctree))
     r = subprocess.run([sys.executable, "-m", "kgenv", "build", diff, "--env", env, "-o", outdir,
                         "--name", name, "--runtime", "host", "--json"], capture_output=True, text=True)
-    after = _index(Path(m.kernel.srctree))
+    after = tree_index(Path(m.kernel.srctree))
     result = json.loads(r.stdout)["result"] if r.stdout.strip().startswith("{") else \
         {"outcome": "no report", "reason": r.stderr[-2000:]}
     print(json.dumps({"differences": differences, "exit_code": r.returncode,

@@ -37,9 +37,9 @@ def test_module_name_and_flags_from_the_kbuild_command():
 @pytest.mark.docker
 def test_module_targets_load_after_their_dependencies(env):
     """From the shipped modules' own depends= (Debian ships no modules.dep: depmod runs on install)."""
-    from kgenv.build.target import _shipped_modules, load_order
+    from kgenv.build.target import shipped_modules, load_order
 
-    shipped = _shipped_modules(env)
+    shipped = shipped_modules(env)
     order = [p.name for p in load_order(env, Target("ext4", shipped["ext4"]))]
     assert order[-1] == "ext4.ko" and "jbd2.ko" in order and "mbcache.ko" in order
     assert [p.name for p in load_order(env, Target("binfmt_misc", shipped["binfmt_misc"]))] == ["binfmt_misc.ko"]

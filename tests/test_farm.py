@@ -328,7 +328,7 @@ def test_buildbot_artefacts_stay_inside_and_logs_lose_the_environment_dump(tmp_p
     import io
     import tarfile
 
-    from kgenv.farm.buildbot.client import _extract, _output
+    from kgenv.farm.buildbot.client import extract_artefacts, log_text
 
     def tar_with(*members):
         path = tmp_path / f"t{len(list(tmp_path.iterdir()))}.tar"
@@ -344,11 +344,11 @@ def test_buildbot_artefacts_stay_inside_and_logs_lose_the_environment_dump(tmp_p
 
     good = tar_with(member("./report.json", b"{}"), member("./livepatch-a.ko", b"ELF"),
                     member("./evil", kind=tarfile.SYMTYPE, link="/etc/passwd"))
-    assert _extract(good, tmp_path / "out") == ""
+    assert extract_artefacts(good, tmp_path / "out") == ""
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["livepatch-a.ko", "report.json"]
     bad = tar_with(member("../escape", b"x"))
-    assert "unreadable job artefact" in _extract(bad, tmp_path / "out2")
+    assert "unreadable job artefact" in extract_artefacts(bad, tmp_path / "out2")
     assert not (tmp_path / "escape").exists() and not bad.exists()
     contents = {"logchunks": [{"content": "hkgenv build a.diff\nh environment:\nh  SECRET=1\noBUILT: a\n"
                                           "eWARN x\nhprogram finished with exit code 0\nhelapsedTime=1\n"}]}
-    assert _output(contents) == "kgenv build a.diff\nBUILT: a\nWARN x\nprogram finished with exit code 0\n"
+    assert log_text(contents) == "kgenv build a.diff\nBUILT: a\nWARN x\nprogram finished with exit code 0\n"

@@ -13,7 +13,7 @@ from kgenv import manifest
 from kgenv.build import report as build_report
 from kgenv.errors import RefusedError, ToolError
 from kgenv.runtime.base import Mount
-from kgenv.runtime.host import HostRuntime, _mount
+from kgenv.runtime.host import HostRuntime, mount_links
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "envs" / "debian-6.1.0-57-amd64.toml"
@@ -27,7 +27,7 @@ def fake_env(tree: Path):
 def test_mount_targets_become_symlinks_and_names_are_rewritten(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    rewrite = _mount(tmp_path / "root", [Mount(a, "/kgenv-out"), Mount(b, "/kgenv-py/clang"),
+    rewrite = mount_links(tmp_path / "root", [Mount(a, "/kgenv-out"), Mount(b, "/kgenv-py/clang"),
                                          Mount(a / "k", "/run/kgenv-sign/key.pem")])
     assert rewrite("cp x /kgenv-out/y && ls /kgenv-out") == \
         f"cp x {tmp_path}/root/kgenv-out/y && ls {tmp_path}/root/kgenv-out"
@@ -36,7 +36,7 @@ def test_mount_targets_become_symlinks_and_names_are_rewritten(tmp_path):
     assert rewrite("/run/kgenv-sign/key.pem") == f"{tmp_path}/root/run/kgenv-sign/key.pem"
     assert (tmp_path / "root" / "kgenv-py" / "clang").resolve() == b
     with pytest.raises(ToolError, match="exists on this host"):
-        _mount(tmp_path / "root2", [Mount(a, "/tmp")])
+        mount_links(tmp_path / "root2", [Mount(a, "/tmp")])
 
 
 def test_runs_see_their_mounts_and_the_tree_comes_back_as_it_was(tmp_path):

@@ -222,11 +222,11 @@ def html(r: AuditReport) -> str:
 
 
 def fleet_html(cand: str, rows: list[FleetRow]) -> str:
-    ok = [row for row in rows if row.report]
-    chart = H.stacked_bars([row.env for row in ok], [
-        H.Series("identical", GREEN, tuple(row.report.summary["identical"] for row in ok)),
-        H.Series("differing", RED, tuple(row.report.summary["differing"] for row in ok)),
-        H.Series("unmatched", AMBER, tuple(row.report.summary["unmatched"] for row in ok))],
+    ok = [(row.env, row.report.summary) for row in rows if row.report]
+    chart = H.stacked_bars([env for env, _ in ok], [
+        H.Series("identical", GREEN, tuple(s["identical"] for _, s in ok)),
+        H.Series("differing", RED, tuple(s["differing"] for _, s in ok)),
+        H.Series("unmatched", AMBER, tuple(s["unmatched"] for _, s in ok))],
         title=f"functions per kernel against {cand}")
     table = H.table(["env", "release", "verdict", "% identical", "differing", "TUs reproduced", "fingerprint diff",
                      "top differing function"],

@@ -204,12 +204,12 @@ class _Side:
         base = base_name(name)
         if base not in self.shared or sym is None or not sym.defined:
             return (base,)
-        if sym.index not in self._shallow:
+        if sym.symidx not in self._shallow:
             relocs = self.obj.relocs_in(sym)
             code = bytes(self.index.code(sym))
-            self._shallow[sym.index] = (_digest(masked_pair(code, code, relocs, sym.value)[0]),
+            self._shallow[sym.symidx] = (_digest(masked_pair(code, code, relocs, sym.value)[0]),
                                         tuple((r.offset - sym.value, r.type) for r in relocs))
-        return (base, *self._shallow[sym.index])
+        return (base, *self._shallow[sym.symidx])
 
     def _is_variable(self, s: Symbol) -> bool:
         sec = self.index.section_of(s)

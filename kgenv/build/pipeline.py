@@ -316,7 +316,7 @@ class Build:
         exported = _exported(self.m)
         index = SymbolIndex.open(ko)
         undefined = sorted({s.name for s in index.symbols if s.name and not s.defined
-                            and s.type != STT_FILE and s.index})
+                            and s.type != STT_FILE and s.symidx})
         mapping, unknown = {}, []
         vmlinux = None
         for name in undefined:

@@ -50,7 +50,7 @@ def modules_dir(m: Manifest) -> Path:
     return vmlinuz.parent.parent / "lib" / "modules" / m.kernel.release
 
 
-def _shipped_modules(m: Manifest) -> dict[str, Path]:
+def shipped_modules(m: Manifest) -> dict[str, Path]:
     """Module name -> shipped .ko, from modules.order (depmod's files are made at install time)."""
     root = modules_dir(m)
     order = root / "modules.order"
@@ -72,7 +72,7 @@ def _depends(ko: Path) -> list[str]:
 
 def load_order(m: Manifest, target: Target) -> list[Path]:
     """The shipped modules to insmod for a module target, dependencies first."""
-    shipped, out, seen = _shipped_modules(m), [], set()
+    shipped, out, seen = shipped_modules(m), [], set()
 
     def visit(name: str) -> None:
         if name in seen or name not in shipped:   # built in, or already placed
@@ -93,7 +93,7 @@ def find(m: Manifest, cmd_file: Path) -> Target:
         if ref is None:
             raise UserError(f"env {m.name}: its manifest records no vmlinux")
         return Target(VMLINUX, ref.resolve())
-    ko = _shipped_modules(m).get(mod)
+    ko = shipped_modules(m).get(mod)
     if ko is not None:
         return Target(mod, ko)
     raise UserError(f"module {mod} is not among the modules shipped with {m.kernel.release}")
@@ -105,9 +105,9 @@ def kallsyms_pos(binary: Binary, sym: Symbol) -> int:
     same = [s for s in binary.lookup(sym.name) if s.type in _KALLSYMS_TYPES]
     if len(same) <= 1:
         return 0
-    key = (lambda s: s.value) if binary.linked else (lambda s: s.index)
+    key = (lambda s: s.value) if binary.linked else (lambda s: s.symidx)
     same.sort(key=key)
-    return next(i for i, s in enumerate(same, 1) if s.index == sym.index)
+    return next(i for i, s in enumerate(same, 1) if s.symidx == sym.symidx)
 
 
 class Resolver:

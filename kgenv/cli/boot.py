@@ -16,9 +16,11 @@ from kgenv.progress import Progress
 
 def _kernel_of(kernel: Path | None, env: str | None, progress: Progress) -> Path:
     """--kernel as given, or the shipped vmlinuz recorded in env NAME's manifest."""
-    if bool(kernel) == bool(env):
-        raise UserError("give exactly one of --kernel VMLINUZ or --env NAME")
-    return kernel or _env_vmlinuz(env, progress)
+    if kernel and not env:
+        return kernel
+    if env and not kernel:
+        return _env_vmlinuz(env, progress)
+    raise UserError("give exactly one of --kernel VMLINUZ or --env NAME")
 
 
 def _env_vmlinuz(name: str, progress: Progress) -> Path:

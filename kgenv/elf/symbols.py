@@ -20,7 +20,7 @@ _SYM = struct.Struct("<IBBHQQ")
 class Symbol(NamedTuple):
     """One symbol-table entry, with the context a verifier needs (a tuple: cheap to build 100 k)."""
 
-    index: int
+    symidx: int        # its index in the symbol table (NamedTuple already has an index() method)
     name: str
     value: int
     size: int

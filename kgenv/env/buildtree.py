@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection
 
 from kgenv.errors import RefusedError, UserError
 from kgenv.env.fingerprint import read_config, read_defines, read_vmlinux
@@ -41,17 +42,23 @@ class BuildTree:
         return self.source == self.root
 
 
-def member(root: Path, rel: str, required: str = "") -> Path | None:
-    """root/rel if it exists and resolves inside root; `required` names it in the error when missing."""
+def member(root: Path, rel: str) -> Path | None:
+    """root/rel if it exists and resolves inside root, None if it does not exist."""
     p = root / rel
     if not os.path.lexists(p):
-        if required:
-            raise UserError(f"{p}: missing ({required})")
         return None
     real = p.resolve()
     if not real.is_relative_to(root):
         raise RefusedError(f"{p}: symlink leads outside {root} (to {real})")
     return real
+
+
+def required_member(root: Path, rel: str, what: str) -> Path:
+    """root/rel as member() finds it; UserError naming `what` when it is missing."""
+    p = member(root, rel)
+    if p is None:
+        raise UserError(f"{root / rel}: missing ({what})")
+    return p
 
 
 def open_tree(path: Path) -> BuildTree:
@@ -69,16 +76,16 @@ def open_tree(path: Path) -> BuildTree:
         text, source = "", root
     else:
         raise UserError(f"{root}: neither an O= build directory (no 'source' symlink) nor a kernel source tree")
-    generated = member(root, "include/generated", "include/generated of the build")
+    generated = required_member(root, "include/generated", "include/generated of the build")
     if not generated.is_dir():
         raise UserError(f"{generated}: not a directory")
     kv = member(root, ".kernelvariables")
     return BuildTree(
         root=root, source=source, source_link=text,
-        config=member(root, ".config", "the build's kernel config"),
-        vmlinux=member(root, "vmlinux", "the linked kernel with symbols"),
+        config=required_member(root, ".config", "the build's kernel config"),
+        vmlinux=required_member(root, "vmlinux", "the linked kernel with symbols"),
         generated=generated,
-        symvers=member(root, "Module.symvers", "the build's module symbol versions"),
+        symvers=required_member(root, "Module.symvers", "the build's module symbol versions"),
         bzimage=member(root, "arch/x86/boot/bzImage"),
         kernelvariables=kv if kv and kv.is_file() else None)
 
@@ -115,14 +122,16 @@ def config_vs_autoconf(config: Path, generated: Path) -> list[str]:
     return sorted(k for k in set(got) | set(want) if not _same_value(got.get(k, "-"), want.get(k, "-")))
 
 
-def _notes(path: Path) -> tuple[dict[tuple[str, int], bytes], bool]:
-    """(ELF notes by (owner, type), whether there is a symbol table)."""
+def _notes(path: Path) -> tuple[dict[tuple[str, str | int], bytes], bool]:
+    """(ELF notes by (owner, type: pyelftools names the types it knows, others stay ints), whether there is
+    a symbol table)."""
     with open(path, "rb") as f:
         elf = ELFFile(f)
-        out, symtab = {}, False
+        out: dict[tuple[str, str | int], bytes] = {}
+        symtab = False
         for sec in elf.iter_sections():
             symtab = symtab or sec["sh_type"] == "SHT_SYMTAB"
-            if sec["sh_type"] == "SHT_NOTE":
+            if isinstance(sec, NoteSection):  # pyelftools makes one of every SHT_NOTE section
                 for note in sec.iter_notes():
                     desc = note["n_desc"]
                     out[(note["n_name"], note["n_type"])] = desc if isinstance(desc, bytes) else str(desc).encode()

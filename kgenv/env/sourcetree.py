@@ -1,6 +1,7 @@
 """A kernel source tree as one deterministic tarball: sorted, fixed mtime/owner/modes, no build outputs."""
 
 import os
+from collections.abc import Set as AbstractSet
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ def _inside(root: Path, link: Path) -> bool:
     return resolved == str(root) or resolved.startswith(str(root) + os.sep)
 
 
-def listing(src: Path, exclude: set[str] = frozenset()) -> list[str]:
+def listing(src: Path, exclude: AbstractSet[str] = frozenset()) -> list[str]:
     """Every entry under src (relative, sorted), without VCS dirs and the excluded subtrees.
 
     Refuses what could escape the tree once unpacked or mounted: symlinks pointing outside

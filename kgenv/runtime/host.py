@@ -50,7 +50,7 @@ class HostRuntime:
             if differences:
                 raise RefusedError(f"this host is not env {m.name}'s build root: " + "; ".join(differences))
         self._lock = threading.Lock()
-        self._index = _index(self.tree)
+        self._index = tree_index(self.tree)
         # Every make run rewrites parts of the O= tree (its Makefile, host tools): keep it whole (~30 MB).
         self.objtree = os.path.normpath(m.kernel.objtree or ".")
         self._pristine = tempfile.TemporaryDirectory(prefix="kgenv-host-objtree-")
@@ -66,7 +66,7 @@ class HostRuntime:
             raise UserError(f"host runtime: runs env {self.m.name}'s image only, not {image[:19]}")
         with self._lock, tempfile.TemporaryDirectory(prefix="kgenv-host-") as tmp:
             root = Path(tmp)
-            rewrite = _mount(root / "root", mounts)
+            rewrite = mount_links(root / "root", mounts)
             saved = self._save(root / "saved", mounts)
             argv = [rewrite(a) for a in command]
             full_env = {**os.environ, **{k: rewrite(v) for k, v in (env or {}).items()}}
@@ -130,7 +130,7 @@ class HostRuntime:
         return saved
 
     def _restore(self, saved: dict[str, Path]) -> None:
-        now = _index(self.tree)
+        now = tree_index(self.tree)
         for rel in sorted(set(now) - set(self._index), reverse=True):
             p = self.tree / rel
             if p.is_dir() and not p.is_symlink():
@@ -166,7 +166,7 @@ def _replace(copy: Path, target: Path) -> None:
     shutil.copy2(copy, target, follow_symlinks=False)
 
 
-def _index(tree: Path) -> dict[str, tuple]:
+def tree_index(tree: Path) -> dict[str, tuple]:
     """Every entry under the tree: relative path -> (kind, size, mtime_ns, mode)."""
     out: dict[str, tuple] = {}
     stack = [tree]
@@ -188,7 +188,7 @@ def _index(tree: Path) -> dict[str, tuple]:
 
 # -- mounts as symlinks ----------------------------------------------------------------------
 
-def _mount(root: Path, mounts: Sequence[Mount]) -> Callable[[str], str]:
+def mount_links(root: Path, mounts: Sequence[Mount]) -> Callable[[str], str]:
     """Symlink each target under root; return a function that rewrites targets' names in strings."""
     prefixes = {}
     for mnt in mounts:

@@ -190,14 +190,14 @@ class BuildbotEngine(Engine):
         url = f"{artifacts}jobs/{t.job.key}/{b['number']}.tar"
         if fetch(url, tar) is None:
             _note(t.log, f"buildbot: no artefact at {url}")
-        elif problem := _extract(tar, t.out):
+        elif problem := extract_artefacts(tar, t.out):
             _note(t.log, f"buildbot: {url}: {problem}")
         seconds = float((b.get("complete_at") or time.time()) - (b.get("started_at") or time.time()))
         return Attempt(code, worker, self.name, round(seconds, 3), _iso(b.get("complete_at") or time.time()))
 
     def _log(self, step: dict, titled: bool) -> bytes:
         logs = self.api.get(f"steps/{step['stepid']}/logs")["logs"]
-        body = "".join(_output(self.api.get(f"logs/{lg['logid']}/contents")) for lg in logs if lg["slug"] == "stdio")
+        body = "".join(log_text(self.api.get(f"logs/{lg['logid']}/contents")) for lg in logs if lg["slug"] == "stdio")
         head = f"--- buildbot step {step['name']}: {step.get('state_string', '')}\n" if titled else ""
         return (head + body).encode()
 
@@ -213,7 +213,7 @@ class BuildbotEngine(Engine):
                 continue
 
 
-def _output(contents: dict) -> str:
+def log_text(contents: dict) -> str:
     """A stdio log without Buildbot's header block (it lists the worker's whole environment):
     the command line, the program's output, and its exit line."""
     lines = "".join(c["content"] for c in contents["logchunks"]).splitlines()
@@ -240,7 +240,7 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
-def _extract(tar: Path, dest: Path) -> str:
+def extract_artefacts(tar: Path, dest: Path) -> str:
     """A worker's OUTDIR: regular files and directories only, nothing outside dest; '' or what went wrong."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
