@@ -18,9 +18,11 @@ from kgenv.runtime.docker import runtime
 
 def row(label: str, r, wall: float) -> str:
     s, t = r.summary, r.timings
-    return (f"| {label} | {s['tus']} | {s['functions']} | {s['percent_identical']:.1f} % | {r.verdict} "
-            f"| {wall:.1f} s | {t.get('compile_s', 0):.1f} s | {t.get('verify_s', 0):.2f} s "
-            f"| {t.get('probe_s', 0):.1f} s | {t.get('sample_s', 0):.2f} s |")
+    return (
+        f"| {label} | {s['tus']} | {s['functions']} | {s['percent_identical']:.1f} % | {r.verdict} "
+        f"| {wall:.1f} s | {t.get('compile_s', 0):.1f} s | {t.get('verify_s', 0):.2f} s "
+        f"| {t.get('probe_s', 0):.1f} s | {t.get('sample_s', 0):.2f} s |"
+    )
 
 
 def main(argv: list[str]) -> None:

@@ -29,6 +29,7 @@ def _sample(workdir: Path) -> tuple[Path, Path]:
     from boot_kmod import build_module, livepatch_sample  # noqa: E402 (test helper, not a package)
 
     from kgenv.distro import debian
+
     kernel = debian.kernel(os.environ.get("KGENV_TEST_LINE", "bookworm"))
     src = livepatch_sample(kernel, workdir / "src")
     return kernel.vmlinuz, build_module(kernel, [src], workdir / "sample")
@@ -43,6 +44,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from kgenv.boot import TIMINGS, boot_test
+
     with tempfile.TemporaryDirectory(prefix="kgenv-bench-boot-") as tmp:
         work = Path(tmp)
         if args.kernel and args.module:
@@ -53,22 +55,34 @@ def main() -> int:
         check.write_text(CHECK)
         boots = []
         for i in range(args.runs):
-            b = boot_test(module, kernel, check=check, sympos="vmlinux cmdline_proc_show 0\n",
-                          serial_log=work / f"serial-{i}.log")
+            b = boot_test(
+                module, kernel, check=check, sympos="vmlinux cmdline_proc_show 0\n", serial_log=work / f"serial-{i}.log"
+            )
             boots.append(b)
             if not args.json:
                 print(f"run {i + 1}/{args.runs}: {b.result} in {b.timings['total']:.2f} s", flush=True)
 
-    median = {k: round(statistics.median(b.timings[k] for b in boots), 3)
-              for k in TIMINGS if all(b.timings[k] is not None for b in boots)}
-    summary = {"runs": args.runs, "passed": sum(b.passed for b in boots), "cpus_host": os.cpu_count(),
-               "median_seconds": median, "max_total": round(max(b.timings["total"] for b in boots), 3),
-               "bar_seconds": BAR_SECONDS, "within_bar": median["total"] <= BAR_SECONDS}
+    median = {
+        k: round(statistics.median(b.timings[k] for b in boots), 3)
+        for k in TIMINGS
+        if all(b.timings[k] is not None for b in boots)
+    }
+    summary = {
+        "runs": args.runs,
+        "passed": sum(b.passed for b in boots),
+        "cpus_host": os.cpu_count(),
+        "median_seconds": median,
+        "max_total": round(max(b.timings["total"] for b in boots), 3),
+        "bar_seconds": BAR_SECONDS,
+        "within_bar": median["total"] <= BAR_SECONDS,
+    }
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"median boot test {median['total']:.2f} s (max {summary['max_total']:.2f} s, "
-              f"bar {BAR_SECONDS:.0f} s) over {args.runs} runs, {summary['passed']} passed")
+        print(
+            f"median boot test {median['total']:.2f} s (max {summary['max_total']:.2f} s, "
+            f"bar {BAR_SECONDS:.0f} s) over {args.runs} runs, {summary['passed']} passed"
+        )
         print("median phases: " + ", ".join(f"{k} {v:.2f}" for k, v in median.items()))
     return 0 if summary["within_bar"] and summary["passed"] == args.runs else 1
 

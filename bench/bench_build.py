@@ -39,22 +39,35 @@ def main() -> int:
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory() as out:
             t0 = time.monotonic()
-            r = subprocess.run([sys.executable, "-m", "kgenv", "build", str(args.fix), "--env", env,
-                                "-o", out, "--json"], capture_output=True, text=True, cwd=REPO)
+            r = subprocess.run(
+                [sys.executable, "-m", "kgenv", "build", str(args.fix), "--env", env, "-o", out, "--json"],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+            )
             walls.append(time.monotonic() - t0)
             if r.returncode != 0:
                 print(r.stdout[-2000:], r.stderr[-2000:], file=sys.stderr)
                 return 2
             stages.append(BuildReport.from_dict(json.loads(r.stdout), "kgenv build --json").stages)
     median = statistics.median(walls)
-    result = {"env": env, "fix": args.fix.name, "runs": args.runs, "median_s": round(median, 2),
-              "max_s": round(max(walls), 2), "bar_s": BAR_SECONDS, "ok": median <= BAR_SECONDS,
-              "stages_median_s": {k: round(statistics.median(s[k] for s in stages), 2) for k in stages[0]}}
+    result = {
+        "env": env,
+        "fix": args.fix.name,
+        "runs": args.runs,
+        "median_s": round(median, 2),
+        "max_s": round(max(walls), 2),
+        "bar_s": BAR_SECONDS,
+        "ok": median <= BAR_SECONDS,
+        "stages_median_s": {k: round(statistics.median(s[k] for s in stages), 2) for k in stages[0]},
+    }
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"kgenv build {args.fix.name} on {env}: median {median:.1f} s over {args.runs} runs "
-              f"(max {max(walls):.1f} s; bar {BAR_SECONDS:.0f} s) — {'ok' if result['ok'] else 'TOO SLOW'}")
+        print(
+            f"kgenv build {args.fix.name} on {env}: median {median:.1f} s over {args.runs} runs "
+            f"(max {max(walls):.1f} s; bar {BAR_SECONDS:.0f} s) — {'ok' if result['ok'] else 'TOO SLOW'}"
+        )
         print("  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in result["stages_median_s"].items()))
     return 0 if result["ok"] else 1
 

@@ -45,9 +45,12 @@ def synthetic_plan(d: Path, jobs: int) -> Path:
 
 def run_cli(plan: Path, out: Path, cache: Path) -> tuple[float, dict]:
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "kgenv", "farm", "run", str(plan), "-o", str(out),
-                        "--cache-dir", str(cache), "--json"], capture_output=True, text=True,
-                       env={**os.environ, "CI": "true"})
+    r = subprocess.run(
+        [sys.executable, "-m", "kgenv", "farm", "run", str(plan), "-o", str(out), "--cache-dir", str(cache), "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CI": "true"},
+    )
     wall = time.monotonic() - t0
     if r.returncode not in (0, 1):
         raise SystemExit(f"kgenv farm run failed ({r.returncode}): {r.stderr[-600:]}")
@@ -77,14 +80,21 @@ def main() -> None:
         farm = doc["farm"]
         if farm["count_cached"] != farm["count_jobs"]:
             raise SystemExit(f"not all cached: {farm['count_cached']}/{farm['count_jobs']}")
-        result = {"jobs": farm["count_jobs"], "runs": a.runs, "median_s": round(statistics.median(times), 3),
-                  "max_s": round(max(times), 3), "bar_s": BAR_SECONDS, "per_job_ms": round(
-                      1000 * statistics.median(times) / farm["count_jobs"], 1)}
+        result = {
+            "jobs": farm["count_jobs"],
+            "runs": a.runs,
+            "median_s": round(statistics.median(times), 3),
+            "max_s": round(max(times), 3),
+            "bar_s": BAR_SECONDS,
+            "per_job_ms": round(1000 * statistics.median(times) / farm["count_jobs"], 1),
+        }
     if a.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"re-run of {result['jobs']} cached jobs: median {result['median_s']} s, max {result['max_s']} s "
-              f"over {a.runs} runs (bar {BAR_SECONDS} s)")
+        print(
+            f"re-run of {result['jobs']} cached jobs: median {result['median_s']} s, max {result['max_s']} s "
+            f"over {a.runs} runs (bar {BAR_SECONDS} s)"
+        )
     sys.exit(0 if result["max_s"] <= BAR_SECONDS else 1)
 
 

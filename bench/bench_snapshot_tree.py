@@ -35,10 +35,14 @@ def main(line: str = "bookworm") -> None:
     m = snapshot_build_dir(build_dir, lambda: rt, f"bench-vendor-{kf.abi}", None, True, Progress())
     took = time.monotonic() - t1
     rt.remove(m.image.id)
-    print(f"kernel {kf.abi} ({kf.version}); build dir {build_dir} "
-          f"({len(kbuildcmd.find(build_dir))} .cmd files; assembled in {assembled:.1f} s, cached after the first run)")
-    print(f"snapshot BUILD_DIR: {took:.1f} s (bar 300 s); image {m.image.size / 1e9:.2f} GB; "
-          f"kbuild_cmds: {m.fingerprint.get('kbuild_cmds')}")
+    print(
+        f"kernel {kf.abi} ({kf.version}); build dir {build_dir} "
+        f"({len(kbuildcmd.find(build_dir))} .cmd files; assembled in {assembled:.1f} s, cached after the first run)"
+    )
+    print(
+        f"snapshot BUILD_DIR: {took:.1f} s (bar 300 s); image {m.image.size / 1e9:.2f} GB; "
+        f"kbuild_cmds: {m.fingerprint.get('kbuild_cmds')}"
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,15 @@ from kgenv.elf.symbols import SymbolIndex
 from kgenv.verify import ObjectFile, open_binary, verify_object
 from kgenv.verify.records import IDENTICAL, NOT_TRACEABLE, WEAK_OVERRIDDEN
 
-SAMPLE = ["fs/proc/cmdline.o", "kernel/sys.o", "fs/namei.o", "lib/string.o", "net/ipv4/tcp.o",
-          "kernel/sched/core.o", "drivers/char/mem.o"]
+SAMPLE = [
+    "fs/proc/cmdline.o",
+    "kernel/sys.o",
+    "fs/namei.o",
+    "lib/string.o",
+    "net/ipv4/tcp.o",
+    "kernel/sched/core.o",
+    "drivers/char/mem.o",
+]
 
 
 def best(fn, runs: int = 3) -> tuple[float, object]:
@@ -30,24 +37,30 @@ def best(fn, runs: int = 3) -> tuple[float, object]:
 
 
 def table(rows: list[tuple[str, list]]) -> str:
-    head = ("| TU | functions | code identical | identical+traceable | not-traceable (code identical) "
-            "| weak-overridden | differs | missing | ambiguous | reloc targets checked |")
+    head = (
+        "| TU | functions | code identical | identical+traceable | not-traceable (code identical) "
+        "| weak-overridden | differs | missing | ambiguous | reloc targets checked |"
+    )
     lines = [head, "|" + "---|" * 10]
     for tu, verdicts in rows:
         count = lambda v, vs=verdicts: sum(1 for x in vs if x.verdict == v)  # noqa: E731
         nt = [x for x in verdicts if x.verdict == NOT_TRACEABLE]
-        lines.append(f"| {tu} | {len(verdicts)} | {sum(x.code_identical for x in verdicts)} "
-                     f"| {count(IDENTICAL)} | {len(nt)} ({sum(x.code_identical for x in nt)}) "
-                     f"| {count(WEAK_OVERRIDDEN)} | {count('differs')} | {count('missing')} "
-                     f"| {count('ambiguous')} | {sum(x.relocs_checked for x in verdicts)} |")
+        lines.append(
+            f"| {tu} | {len(verdicts)} | {sum(x.code_identical for x in verdicts)} "
+            f"| {count(IDENTICAL)} | {len(nt)} ({sum(x.code_identical for x in nt)}) "
+            f"| {count(WEAK_OVERRIDDEN)} | {count('differs')} | {count('missing')} "
+            f"| {count('ambiguous')} | {sum(x.relocs_checked for x in verdicts)} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
     vmlinux = argv[0]
     t_index, index = best(lambda: SymbolIndex.open(vmlinux))
-    print(f"index {vmlinux}: {len(index.symbols)} symbols, {len(index.functions)} function names, "
-          f"{t_index:.3f} s (bar 1 s)")
+    print(
+        f"index {vmlinux}: {len(index.symbols)} symbols, {len(index.functions)} function names, "
+        f"{t_index:.3f} s (bar 1 s)"
+    )
     if len(argv) < 2:
         return
     tree = Path(argv[1])

@@ -22,9 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def farm(plan: Path, out: Path, store: Path, *extra: str) -> tuple[float, dict]:
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "kgenv", "farm", "run", str(plan), "-o", str(out),
-                        "--cache-dir", str(store), *extra], env={**os.environ, "CI": "true"},
-                       stdout=subprocess.DEVNULL, stderr=sys.stderr)
+    r = subprocess.run(
+        [sys.executable, "-m", "kgenv", "farm", "run", str(plan), "-o", str(out), "--cache-dir", str(store), *extra],
+        env={**os.environ, "CI": "true"},
+        stdout=subprocess.DEVNULL,
+        stderr=sys.stderr,
+    )
     wall = time.monotonic() - t0
     doc = json.loads((out / "matrix.json").read_text())
     if doc["farm"]["exit_code"] != r.returncode:
@@ -63,7 +66,9 @@ def main() -> None:
         cluster.stop()
     local, bb = runs["local"][1], runs["buildbot"][1]
     result = {
-        "kernels": len(local["kernels"]), "fixes": len(local["fixes"]), "jobs": local["farm"]["count_jobs"],
+        "kernels": len(local["kernels"]),
+        "fixes": len(local["fixes"]),
+        "jobs": local["farm"]["count_jobs"],
         "same_matrix": cells(local) == cells(bb),
         "workers": sorted({j["worker"] for j in bb["jobs"]}),
         **{f"{name}_s": round(wall, 1) for name, (wall, _) in runs.items()},
@@ -72,8 +77,9 @@ def main() -> None:
         "outcomes": {o: sum(v == o for v in cells(local).values()) for o in sorted(set(cells(local).values()))},
     }
     print(json.dumps(result, indent=1) if a.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
-    ok = result["same_matrix"] and all(runs[n][1]["farm"]["count_cached"] == result["jobs"]
-                                       for n in ("local-again", "buildbot-again"))
+    ok = result["same_matrix"] and all(
+        runs[n][1]["farm"]["count_cached"] == result["jobs"] for n in ("local-again", "buildbot-again")
+    )
     sys.exit(0 if ok else 1)
 
 

@@ -79,8 +79,10 @@ class Manifest:
         """The record of shipped file `role`; one-line UserError when the snapshot recorded none."""
         ref = self.files.get(role)
         if ref is None:
-            raise UserError(f"env {self.name}: its manifest records no [files.{role}] "
-                            f"({_ROLE_NOTES.get(role, 'the snapshot did not find that file')})")
+            raise UserError(
+                f"env {self.name}: its manifest records no [files.{role}] "
+                f"({_ROLE_NOTES.get(role, 'the snapshot did not find that file')})"
+            )
         return ref
 
     def file(self, role: str) -> Path:
@@ -88,8 +90,9 @@ class Manifest:
         cache lost it (callers that can fetch it again use file_ref)."""
         path = self.file_ref(role).resolve()
         if not path.exists():
-            raise UserError(f"{path}: env {self.name}'s files.{role} is not in the cache; "
-                            f"run `kgenv envs restore {self.name}`")
+            raise UserError(
+                f"{path}: env {self.name}'s files.{role} is not in the cache; run `kgenv envs restore {self.name}`"
+            )
         return path
 
     def to_toml(self) -> str:
@@ -159,13 +162,16 @@ def parse(text: str, where: str) -> Manifest:
         if ref.path.startswith("/") or ".." in Path(ref.path).parts:
             raise UserError(f"{where}: files.{role}.path {ref.path!r} escapes the cache")
     return Manifest(
-        name=data["name"], kernel=_record(Kernel, data.get("kernel"), f"{where}: [kernel]"),
+        name=data["name"],
+        kernel=_record(Kernel, data.get("kernel"), f"{where}: [kernel]"),
         fingerprint=_strings(data.get("fingerprint"), f"{where}: [fingerprint]"),
         make=_strings(data.get("make"), f"{where}: [make]"),
         toolchain=_strings(data.get("toolchain"), f"{where}: [toolchain]"),
         image=_record(Image, data.get("image"), f"{where}: [image]"),
         packages=_strings(data.get("packages"), f"{where}: [packages]"),
-        files=refs, kgenv_version=str(data.get("kgenv_version", "")))
+        files=refs,
+        kgenv_version=str(data.get("kgenv_version", "")),
+    )
 
 
 def load(name_or_path: str) -> Manifest:

@@ -9,8 +9,15 @@ import tempfile
 import zlib
 from pathlib import Path
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def chromium() -> str:
@@ -25,9 +32,19 @@ def chromium() -> str:
 def screenshot(page: Path, png: Path, size: tuple[int, int] = (1200, 900), timeout: int = 120) -> Path:
     """Headless Chromium's screenshot of file://page, written to png."""
     with tempfile.TemporaryDirectory(prefix="kgenv-chromium.") as profile:
-        r = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}",
-                            f"--window-size={size[0]},{size[1]}", page.resolve().as_uri()],
-                           capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [
+                chromium(),
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                f"--screenshot={png}",
+                f"--window-size={size[0]},{size[1]}",
+                page.resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if r.returncode or not png.exists():
         raise AssertionError(f"chromium could not render {page}: {r.stderr[-800:]}")
     return png
@@ -39,8 +56,8 @@ def png_pixels(png: Path) -> tuple[int, int, list[tuple[int, ...]]]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{png}: not a PNG"
     pos, idat, head = 8, b"", None
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             head = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":
@@ -53,11 +70,11 @@ def png_pixels(png: Path) -> tuple[int, int, list[tuple[int, ...]]]:
     stride = width * bpp
     rows, prev = [], bytearray(stride)
     for y in range(height):
-        ftype, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        ftype, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         _unfilter(ftype, line, prev, bpp)
         rows.append(line)
         prev = line
-    pixels = [tuple(row[x:x + bpp]) for row in rows for x in range(0, stride, bpp)]
+    pixels = [tuple(row[x : x + bpp]) for row in rows for x in range(0, stride, bpp)]
     return width, height, pixels
 
 

@@ -41,8 +41,9 @@ def tool(name: str) -> str:
 
 
 def _run(*argv, env=None, timeout=120) -> str:
-    r = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, **(env or {})})
+    r = subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if r.returncode:
         raise RuntimeError(f"{' '.join(map(str, argv))}: exit {r.returncode}: {r.stdout[-800:]}{r.stderr[-800:]}")
     return r.stdout
@@ -51,7 +52,7 @@ def _run(*argv, env=None, timeout=120) -> str:
 @dataclass
 class Cluster:
     root: Path
-    workers: dict[str, dict]            # worker name -> extra environment (e.g. its own KGENV_ENVS)
+    workers: dict[str, dict]  # worker name -> extra environment (e.g. its own KGENV_ENVS)
     build_command: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -67,12 +68,25 @@ class Cluster:
     def envs_store(self) -> Path:
         return self.master / "kgenv-store" / "envs"
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         self.ports = {"www": free_port(), "pb": free_port(), "artifacts": free_port()}
         kgenv = [sys.executable, "-m", "kgenv"]
-        args = ["farm", "buildbot-config", "-o", self.master, "--www-port", self.ports["www"],
-                "--pb-port", self.ports["pb"], "--artifacts-port", self.ports["artifacts"],
-                "--kgenv-command", " ".join(kgenv), "--cores", "1"]
+        args = [
+            "farm",
+            "buildbot-config",
+            "-o",
+            self.master,
+            "--www-port",
+            self.ports["www"],
+            "--pb-port",
+            self.ports["pb"],
+            "--artifacts-port",
+            self.ports["artifacts"],
+            "--kgenv-command",
+            " ".join(kgenv),
+            "--cores",
+            "1",
+        ]
         for w in self.workers:
             args += ["--worker", w]
         if self.build_command:
@@ -83,8 +97,15 @@ class Cluster:
         passwords = json.loads((self.master / "kgenv-farm.json").read_text())["workers"]
         for w, env in self.workers.items():
             wdir = self.root / w
-            _run(tool("buildbot-worker"), "create-worker", "--umask=0o022", wdir, f"127.0.0.1:{self.ports['pb']}",
-                 w, passwords[w])
+            _run(
+                tool("buildbot-worker"),
+                "create-worker",
+                "--umask=0o022",
+                wdir,
+                f"127.0.0.1:{self.ports['pb']}",
+                w,
+                passwords[w],
+            )
             _run(tool("buildbot-worker"), "start", wdir, env=env)
         self.wait_attached()
         return self

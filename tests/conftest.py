@@ -51,8 +51,9 @@ def env(debian_kernel, envs_dir, docker_rt):
         m = manifest.load(name)
         if docker_rt.image_id(m.image.id):
             return m
-    return snapshot_debian(f"{debian_kernel.packages.line}:{debian_kernel.abi}", docker_rt, name,
-                           force=True, progress=Progress())
+    return snapshot_debian(
+        f"{debian_kernel.packages.line}:{debian_kernel.abi}", docker_rt, name, force=True, progress=Progress()
+    )
 
 
 @pytest.fixture(scope="session")
@@ -63,8 +64,18 @@ def livepatch_sample_src(debian_kernel, tmp_path_factory):
     d = tmp_path_factory.mktemp("livepatch-sample")
     tarball = debian_kernel.source_tarball
     series = tarball.name.removesuffix(".tar.xz")
-    subprocess.run(["tar", "-xf", str(tarball), "-C", str(d), "--strip-components=3",
-                    f"{series}/samples/livepatch/livepatch-sample.c"], check=True)
+    subprocess.run(
+        [
+            "tar",
+            "-xf",
+            str(tarball),
+            "-C",
+            str(d),
+            "--strip-components=3",
+            f"{series}/samples/livepatch/livepatch-sample.c",
+        ],
+        check=True,
+    )
     (d / "Kbuild").write_text("obj-m += livepatch-sample.o\n")
     return d
 

@@ -19,7 +19,7 @@ class Images:
     def __init__(self, ids: list[str]) -> None:
         self.ids = set(ids)
 
-    def image_id(self, ref: str) -> str | None:     # Runtime.image_id
+    def image_id(self, ref: str) -> str | None:  # Runtime.image_id
         return ref if ref in self.ids else None
 
 

@@ -45,8 +45,9 @@ def main() -> int:
 def _record(event: str, a) -> None:
     if os.environ.get("TINYJOB_RUNS"):
         with open(os.environ["TINYJOB_RUNS"], "a") as f:
-            f.write(json.dumps({"event": event, "env": a.env, "name": a.name, "t": time.time(),
-                                "pid": os.getpid()}) + "\n")
+            f.write(
+                json.dumps({"event": event, "env": a.env, "name": a.name, "t": time.time(), "pid": os.getpid()}) + "\n"
+            )
 
 
 def _build(a) -> int:
@@ -62,13 +63,27 @@ def _build(a) -> int:
     r = subprocess.run(["cc", "-x", "c", "-c", str(a.diff), "-o", str(ko)], capture_output=True, text=True)
     print(r.stdout + r.stderr, end="")
     stages = {"compile": round(time.monotonic() - t0, 3)}
-    outcome, code, reason = ("built", 0, "") if r.returncode == 0 else \
-        ("refused", 1, next((ln for ln in r.stderr.splitlines() if "error" in ln), "does not compile"))
-    result = ResultInfo(outcome, code, reason, str(ko) if code == 0 else "",
-                        hashlib.sha256(ko.read_bytes()).hexdigest() if code == 0 else "", ())
-    report = BuildReport(kgenv=ToolInfo("tinyjob", " ".join(sys.argv)), env=EnvInfo(a.env, a.image, "", "", ""),
-                         fix=FixInfo(a.name, str(a.diff), hashlib.sha256(a.diff.read_bytes()).hexdigest(), (), ()),
-                         result=result, functions=(), stages=stages)
+    outcome, code, reason = (
+        ("built", 0, "")
+        if r.returncode == 0
+        else ("refused", 1, next((ln for ln in r.stderr.splitlines() if "error" in ln), "does not compile"))
+    )
+    result = ResultInfo(
+        outcome,
+        code,
+        reason,
+        str(ko) if code == 0 else "",
+        hashlib.sha256(ko.read_bytes()).hexdigest() if code == 0 else "",
+        (),
+    )
+    report = BuildReport(
+        kgenv=ToolInfo("tinyjob", " ".join(sys.argv)),
+        env=EnvInfo(a.env, a.image, "", "", ""),
+        fix=FixInfo(a.name, str(a.diff), hashlib.sha256(a.diff.read_bytes()).hexdigest(), (), ()),
+        result=result,
+        functions=(),
+        stages=stages,
+    )
     if code == 0:
         (a.out / f"{a.name}.c").write_text(src)
         (a.out / "Kbuild").write_text(f"obj-m += livepatch-{a.name}.o\n")

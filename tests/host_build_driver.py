@@ -20,14 +20,43 @@ def main() -> None:
     m = manifest.load(env)
     differences = fingerprint_differences(m)
     before = tree_index(Path(m.kernel.srctree))
-    r = subprocess.run([sys.executable, "-m", "kgenv", "build", diff, "--env", env, "-o", outdir,
-                        "--name", name, "--runtime", "host", "--json"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kgenv",
+            "build",
+            diff,
+            "--env",
+            env,
+            "-o",
+            outdir,
+            "--name",
+            name,
+            "--runtime",
+            "host",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     after = tree_index(Path(m.kernel.srctree))
-    result = json.loads(r.stdout)["result"] if r.stdout.strip().startswith("{") else \
-        {"outcome": "no report", "reason": r.stderr[-2000:]}
-    print(json.dumps({"differences": differences, "exit_code": r.returncode,
-                      "outcome": result["outcome"], "reason": result["reason"],
-                      "tree_unchanged": before == after}))
+    result = (
+        json.loads(r.stdout)["result"]
+        if r.stdout.strip().startswith("{")
+        else {"outcome": "no report", "reason": r.stderr[-2000:]}
+    )
+    print(
+        json.dumps(
+            {
+                "differences": differences,
+                "exit_code": r.returncode,
+                "outcome": result["outcome"],
+                "reason": result["reason"],
+                "tree_unchanged": before == after,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

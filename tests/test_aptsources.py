@@ -14,12 +14,18 @@ def _apt(tmp_path, files):
 def test_deb822_and_security(tmp_path, monkeypatch):
     monkeypatch.delenv("KGENV_MIRROR", raising=False)
     monkeypatch.delenv("KGENV_SECURITY_MIRROR", raising=False)
-    apt = _apt(tmp_path, {"sources.list.d/debian.sources": (
-        "Types: deb\nURIs: file:///srv/mirror/debian\nSuites: bookworm bookworm-updates\n"
-        "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
-        "Types: deb\nURIs: file:///srv/sec/debian-security/\nSuites: bookworm-security\n"
-        "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"),
-        "sources.list.d/other.sources": "Types: deb\nURIs: file:///srv/vendor/apt\nSuites: x\n"})
+    apt = _apt(
+        tmp_path,
+        {
+            "sources.list.d/debian.sources": (
+                "Types: deb\nURIs: file:///srv/mirror/debian\nSuites: bookworm bookworm-updates\n"
+                "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+                "Types: deb\nURIs: file:///srv/sec/debian-security/\nSuites: bookworm-security\n"
+                "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+            ),
+            "sources.list.d/other.sources": "Types: deb\nURIs: file:///srv/vendor/apt\nSuites: x\n",
+        },
+    )
     assert aptsources.mirrors(apt) == ("file:///srv/mirror/debian", "file:///srv/sec/debian-security")
 
 

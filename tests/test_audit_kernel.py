@@ -20,8 +20,13 @@ N = 20
 
 
 def kgenv(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "kgenv", "audit", *args], capture_output=True, text=True,
-                          env=env or dict(os.environ), timeout=1800)
+    return subprocess.run(
+        [sys.executable, "-m", "kgenv", "audit", *args],
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ),
+        timeout=1800,
+    )
 
 
 def audited(env, tmp_path_factory, name, *args) -> tuple[dict, subprocess.CompletedProcess]:
@@ -54,8 +59,9 @@ def test_own_image_reproduces_a_sample_of_20(own):
     assert s["tus"] == N and s["tus_identical"] == N and s["tus_build_failed"] == 0
     assert s["percent_identical"] == 100.0 and s["differing"] == 0 and s["unmatched"] == 0
     assert s["functions"] >= 100  # evidence, not an empty sample
-    assert report["fingerprint"] and all(f["same"] for f in report["fingerprint"]), \
-        [f for f in report["fingerprint"] if not f["same"]]
+    assert report["fingerprint"] and all(f["same"] for f in report["fingerprint"]), [
+        f for f in report["fingerprint"] if not f["same"]
+    ]
     assert report["sample"]["mode"] == "sample" and report["sample"]["population"] > 1500
     assert report["timings"]["compile_s"] > 0 and ": reproduces, " in r.stderr
 
@@ -150,8 +156,19 @@ def test_host_toolchain_in_a_private_copy_of_the_tree(env, tmp_path):
     """This machine's compiler (CI runs on bookworm: the same gcc-12 build) on an unpacked copy of the tree."""
     host_cc = subprocess.run([env.make["CC"], "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     out = tmp_path / "host.json"
-    r = kgenv("--env", env.name, "--toolchain", "host", "--tu", "fs/proc/cmdline.o", "--tu", "lib/lockref.o",
-              "--json", "-o", str(out))
+    r = kgenv(
+        "--env",
+        env.name,
+        "--toolchain",
+        "host",
+        "--tu",
+        "fs/proc/cmdline.o",
+        "--tu",
+        "lib/lockref.o",
+        "--json",
+        "-o",
+        str(out),
+    )
     report = json.loads(out.read_text())
     assert report["candidate"]["kind"] == "host" and report["candidate"]["image"] == ""
     cc = {f["item"]: f for f in report["fingerprint"]}["compiler.package-release"]

@@ -7,13 +7,21 @@ import junitparser
 import pytest
 
 from kgenv import manifest
-from kgenv.audit import probe, sample
+from kgenv.audit import present, probe, sample
 from kgenv.audit.rebuild import error_for
 from kgenv.audit.records import (
-    MISMATCH, REPRODUCES, TU_BUILD_FAILED, TU_DIFFERS, TU_IDENTICAL, AuditReport, Candidate, DisasmRow, Finding,
-    FunctionDiff, TuResult,
+    MISMATCH,
+    REPRODUCES,
+    TU_BUILD_FAILED,
+    TU_DIFFERS,
+    TU_IDENTICAL,
+    AuditReport,
+    Candidate,
+    DisasmRow,
+    Finding,
+    FunctionDiff,
+    TuResult,
 )
-from kgenv.audit import present
 from kgenv.errors import UserError
 from kgenv.report import html as H
 from kgenv.report.junit import Case, Suite, to_xml
@@ -27,9 +35,19 @@ def m():
 
 
 def _probe_output(cc: str, comment: str = "GCC: (Debian 12.2.0-14+deb12u1) 12.2.0", drift: str = "") -> str:
-    return "\n".join([f"CC={cc}", "LD=GNU ld (GNU Binutils for Debian) 2.40", "PAHOLE=v1.24",
-                      "PKG_binutils=2.40-2", "PKG_dwarves=1.24-4.1", f"COMMENT={comment}", "TREE=ok",
-                      "OLDDEFCONFIG=ok", drift])
+    return "\n".join(
+        [
+            f"CC={cc}",
+            "LD=GNU ld (GNU Binutils for Debian) 2.40",
+            "PAHOLE=v1.24",
+            "PKG_binutils=2.40-2",
+            "PKG_dwarves=1.24-4.1",
+            f"COMMENT={comment}",
+            "TREE=ok",
+            "OLDDEFCONFIG=ok",
+            drift,
+        ]
+    )
 
 
 def _by_item(findings):
@@ -39,13 +57,15 @@ def _by_item(findings):
 def test_same_toolchain_has_no_differences(m):
     found = probe.findings(m, Candidate("env", "env", cc="gcc-12"), _probe_output(m.fingerprint["cc_version_text"]))
     assert all(f.same for f in found), [f for f in found if not f.same]
-    assert {"compiler.version", "compiler.package-release", "binutils.version", "pahole.version",
-            "config"} <= set(_by_item(found))
+    assert {"compiler.version", "compiler.package-release", "binutils.version", "pahole.version", "config"} <= set(
+        _by_item(found)
+    )
 
 
 def test_package_release_is_named_as_such(m):
-    found = _by_item(probe.findings(m, Candidate("image", "x", cc="gcc-12"),
-                                    _probe_output("gcc-12 (Debian 12.2.0-14) 12.2.0")))
+    found = _by_item(
+        probe.findings(m, Candidate("image", "x", cc="gcc-12"), _probe_output("gcc-12 (Debian 12.2.0-14) 12.2.0"))
+    )
     assert found["compiler.version"].same
     rel = found["compiler.package-release"]
     assert not rel.same and rel.kind == "package-release"
@@ -62,10 +82,16 @@ def test_gnu_and_gcc_spellings_are_not_a_difference():
 
 
 def test_config_drift_parsed_from_olddefconfig_diff(m):
-    drift = "\n".join(['DRIFT< CONFIG_CC_VERSION_TEXT="gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0"',
-                       'DRIFT> CONFIG_CC_VERSION_TEXT="gcc-11 (Debian 11.3.0-12) 11.3.0"',
-                       "DRIFT< CONFIG_GCC_VERSION=120200", "DRIFT> CONFIG_GCC_VERSION=110300",
-                       "DRIFT< CONFIG_INIT_STACK_ALL_ZERO=y", "DRIFT> # CONFIG_INIT_STACK_NONE is not set"])
+    drift = "\n".join(
+        [
+            'DRIFT< CONFIG_CC_VERSION_TEXT="gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0"',
+            'DRIFT> CONFIG_CC_VERSION_TEXT="gcc-11 (Debian 11.3.0-12) 11.3.0"',
+            "DRIFT< CONFIG_GCC_VERSION=120200",
+            "DRIFT> CONFIG_GCC_VERSION=110300",
+            "DRIFT< CONFIG_INIT_STACK_ALL_ZERO=y",
+            "DRIFT> # CONFIG_INIT_STACK_NONE is not set",
+        ]
+    )
     cand = Candidate("derived", "gcc-11", cc="gcc-11", make={"CC": "gcc-11"})
     found = _by_item(probe.findings(m, cand, _probe_output("gcc-11 (Debian 11.3.0-12) 11.3.0", drift=drift)))
     assert found["config.GCC_VERSION"].expected == "120200" and found["config.GCC_VERSION"].candidate == "110300"
@@ -105,26 +131,60 @@ def test_sample_is_seeded_and_sorted():
 
 
 def test_error_attribution():
-    log = "\n".join(["  CC      fs/pipe.o", "fs/pipe.c:12:3: error: 'x' undeclared",
-                     "make[3]: *** [scripts/Makefile.build:250: fs/pipe.o] Error 1",
-                     "make: Target 'lib/x.o' not remade because of errors."])
+    log = "\n".join(
+        [
+            "  CC      fs/pipe.o",
+            "fs/pipe.c:12:3: error: 'x' undeclared",
+            "make[3]: *** [scripts/Makefile.build:250: fs/pipe.o] Error 1",
+            "make: Target 'lib/x.o' not remade because of errors.",
+        ]
+    )
     assert "undeclared" in error_for("fs/pipe.o", log)
     assert "lib/x.o" not in error_for("lib/x.o", log)  # falls back to the build's first errors
     assert "undeclared" in error_for("lib/x.o", log)
 
 
 def report(diff: bool = True, drift: tuple = ()) -> AuditReport:
-    tus = (TuResult("fs/a.o", TU_IDENTICAL, 3, 3),
-           TuResult("fs/b.o", TU_DIFFERS if diff else TU_IDENTICAL, 4, 2 if diff else 4, 2 if diff else 0,
-                    first_function="b_fn" if diff else "", first_reason="layout-size" if diff else ""))
-    diffs = (FunctionDiff("b_fn", "fs/b.o", "differs", "layout-size", 120, 6, "mov eax, 1 <&>", "mov rbp, rsp"),
-             FunctionDiff("b_gn", "fs/b.o", "differs", "register-allocation", 40, 2, "mov ecx, edx", "mov eax, edx"),
-             ) if diff else ()
-    rows = (DisasmRow("fs/b.o", "b_fn", 0, "push rbp", "push rbp", True),
-            DisasmRow("fs/b.o", "b_fn", 6, "mov eax, 1", "mov rbp, rsp", False)) if diff else ()
+    tus = (
+        TuResult("fs/a.o", TU_IDENTICAL, 3, 3),
+        TuResult(
+            "fs/b.o",
+            TU_DIFFERS if diff else TU_IDENTICAL,
+            4,
+            2 if diff else 4,
+            2 if diff else 0,
+            first_function="b_fn" if diff else "",
+            first_reason="layout-size" if diff else "",
+        ),
+    )
+    diffs = (
+        (
+            FunctionDiff("b_fn", "fs/b.o", "differs", "layout-size", 120, 6, "mov eax, 1 <&>", "mov rbp, rsp"),
+            FunctionDiff("b_gn", "fs/b.o", "differs", "register-allocation", 40, 2, "mov ecx, edx", "mov eax, edx"),
+        )
+        if diff
+        else ()
+    )
+    rows = (
+        (
+            DisasmRow("fs/b.o", "b_fn", 0, "push rbp", "push rbp", True),
+            DisasmRow("fs/b.o", "b_fn", 6, "mov eax, 1", "mov rbp, rsp", False),
+        )
+        if diff
+        else ()
+    )
     findings = (Finding("compiler.version", "12.2.0", "12.2.0", True, "version"), *drift)
-    return AuditReport("env-x", "6.1.0-x", Candidate("derived", "gcc-11 <pkg>", "sha256:ab", "gcc-11", {"CC": "gcc-11"}),
-                       findings, tus, diffs, rows, {"mode": "named", "requested": 2}, {"total_s": 3.0})
+    return AuditReport(
+        "env-x",
+        "6.1.0-x",
+        Candidate("derived", "gcc-11 <pkg>", "sha256:ab", "gcc-11", {"CC": "gcc-11"}),
+        findings,
+        tus,
+        diffs,
+        rows,
+        {"mode": "named", "requested": 2},
+        {"total_s": 3.0},
+    )
 
 
 def test_verdict_and_exit_code():
@@ -150,15 +210,38 @@ def test_json_two_levels_stable_and_round_trips():
     r = report()
     d = json.loads(present.as_json(r))
     assert _depth(d) <= 2
-    assert list(d) == ["env", "release", "verdict", "exit_code", "candidate", "summary", "sample", "timings",
-                       "fingerprint", "tus", "differing", "disassembly"]
+    assert list(d) == [
+        "env",
+        "release",
+        "verdict",
+        "exit_code",
+        "candidate",
+        "summary",
+        "sample",
+        "timings",
+        "fingerprint",
+        "tus",
+        "differing",
+        "disassembly",
+    ]
     assert d["summary"]["percent_identical"] == round(100 * 5 / 7, 2)
     assert AuditReport.from_dict(d).to_dict() == d
 
 
 def test_junit_writer_escapes_and_parses(tmp_path):
-    xml = to_xml([Suite("s <1>", (Case("a&b", "c\"d", 1.25, failure="bad \x01 <x>", details="]]> & <y>"),
-                                  Case("ok", "c"), Case("err", "c", error="E"), Case("sk", "c", skipped="later")))])
+    xml = to_xml(
+        [
+            Suite(
+                "s <1>",
+                (
+                    Case("a&b", 'c"d', 1.25, failure="bad \x01 <x>", details="]]> & <y>"),
+                    Case("ok", "c"),
+                    Case("err", "c", error="E"),
+                    Case("sk", "c", skipped="later"),
+                ),
+            )
+        ]
+    )
     path = tmp_path / "j.xml"
     path.write_text(xml)
     suites = list(junitparser.JUnitXml.fromfile(str(path)))
@@ -197,9 +280,11 @@ def test_text_table_names_verdict_and_functions():
 
 
 def test_fleet_outputs():
-    rows = [present.FleetRow("env-x", "6.1.0-x", report(diff=False)),
-            present.FleetRow("env-y", "6.1.0-y", report(diff=True)),
-            present.FleetRow("env-z", "6.1.0-z", error="image missing")]
+    rows = [
+        present.FleetRow("env-x", "6.1.0-x", report(diff=False)),
+        present.FleetRow("env-y", "6.1.0-y", report(diff=True)),
+        present.FleetRow("env-z", "6.1.0-z", error="image missing"),
+    ]
     assert present.fleet_exit(rows) == 2 and present.fleet_exit(rows[:2]) == 1 and present.fleet_exit(rows[:1]) == 0
     d = json.loads(present.fleet_json({"kind": "derived", "label": "gcc-11"}, rows))
     by_env = {e["env"]: e for e in d["envs"]}

@@ -14,7 +14,7 @@ def _archive() -> Archive:
     a.add_symlink("bin/sh", "busybox")
     a.add_file("/kgenv/env", b"NAME=x\n")
     a.add_file("kgenv/empty", b"")
-    a.add_file("kgenv/odd", b"abc")   # not a multiple of 4: needs padding
+    a.add_file("kgenv/odd", b"abc")  # not a multiple of 4: needs padding
     a.add_dir("proc")
     a.add_char_device("dev/console", 5, 1)
     return a
@@ -45,11 +45,22 @@ def test_bad_paths_refused(bad):
 
 def test_cpio_lists_every_member(tmp_path):
     path = _archive().write(tmp_path / "i.cpio")
-    out = subprocess.run(["cpio", "-t", "-v", "-F", str(path)], capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    out = subprocess.run(
+        ["cpio", "-t", "-v", "-F", str(path)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     names = [line.split()[-1] if "->" not in line else line.split()[-3] for line in out]
-    assert names == ["bin", "bin/busybox", "bin/sh", "kgenv", "kgenv/env", "kgenv/empty",
-                     "kgenv/odd", "proc", "dev", "dev/console"]
+    assert names == [
+        "bin",
+        "bin/busybox",
+        "bin/sh",
+        "kgenv",
+        "kgenv/env",
+        "kgenv/empty",
+        "kgenv/odd",
+        "proc",
+        "dev",
+        "dev/console",
+    ]
     console = next(line for line in out if line.endswith("dev/console"))
     assert console.startswith("crw-------") and "5," in console
 
@@ -60,8 +71,11 @@ def test_cpio_extracts_contents_modes_and_links(tmp_path):
     dest = tmp_path / "x"
     dest.mkdir()
     # Device nodes need root to create; the listing test covers them.
-    subprocess.run(["cpio", "-i", "-d", "--no-absolute-filenames", "-F", str(path),
-                    "--quiet", "bin/*", "kgenv/*", "proc"], cwd=dest, check=True)
+    subprocess.run(
+        ["cpio", "-i", "-d", "--no-absolute-filenames", "-F", str(path), "--quiet", "bin/*", "kgenv/*", "proc"],
+        cwd=dest,
+        check=True,
+    )
     assert (dest / "bin/busybox").read_bytes() == b"\x7fELF" + bytes(range(256)) * 3
     assert stat.S_IMODE((dest / "bin/busybox").stat().st_mode) == 0o755
     assert (dest / "bin/sh").is_symlink() and str((dest / "bin/sh").readlink()) == "busybox"

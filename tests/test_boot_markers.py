@@ -70,7 +70,7 @@ def test_prefix_not_at_line_start_still_found():
 
 def test_truncated_marker_and_dmesg_are_not_guessed():
     log = full_pass()
-    cut = log[: log.index("KGENV:result") + 20]   # mid-marker
+    cut = log[: log.index("KGENV:result") + 20]  # mid-marker
     t = markers.parse(cut)
     assert t.result is None
     assert t.phases[-1].get("name") == "unload"
@@ -79,10 +79,15 @@ def test_truncated_marker_and_dmesg_are_not_guessed():
 
 
 def test_panic_block_found():
-    log = phase("init", "ok", 2.0) + phase("load", "ok", 2.1) + (
-        "[    2.2] BUG: kernel NULL pointer dereference, address: 0000000000000000\r\n"
-        "[    2.2] RIP: 0010:cmdline_proc_show+0x5/0x20\r\n"
-        "[    2.3] Kernel panic - not syncing: Fatal exception\r\n")
+    log = (
+        phase("init", "ok", 2.0)
+        + phase("load", "ok", 2.1)
+        + (
+            "[    2.2] BUG: kernel NULL pointer dereference, address: 0000000000000000\r\n"
+            "[    2.2] RIP: 0010:cmdline_proc_show+0x5/0x20\r\n"
+            "[    2.3] Kernel panic - not syncing: Fatal exception\r\n"
+        )
+    )
     t = markers.parse(log)
     assert t.panic[0].endswith("BUG: kernel NULL pointer dereference, address: 0000000000000000")
     assert len(t.panic) == 3
@@ -92,8 +97,8 @@ def test_stream_yields_markers_as_lines_complete():
     s = markers.Stream()
     data = full_pass().encode()
     got = []
-    for i in range(0, len(data), 7):   # awkward chunk size
-        got += s.feed(data[i:i + 7])
+    for i in range(0, len(data), 7):  # awkward chunk size
+        got += s.feed(data[i : i + 7])
     assert [m.kind for m in got][:2] == ["info", "phase"]
     assert sum(m.kind == "result" for m in got) == 1
 
@@ -105,9 +110,9 @@ def test_undecodable_bytes_tolerated():
 
 # --- verdicts ---------------------------------------------------------------------------
 
+
 def verdict(log: str, **kw) -> Boot:
-    return decide(markers.parse(log), run(**kw), timeout=60, module="lp", kernel="vmlinuz",
-                  seen={"init": 5.5})
+    return decide(markers.parse(log), run(**kw), timeout=60, module="lp", kernel="vmlinuz", seen={"init": 5.5})
 
 
 def test_pass_record_has_stable_keys_and_timings():
@@ -120,17 +125,22 @@ def test_pass_record_has_stable_keys_and_timings():
     assert d["timings"]["enable"] == pytest.approx(0.1)
     assert d["sympos"] == {"vmlinux:cmdline_proc_show:0": "ok"}
     assert json.loads(json.dumps(d)) == d
-    assert all(not isinstance(v, dict) for sub in d.values() if isinstance(sub, dict)
-               for v in sub.values())   # two levels deep, no more
+    assert all(
+        not isinstance(v, dict) for sub in d.values() if isinstance(sub, dict) for v in sub.values()
+    )  # two levels deep, no more
 
 
 def test_load_failure_names_the_kernel_reason():
-    log = (phase("init", "ok", 2.0) + phase("precheck", "ok", 2.1)
-           + phase("load", "fail", 2.2, "insmod: can't insert '/kgenv/module.ko': unknown symbol in module")
-           + mk("result status=fail phase=load t=2.3") + mk("dmesg begin")
-           + "[    0.0] Command line: console=ttyS0 panic=-1 oops=panic\r\n"
-           + "[    2.2] lp: Unknown symbol foo_bar (err -2)\r\n[    2.2] random: crng init done\r\n"
-           + mk("dmesg end"))
+    log = (
+        phase("init", "ok", 2.0)
+        + phase("precheck", "ok", 2.1)
+        + phase("load", "fail", 2.2, "insmod: can't insert '/kgenv/module.ko': unknown symbol in module")
+        + mk("result status=fail phase=load t=2.3")
+        + mk("dmesg begin")
+        + "[    0.0] Command line: console=ttyS0 panic=-1 oops=panic\r\n"
+        + "[    2.2] lp: Unknown symbol foo_bar (err -2)\r\n[    2.2] random: crng init done\r\n"
+        + mk("dmesg end")
+    )
     b = verdict(log)
     assert b.result == "fail"
     assert b.reason.startswith("load: the module did not load: insmod: can't insert")
@@ -140,19 +150,28 @@ def test_load_failure_names_the_kernel_reason():
 
 
 def test_stuck_transition_lists_tasks_and_stacks():
-    log = (phase("init", "ok", 2.0) + phase("load", "ok", 2.1) + mk("stuck pid=42 comm=kworker/0:1 state=0")
-           + "stack> [<0>] lp_busy+0x10/0x20\r\n"
-           + phase("enable", "fail", 17.1, "transition to patched still running after 15s")
-           + mk("result status=fail phase=enable t=17.2"))
+    log = (
+        phase("init", "ok", 2.0)
+        + phase("load", "ok", 2.1)
+        + mk("stuck pid=42 comm=kworker/0:1 state=0")
+        + "stack> [<0>] lp_busy+0x10/0x20\r\n"
+        + phase("enable", "fail", 17.1, "transition to patched still running after 15s")
+        + mk("result status=fail phase=enable t=17.2")
+    )
     b = verdict(log)
     assert b.reason.startswith("enable: the transition to the patched state did not complete")
     assert b.kernel_log[:2] == ("stuck: kworker/0:1 (pid 42)", "stack> [<0>] lp_busy+0x10/0x20")
 
 
 def test_panic_without_result():
-    log = phase("init", "ok", 2.0) + phase("load", "ok", 2.1) + (
-        "[    2.2] BUG: unable to handle page fault for address: ffff\r\n"
-        "[    2.3] Kernel panic - not syncing: Fatal exception\r\n")
+    log = (
+        phase("init", "ok", 2.0)
+        + phase("load", "ok", 2.1)
+        + (
+            "[    2.2] BUG: unable to handle page fault for address: ffff\r\n"
+            "[    2.3] Kernel panic - not syncing: Fatal exception\r\n"
+        )
+    )
     b = verdict(log, code=0)
     assert b.reason.startswith("kernel panic during phase enable: [    2.2] BUG: unable to handle")
     assert b.kernel_log[0].endswith("BUG: unable to handle page fault for address: ffff")
@@ -175,6 +194,10 @@ def test_record_rejects_unknown_result():
 
 
 def test_truncated_marker_does_not_swallow_the_next():
-    log = "\r\nKGENV:phase name=lo\r\n" + phase("enable", "ok", 2.4) + "KGENV:phase name=x KGENV:phase name=check status=ok t=3 :KGENV\n"
+    log = (
+        "\r\nKGENV:phase name=lo\r\n"
+        + phase("enable", "ok", 2.4)
+        + "KGENV:phase name=x KGENV:phase name=check status=ok t=3 :KGENV\n"
+    )
     t = markers.parse(log)
     assert [m.get("name") for m in t.phases] == ["enable", "check"]

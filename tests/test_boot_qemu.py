@@ -33,9 +33,8 @@ def _fake(tmp_path: Path) -> Path:
 def test_timeout_kills_qemu_and_its_children(tmp_path):
     log = tmp_path / "serial.log"
     chunks = []
-    r = qemu.run([str(_fake(tmp_path)), "-serial", f"file:{log}"], log, timeout=1.5,
-                 on_output=chunks.append)
-    assert r.timed_out and r.returncode is None   # stopped at the timeout, not when `sleep 300` ended
+    r = qemu.run([str(_fake(tmp_path)), "-serial", f"file:{log}"], log, timeout=1.5, on_output=chunks.append)
+    assert r.timed_out and r.returncode is None  # stopped at the timeout, not when `sleep 300` ended
     assert b"KGENV:phase name=init" in b"".join(chunks)
     child = int(Path(f"{log}.child").read_text())
     time.sleep(0.2)
@@ -79,10 +78,25 @@ def test_initramfs_holds_everything_the_guest_needs(tmp_path):
     ko, check = tmp_path / "m.ko", tmp_path / "check"
     ko.write_bytes(b"\x7fELF module")
     check.write_text("true\n")
-    path = payload.build(tmp_path / "i.cpio", module=ko, name="m", busybox=payload.find_busybox(),
-                         check=check, sympos="vmlinux f 0\n", transition_timeout=5, check_timeout=3)
-    names = subprocess.run(["cpio", "-t", "-F", str(path)], capture_output=True, text=True,
-                           check=True).stdout.split()
-    for need in ("init", "bin/busybox", "bin/sh", "dev/console", "kgenv/env", "kgenv/module.ko",
-                 "kgenv/check", "kgenv/sympos"):
+    path = payload.build(
+        tmp_path / "i.cpio",
+        module=ko,
+        name="m",
+        busybox=payload.find_busybox(),
+        check=check,
+        sympos="vmlinux f 0\n",
+        transition_timeout=5,
+        check_timeout=3,
+    )
+    names = subprocess.run(["cpio", "-t", "-F", str(path)], capture_output=True, text=True, check=True).stdout.split()
+    for need in (
+        "init",
+        "bin/busybox",
+        "bin/sh",
+        "dev/console",
+        "kgenv/env",
+        "kgenv/module.ko",
+        "kgenv/check",
+        "kgenv/sympos",
+    ):
         assert need in names

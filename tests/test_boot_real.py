@@ -69,8 +69,7 @@ def _log(tmp_path: Path) -> Path:
 def test_sample_livepatch_passes(debian_kernel, sample_ko, check_patched, tmp_path):
     offset = _offset_from_text(debian_kernel.vmlinux, "cmdline_proc_show")
     sympos = f"vmlinux cmdline_proc_show 0 {offset}\n"
-    boot = boot_test(sample_ko, debian_kernel.vmlinuz, check=check_patched, sympos=sympos,
-                     serial_log=_log(tmp_path))
+    boot = boot_test(sample_ko, debian_kernel.vmlinuz, check=check_patched, sympos=sympos, serial_log=_log(tmp_path))
     assert boot.result == "pass", (boot.reason, boot.kernel_log)
     assert boot.release == debian_kernel.abi
     assert set(boot.phases.values()) == {"ok"}
@@ -83,23 +82,23 @@ def test_sample_livepatch_passes(debian_kernel, sample_ko, check_patched, tmp_pa
     assert "livepatch: 'livepatch_sample': unpatching complete" in log
 
 
-def test_unresolved_symbol_fails_with_the_kernel_reason(debian_kernel, unresolved_ko, check_patched,
-                                                        tmp_path):
-    boot = boot_test(unresolved_ko, debian_kernel.vmlinuz, check=check_patched,
-                     serial_log=_log(tmp_path))
+def test_unresolved_symbol_fails_with_the_kernel_reason(debian_kernel, unresolved_ko, check_patched, tmp_path):
+    boot = boot_test(unresolved_ko, debian_kernel.vmlinuz, check=check_patched, serial_log=_log(tmp_path))
     assert boot.result == "fail"
     assert boot.phases["load"] == "fail" and boot.phases["enable"] == "not-reached"
     assert boot.reason.startswith("load: the module did not load")
-    assert any(re.search(r"kgenv_unresolved: Unknown symbol kgenv_no_such_symbol", ln)
-               for ln in boot.kernel_log), boot.kernel_log
+    assert any(re.search(r"kgenv_unresolved: Unknown symbol kgenv_no_such_symbol", ln) for ln in boot.kernel_log), (
+        boot.kernel_log
+    )
 
 
 def test_check_that_never_passes_fails(env, sample_ko, tmp_path):
     check = tmp_path / "never.sh"
     check.write_text("grep -q 'text no patch prints' /proc/cmdline\n")
-    result = CliRunner().invoke(cli, ["boot-test",
-        str(sample_ko), "--env", env.name, "--check", str(check),
-        "--json", "--log", str(_log(tmp_path))])
+    result = CliRunner().invoke(
+        cli,
+        ["boot-test", str(sample_ko), "--env", env.name, "--check", str(check), "--json", "--log", str(_log(tmp_path))],
+    )
     assert result.exit_code == 1, result.output
     record = json.loads(result.output)
     assert record["result"] == "fail"
@@ -109,8 +108,13 @@ def test_check_that_never_passes_fails(env, sample_ko, tmp_path):
 
 
 def test_wrong_sympos_fails(debian_kernel, sample_ko, check_patched, tmp_path):
-    boot = boot_test(sample_ko, debian_kernel.vmlinuz, check=check_patched,
-                     sympos="vmlinux cmdline_proc_show 2\n", serial_log=_log(tmp_path))
+    boot = boot_test(
+        sample_ko,
+        debian_kernel.vmlinuz,
+        check=check_patched,
+        sympos="vmlinux cmdline_proc_show 2\n",
+        serial_log=_log(tmp_path),
+    )
     assert boot.result == "fail" and boot.phases["sympos"] == "fail"
     assert "sympos 2 but vmlinux has only 1 symbols cmdline_proc_show" in boot.reason
     assert boot.sympos == {"vmlinux:cmdline_proc_show:2": "fail"}
@@ -120,8 +124,8 @@ def test_transition_that_never_completes_fails_naming_the_task(debian_kernel, st
     boot = boot_test(stuck_ko, debian_kernel.vmlinuz, transition_timeout=3, serial_log=_log(tmp_path))
     assert boot.result == "fail" and boot.phases["enable"] == "fail"
     assert boot.reason.startswith("enable: the transition to the patched state did not complete")
-    assert "still running after 3s" in boot.reason   # the bound given, not the default
-    assert boot.timings["enable"] >= 3                # and the guest waited it out
+    assert "still running after 3s" in boot.reason  # the bound given, not the default
+    assert boot.timings["enable"] >= 3  # and the guest waited it out
     assert "stuck: kthreadd (pid 2)" in boot.kernel_log
     assert any("kthreadd+" in line for line in boot.kernel_log if line.startswith("stack> "))
 
@@ -139,5 +143,5 @@ def test_kernel_panic_ends_the_run_with_the_oops(debian_kernel, oops_ko, tmp_pat
     assert boot.reason.startswith("kernel panic during phase load: ")
     assert "BUG: kernel NULL pointer dereference" in boot.reason
     (run,) = runs
-    assert not run.timed_out and run.returncode is not None   # QEMU ended on the panic, not at the timeout
+    assert not run.timed_out and run.returncode is not None  # QEMU ended on the panic, not at the timeout
     assert any("RIP: 0010:kgenv_oops_init" in line for line in boot.kernel_log)

@@ -35,10 +35,17 @@ def builds(env, docker_rt, tmp_path_factory):
             out = tmp_path_factory.mktemp(f"build-{name}")
             check = FIXTURES / f"{name}.check"
             boot = name in BUILT
-            req = pipeline.Request(diff=FIXTURES / f"{name}.diff", env=env, outdir=out, name=name,
-                                   boot_test=boot, check=check if boot else None)
+            req = pipeline.Request(
+                diff=FIXTURES / f"{name}.diff",
+                env=env,
+                outdir=out,
+                name=name,
+                boot_test=boot,
+                check=check if boot else None,
+            )
             cache[name] = (pipeline.build(req, docker_rt), out)
         return cache[name]
+
     return get
 
 
@@ -69,11 +76,11 @@ def test_accepted_fix_builds_verifies_and_boots(builds, name):
     # two levels deep, reproducer names the image
     assert rep.env.image_id in rep.kgenv.reproducer
     for group in rep.to_dict().values():
-        for value in (group.values() if isinstance(group, dict) else group):
+        for value in group.values() if isinstance(group, dict) else group:
             if isinstance(value, dict):
                 assert all(not isinstance(v, (dict, list)) for v in value.values())
     assert rep.boot is not None and rep.boot.result == "pass", rep.boot
-    assert rep.boot.phases["sympos"] == "ok"   # each old_sympos named the function in /proc/kallsyms
+    assert rep.boot.phases["sympos"] == "ok"  # each old_sympos named the function in /proc/kallsyms
     assert build_report.load(out / "report.json") == rep
 
 
@@ -95,40 +102,72 @@ def test_generated_source_is_the_fix_plus_declarations(builds):
     assert 'seq_printf(m, "#kgenv\\t%d\\n", fs_maxindex());' in text
     assert "static struct file_system_type *file_systems;" not in text
     assert "extern" in text and "file_systems" in text
-    assert "int register_filesystem(struct file_system_type * fs)\n{" not in text   # unchanged: dropped
+    assert "int register_filesystem(struct file_system_type * fs)\n{" not in text  # unchanged: dropped
     assert "EXPORT_SYMBOL" not in text and "module_init(" not in text
 
 
 def test_cli_bad_diff_is_one_line_error(tmp_path, env):
     bad = tmp_path / "bad.diff"
     bad.write_text("--- a/../../etc/passwd\n+++ b/../../etc/passwd\n@@ -1 +1 @@\n-x\n+y\n")
-    r = subprocess.run([sys.executable, "-m", "kgenv", "build", str(bad), "--env", env.name,
-                        "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "kgenv", "build", str(bad), "--env", env.name, "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert "bad.diff" in r.stderr and "Traceback" not in r.stderr
-    errors = [line for line in r.stderr.splitlines() if not line.startswith("[")]   # progress lines aside
+    errors = [line for line in r.stderr.splitlines() if not line.startswith("[")]  # progress lines aside
     assert errors == ["kgenv: bad.diff: path 'a/../../etc/passwd' escapes the kernel tree"]
     assert not list((tmp_path / "out").glob("*.ko"))
 
 
 def test_cli_json_report(tmp_path, env):
-    r = subprocess.run([sys.executable, "-m", "kgenv", "build", str(FIXTURES / "refuse-init.diff"),
-                        "--env", env.name, "-o", str(tmp_path), "--json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kgenv",
+            "build",
+            str(FIXTURES / "refuse-init.diff"),
+            "--env",
+            env.name,
+            "-o",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1, r.stderr
     rep = BuildReport.from_dict(json.loads(r.stdout), "stdout")
     assert rep.result.outcome == "refused" and "proc_cmdline_init" in rep.result.reason
-    assert json.loads(r.stdout) == json.loads((tmp_path / "report.json").read_text())   # --json prints the report
+    assert json.loads(r.stdout) == json.loads((tmp_path / "report.json").read_text())  # --json prints the report
 
 
 def test_module_is_reproducible(builds, tmp_path, env):
     """The same diff in the same env gives the same module, byte for byte (a second, CLI build)."""
     result, _ = builds("cmdline")
-    r = subprocess.run([sys.executable, "-m", "kgenv", "build", str(FIXTURES / "cmdline.diff"),
-                        "--env", env.name, "-o", str(tmp_path), "--name", "cmdline", "--json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kgenv",
+            "build",
+            str(FIXTURES / "cmdline.diff"),
+            "--env",
+            env.name,
+            "-o",
+            str(tmp_path),
+            "--name",
+            "cmdline",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     again = BuildReport.from_dict(json.loads(r.stdout), "stdout")
     assert again.result.module_sha256 == result.report.result.module_sha256
-    assert (tmp_path / "cmdline-fs_proc_cmdline.c").read_text() == \
-        (Path(result.report.result.module).parent / "cmdline-fs_proc_cmdline.c").read_text()
+    assert (tmp_path / "cmdline-fs_proc_cmdline.c").read_text() == (
+        Path(result.report.result.module).parent / "cmdline-fs_proc_cmdline.c"
+    ).read_text()

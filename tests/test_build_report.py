@@ -23,24 +23,76 @@ IMAGE = "sha256:" + "7" * 64
 
 def real_shaped() -> dict:
     """A built report with a boot test, in the key order kgenv build writes it (as --json prints it)."""
-    fn = {"name": "cmdline_proc_show", "tu": "fs/proc/cmdline.o", "object": "vmlinux", "verdict": "replaced",
-          "sympos": 0, "address": 18446744071583106464, "reason": "", "trace": "entry call __fentry__, in "
-          "__mcount_loc", "note": ""}
+    fn = {
+        "name": "cmdline_proc_show",
+        "tu": "fs/proc/cmdline.o",
+        "object": "vmlinux",
+        "verdict": "replaced",
+        "sympos": 0,
+        "address": 18446744071583106464,
+        "reason": "",
+        "trace": "entry call __fentry__, in __mcount_loc",
+        "note": "",
+    }
     return {
         "kgenv": {"version": "0.1.0", "reproducer": f"kgenv build cmdline.diff --env e --image {IMAGE} -o out"},
-        "env": {"name": "e", "image_id": IMAGE, "kernel_release": "6.1.0-57-amd64", "build_id": "6a" * 20,
-                "version": "6.1.192-3"},
-        "fix": {"name": "cmdline", "diff": "cmdline.diff", "diff_sha256": "93" * 32, "files": ["fs/proc/cmdline.c"],
-                "tus": ["fs/proc/cmdline.o"]},
-        "result": {"outcome": "built", "exit_code": 0, "reason": "", "module": "out/livepatch-cmdline.ko",
-                   "module_sha256": "2b" * 32, "klp_symbols": ["vmlinux.saved_command_line,0"]},
-        "functions": [fn, {**fn, "name": "x.isra.0", "verdict": "refused", "sympos": 2, "address": None,
-                           "reason": "clone", "trace": "", "note": "only the IPA clone runs"}],
-        "stages": {"check": 0.002, "diff": 0.22, "compile": 5.117, "changes": 0.0, "map": 1.14, "generate": 1.9,
-                   "kbuild": 1.807, "klp": 0.022, "boot": 31.5},
-        "boot": {"result": "pass", "reason": "", "release": "6.1.0-57-amd64", "serial_log": "/tmp/serial.log",
-                 "seconds": 31.2, "phase_init": "ok", "phase_load": "ok", "phase_sympos": "ok",
-                 "phase_unload": "not-reached"},
+        "env": {
+            "name": "e",
+            "image_id": IMAGE,
+            "kernel_release": "6.1.0-57-amd64",
+            "build_id": "6a" * 20,
+            "version": "6.1.192-3",
+        },
+        "fix": {
+            "name": "cmdline",
+            "diff": "cmdline.diff",
+            "diff_sha256": "93" * 32,
+            "files": ["fs/proc/cmdline.c"],
+            "tus": ["fs/proc/cmdline.o"],
+        },
+        "result": {
+            "outcome": "built",
+            "exit_code": 0,
+            "reason": "",
+            "module": "out/livepatch-cmdline.ko",
+            "module_sha256": "2b" * 32,
+            "klp_symbols": ["vmlinux.saved_command_line,0"],
+        },
+        "functions": [
+            fn,
+            {
+                **fn,
+                "name": "x.isra.0",
+                "verdict": "refused",
+                "sympos": 2,
+                "address": None,
+                "reason": "clone",
+                "trace": "",
+                "note": "only the IPA clone runs",
+            },
+        ],
+        "stages": {
+            "check": 0.002,
+            "diff": 0.22,
+            "compile": 5.117,
+            "changes": 0.0,
+            "map": 1.14,
+            "generate": 1.9,
+            "kbuild": 1.807,
+            "klp": 0.022,
+            "boot": 31.5,
+        },
+        "boot": {
+            "result": "pass",
+            "reason": "",
+            "release": "6.1.0-57-amd64",
+            "serial_log": "/tmp/serial.log",
+            "seconds": 31.2,
+            "phase_init": "ok",
+            "phase_load": "ok",
+            "phase_sympos": "ok",
+            "phase_unload": "not-reached",
+        },
     }
 
 
@@ -48,11 +100,12 @@ def test_round_trip_keeps_the_json_exactly():
     doc = real_shaped()
     rep = BuildReport.from_dict(copy.deepcopy(doc), "out/report.json")
     assert rep.to_dict() == doc
-    assert json.dumps(rep.to_dict(), indent=1) == json.dumps(doc, indent=1)   # key order too: --json
+    assert json.dumps(rep.to_dict(), indent=1) == json.dumps(doc, indent=1)  # key order too: --json
     assert rep.boot is not None and rep.boot.phases["sympos"] == "ok" and rep.boot.seconds == 31.2
     assert [f.name for f in rep.replaced()] == ["cmdline_proc_show"]
-    assert rep.functions[1] == FunctionRecord("x.isra.0", "fs/proc/cmdline.o", "vmlinux", "refused", 2, None,
-                                              "clone", "", "only the IPA clone runs")
+    assert rep.functions[1] == FunctionRecord(
+        "x.isra.0", "fs/proc/cmdline.o", "vmlinux", "refused", 2, None, "clone", "", "only the IPA clone runs"
+    )
     no_boot = {k: v for k, v in doc.items() if k != "boot"}
     assert BuildReport.from_dict(no_boot).to_dict() == no_boot
 
@@ -73,26 +126,30 @@ def _set(path: str, value):
             del node[key]
         else:
             node[key] = value
+
     return mutate
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (_set("result.outcome", KeyError), "result.outcome: missing"),
-    (_set("result.exit_code", "0"), "result.exit_code: expected an integer"),
-    (_set("result.exit_code", True), "result.exit_code: expected an integer"),
-    (_set("result.outcome", "maybe"), "result.outcome: 'maybe' is not one of"),
-    (_set("result.klp_symbols", "vmlinux.x,0"), "result.klp_symbols: expected a list of strings"),
-    (_set("functions.0.address", "0xffff"), "functions[0].address: expected an integer or null"),
-    (_set("functions.1.sympos", None), "functions[1].sympos: expected an integer"),
-    (_set("functions.0.colour", "red"), "functions[0]: unexpected key(s) colour"),
-    (_set("env", []), "env: expected an object"),
-    (_set("stages.compile", "5s"), "stages.compile: expected a number"),
-    (_set("boot.seconds", "31"), "boot.seconds: expected a number or null"),
-    (_set("boot.phase_load", 1), "boot.phase_load: expected a string"),
-    (_set("boot.extra", ""), "boot: unexpected key(s) extra"),
-    (_set("functions", {}), "functions: expected a list"),
-    (_set("kgenv", KeyError), "kgenv: missing"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (_set("result.outcome", KeyError), "result.outcome: missing"),
+        (_set("result.exit_code", "0"), "result.exit_code: expected an integer"),
+        (_set("result.exit_code", True), "result.exit_code: expected an integer"),
+        (_set("result.outcome", "maybe"), "result.outcome: 'maybe' is not one of"),
+        (_set("result.klp_symbols", "vmlinux.x,0"), "result.klp_symbols: expected a list of strings"),
+        (_set("functions.0.address", "0xffff"), "functions[0].address: expected an integer or null"),
+        (_set("functions.1.sympos", None), "functions[1].sympos: expected an integer"),
+        (_set("functions.0.colour", "red"), "functions[0]: unexpected key(s) colour"),
+        (_set("env", []), "env: expected an object"),
+        (_set("stages.compile", "5s"), "stages.compile: expected a number"),
+        (_set("boot.seconds", "31"), "boot.seconds: expected a number or null"),
+        (_set("boot.phase_load", 1), "boot.phase_load: expected a string"),
+        (_set("boot.extra", ""), "boot: unexpected key(s) extra"),
+        (_set("functions", {}), "functions: expected a list"),
+        (_set("kgenv", KeyError), "kgenv: missing"),
+    ],
+)
 def test_malformed_reports_are_one_line_errors(mutate, message):
     doc = real_shaped()
     mutate(doc)
@@ -114,6 +171,7 @@ def test_load_names_the_file(tmp_path):
 
 # -- Manifest.file ------------------------------------------------------------------------------
 
+
 def test_manifest_file_not_recorded_or_not_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("KGENV_CACHE", str(tmp_path))
     m = sample()
@@ -129,6 +187,7 @@ def test_manifest_file_not_recorded_or_not_cached(tmp_path, monkeypatch):
 
 
 # -- an env without vmlinuz: the build's error report, before anything runs in the engine ---------
+
 
 class NoEngine:
     """A runtime that must not be asked to run anything."""
@@ -149,8 +208,11 @@ def test_boot_test_without_vmlinuz_is_an_error_report(tmp_path, monkeypatch):
     (cache / "vendor").mkdir(parents=True)
     (cache / "vendor" / "symvers").write_text("0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\n")
     m = sample("vendor-6.1.0")
-    m = replace(m, image=replace(m.image, id=IMAGE),
-                files={"vmlinux": m.files["vmlinux"], "symvers": FileRef("vendor/symvers", "0" * 64, "tree:x")})
+    m = replace(
+        m,
+        image=replace(m.image, id=IMAGE),
+        files={"vmlinux": m.files["vmlinux"], "symvers": FileRef("vendor/symvers", "0" * 64, "tree:x")},
+    )
     envs.mkdir()
     manifest.save(m)
     monkeypatch.setattr(cli_build, "_runtime", lambda name, env: NoEngine())
@@ -160,7 +222,7 @@ def test_boot_test_without_vmlinuz_is_an_error_report(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["build", str(diff), "--env", m.name, "-o", str(out), "--boot-test"])
 
     assert r.exit_code == 2, (r.output, r.exception)
-    errors = [ln for ln in r.stderr.splitlines() if not ln.startswith("[")]   # progress lines aside
+    errors = [ln for ln in r.stderr.splitlines() if not ln.startswith("[")]  # progress lines aside
     assert len(errors) == 1 and "bzImage" in errors[0]
     assert errors[0].startswith(f"kgenv: env {m.name}: its manifest records no [files.vmlinuz] (")
     rep = build_report.load(out / "report.json")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from kgenv.env import buildtree, kbuildcmd, sourcetree
-from kgenv.errors import RefusedError, UserError
 from kgenv.env.fingerprint import fingerprint
 from kgenv.env.vendor import line_of, parse_make_vars, tree_paths
+from kgenv.errors import RefusedError, UserError
 
 RELEASE = "6.1.0-test"
 UTS_VERSION = "#1 SMP PREEMPT_DYNAMIC Test 6.1.0-1 (2026-01-01)"
@@ -26,7 +26,7 @@ def _note(name: bytes, ntype: int, desc: bytes) -> str:
     """An ELF note as assembler directives (the kernel's ELFNOTE macro does the same)."""
     body = struct.pack("<III", len(name) + 1, len(desc), ntype) + name + b"\0"
     body += b"\0" * (-len(body) % 4) + desc + b"\0" * (-len(desc) % 4)
-    return ".pushsection .notes,\"a\",@note\n.balign 4\n" + "".join(f".byte {b}\n" for b in body) + ".popsection\n"
+    return '.pushsection .notes,"a",@note\n.balign 4\n' + "".join(f".byte {b}\n" for b in body) + ".popsection\n"
 
 
 def link_vmlinux(dest: Path, banner: str, salt: str, build_id: bool = True, ikconfig: str | None = None) -> Path:
@@ -38,15 +38,37 @@ def link_vmlinux(dest: Path, banner: str, salt: str, build_id: bool = True, ikco
         data = b"IKCFG_ST" + gzip.compress(ikconfig.encode(), mtime=0) + b"IKCFG_ED"
         blob = "const unsigned char kernel_config_data[] = {" + ",".join(map(str, data)) + "};\n"
     literal = '"' + asm.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    c.write_text(f'const char linux_banner[] = "{banner}\\n";\n{blob}'
-                 f'__asm__({literal});\nvoid _start(void) {{ for (;;); }}\n')
-    subprocess.run(["gcc", "-O2", "-nostdlib", "-static", "-no-pie", f"-Wl,--build-id={'sha1' if build_id else 'none'}",
-                    "-o", str(dest), str(c)], check=True, capture_output=True)
+    c.write_text(
+        f'const char linux_banner[] = "{banner}\\n";\n{blob}__asm__({literal});\nvoid _start(void) {{ for (;;); }}\n'
+    )
+    subprocess.run(
+        [
+            "gcc",
+            "-O2",
+            "-nostdlib",
+            "-static",
+            "-no-pie",
+            f"-Wl,--build-id={'sha1' if build_id else 'none'}",
+            "-o",
+            str(dest),
+            str(c),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return dest
 
 
-CONFIG = {"CC_VERSION_TEXT": None, "GCC_VERSION": "120200", "BUILD_SALT": f'"{RELEASE}"', "SMP": "y",
-          "EXT4_FS": "m", "HZ": "250", "PHYSICAL_START": "0x1000000", "LOCALVERSION": '""'}
+CONFIG = {
+    "CC_VERSION_TEXT": None,
+    "GCC_VERSION": "120200",
+    "BUILD_SALT": f'"{RELEASE}"',
+    "SMP": "y",
+    "EXT4_FS": "m",
+    "HZ": "250",
+    "PHYSICAL_START": "0x1000000",
+    "LOCALVERSION": '""',
+}
 
 
 def write_config(path: Path, values: dict[str, str]) -> None:
@@ -58,25 +80,31 @@ def make_tree(tmp: Path, *, build_id: bool = True) -> Path:
     src, build = tmp / "src", tmp / "build"
     (src / "init").mkdir(parents=True)
     (src / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 0\nEXTRAVERSION =\n")
-    (src / "Kconfig").write_text("mainmenu \"test\"\n")
+    (src / "Kconfig").write_text('mainmenu "test"\n')
     (src / "init" / "main.c").write_text("int main_init;\n")
     gen = build / "include" / "generated"
     gen.mkdir(parents=True)
     cc = host_cc()
     values = {**CONFIG, "CC_VERSION_TEXT": f'"{cc}"'}
     write_config(build / ".config", values)
-    (gen / "autoconf.h").write_text("".join(
-        f"#define CONFIG_{k}{'_MODULE' if v == 'm' else ''} {'1' if v in ('y', 'm') else v}\n"
-        for k, v in values.items()))
+    (gen / "autoconf.h").write_text(
+        "".join(
+            f"#define CONFIG_{k}{'_MODULE' if v == 'm' else ''} {'1' if v in ('y', 'm') else v}\n"
+            for k, v in values.items()
+        )
+    )
     (gen / "utsrelease.h").write_text(f'#define UTS_RELEASE "{RELEASE}"\n')
     (gen / "utsversion.h").write_text(f'#define UTS_VERSION "{UTS_VERSION}"\n')
     compiler = f"{cc}, GNU ld (GNU Binutils for Debian) 2.40"
-    (gen / "compile.h").write_text(f'#define LINUX_COMPILE_BY "builder"\n#define LINUX_COMPILE_HOST "example"\n'
-                                   f'#define LINUX_COMPILER "{compiler}"\n')
+    (gen / "compile.h").write_text(
+        f'#define LINUX_COMPILE_BY "builder"\n#define LINUX_COMPILE_HOST "example"\n'
+        f'#define LINUX_COMPILER "{compiler}"\n'
+    )
     (build / "Module.symvers").write_text("0x12345678\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n")
     (build / "source").symlink_to(src)
-    link_vmlinux(build / "vmlinux", f"Linux version {RELEASE} (builder@example) ({compiler}) {UTS_VERSION}",
-                 RELEASE, build_id)
+    link_vmlinux(
+        build / "vmlinux", f"Linux version {RELEASE} (builder@example) ({compiler}) {UTS_VERSION}", RELEASE, build_id
+    )
     # Built before anything is inspected: sources and config are older than the link.
     for p in (build / ".config", gen / "autoconf.h", src / "init" / "main.c", src / "Makefile", src / "Kconfig"):
         os.utime(p, (1_700_000_000, 1_700_000_000))
@@ -190,7 +218,9 @@ def test_config_edited_after_the_link_is_refused(tree):
 def test_embedded_ikconfig_must_equal_config(tree):
     t = buildtree.open_tree(tree)
     cfg = (tree / ".config").read_text()
-    banner = f"Linux version {RELEASE} (builder@example) ({host_cc()}, GNU ld (GNU Binutils for Debian) 2.40) {UTS_VERSION}"
+    banner = (
+        f"Linux version {RELEASE} (builder@example) ({host_cc()}, GNU ld (GNU Binutils for Debian) 2.40) {UTS_VERSION}"
+    )
     link_vmlinux(tree / "vmlinux", banner, RELEASE, ikconfig=cfg)
     assert buildtree.embedded_config(tree / "vmlinux") == cfg
     buildtree.check(t)
@@ -203,7 +233,7 @@ def _bzimage(path: Path, version: str) -> None:
     head = bytearray(0x1000)
     head[0x202:0x206] = b"HdrS"
     struct.pack_into("<H", head, 0x20E, 0x200)
-    head[0x400:0x400 + len(version)] = version.encode()
+    head[0x400 : 0x400 + len(version)] = version.encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(head))
 
@@ -222,7 +252,9 @@ def test_paths_without_dwarf_come_from_the_source_link(tree):
     t = buildtree.open_tree(tree)
     fp = fingerprint(t.vmlinux, t.config, t.generated)
     assert tree_paths(t, fp, {}) == (str(t.source), "kgenv-build")  # O= outside the source: relocated
-    cmd = {"kernel/.bounds.s.cmd": "cmd_kernel/bounds.s := gcc\n\nsource_kernel/bounds.s := /build/linux-6.1/kernel/bounds.c\n"}
+    cmd = {
+        "kernel/.bounds.s.cmd": "cmd_kernel/bounds.s := gcc\n\nsource_kernel/bounds.s := /build/linux-6.1/kernel/bounds.c\n"
+    }
     assert tree_paths(t, fp, cmd) == ("/build/linux-6.1", "kgenv-build")
     with pytest.raises(RefusedError, match="cannot be the tree's place"):
         tree_paths(t, fp, {"x": "source_a/b.o := /usr/lib/a/b.c\n"})
@@ -230,8 +262,12 @@ def test_paths_without_dwarf_come_from_the_source_link(tree):
 
 def test_cli_refusals_are_one_line(tree):
     (tree / "include/generated/utsrelease.h").write_text('#define UTS_RELEASE "6.1.0-other"\n')
-    r = subprocess.run([sys.executable, "-m", "kgenv", "snapshot", "--json", str(tree)], capture_output=True,
-                       text=True, env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"})
+    r = subprocess.run(
+        [sys.executable, "-m", "kgenv", "snapshot", "--json", str(tree)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"},
+    )
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     (tree / ".config").unlink()
     r = subprocess.run([sys.executable, "-m", "kgenv", "snapshot", str(tree)], capture_output=True, text=True)
@@ -240,8 +276,10 @@ def test_cli_refusals_are_one_line(tree):
 
 # --- .cmd files ---------------------------------------------------------------------------------
 
-BOUNDS = ("gcc-12 -Wp,-MMD,kernel/.bounds.s.d -nostdinc -I/src/include -D__KERNEL__ -O2 {k}-I /src/. -I ./. "
-          "-DKBUILD_MODFILE='\"./bounds\"' -fverbose-asm -S -o kernel/bounds.s /src/kernel/bounds.c")
+BOUNDS = (
+    "gcc-12 -Wp,-MMD,kernel/.bounds.s.d -nostdinc -I/src/include -D__KERNEL__ -O2 {k}-I /src/. -I ./. "
+    "-DKBUILD_MODFILE='\"./bounds\"' -fverbose-asm -S -o kernel/bounds.s /src/kernel/bounds.c"
+)
 
 
 def test_kcflags_are_read_off_the_vendor_command():
@@ -285,6 +323,7 @@ def test_cmd_heads_of_kbuild_and_tools_build_files(tmp_path):
 
 
 # --- source tarball -----------------------------------------------------------------------------
+
 
 def test_source_tarball_is_deterministic(tree, tmp_path):
     src = tree.parent / "src"
@@ -336,6 +375,7 @@ def test_git_head_from_refs(tmp_path):
 
 
 # --- options ------------------------------------------------------------------------------------
+
 
 def test_line_and_make_options():
     assert line_of("gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0", None) == "bookworm"

@@ -9,8 +9,17 @@ from kgenv.build.changes import CHANGED, NEW, REMOVED, UNCHANGED
 from kgenv.elf.reader import open_elf
 from kgenv.errors import UserError
 
-FLAGS = ["-O2", "-ffunction-sections", "-fdata-sections", "-fno-PIE", "-mcmodel=kernel", "-pg",
-         "-mfentry", "-mrecord-mcount", "-fno-asynchronous-unwind-tables"]
+FLAGS = [
+    "-O2",
+    "-ffunction-sections",
+    "-fdata-sections",
+    "-fno-PIE",
+    "-mcmodel=kernel",
+    "-pg",
+    "-mfentry",
+    "-mrecord-mcount",
+    "-fno-asynchronous-unwind-tables",
+]
 
 # A kernel-shaped TU: statics, an inline helper, an IPA-CP clone, a WARN-style __bug_table entry.
 BASE = r"""
@@ -54,8 +63,9 @@ def diff(tmp_path, *edits, src=BASE, flags=()):
     for old, new in edits:
         assert old in patched, old
         patched = patched.replace(old, new)
-    return changes.compare(build(tmp_path, "orig", src, *flags),
-                           build(tmp_path, "patched", patched, *flags), "kernel/x.o")
+    return changes.compare(
+        build(tmp_path, "orig", src, *flags), build(tmp_path, "patched", patched, *flags), "kernel/x.o"
+    )
 
 
 def section_bytes(tmp_path, name, section):
@@ -86,8 +96,7 @@ def test_comment_only_change_moves_lines_but_changes_nothing(tmp_path):
     ch = diff(tmp_path, ("/*ANCHOR*/", "/* a comment\n spanning\n three lines */"))
     assert not_unchanged(ch) == {} and data(ch) == {}
     # the WARN entry's line field did move: the bug-table rule is what kept user_b unchanged
-    assert section_bytes(tmp_path, "orig", "__bug_table") != \
-        section_bytes(tmp_path, "patched", "__bug_table")
+    assert section_bytes(tmp_path, "orig", "__bug_table") != section_bytes(tmp_path, "patched", "__bug_table")
 
 
 def test_changed_static_function(tmp_path):
@@ -102,9 +111,14 @@ def test_changed_static_inline_changes_its_callers(tmp_path):
 
 
 def test_new_function_and_its_caller(tmp_path):
-    ch = diff(tmp_path, ("int plain(int x) { return x ^ 0x55; }",
-                         "static __attribute__((noinline)) int fresh(int x) { return x - 9; }\n"
-                         "int plain(int x) { return fresh(x) ^ 0x55; }"))
+    ch = diff(
+        tmp_path,
+        (
+            "int plain(int x) { return x ^ 0x55; }",
+            "static __attribute__((noinline)) int fresh(int x) { return x - 9; }\n"
+            "int plain(int x) { return fresh(x) ^ 0x55; }",
+        ),
+    )
     assert not_unchanged(ch) == {"fresh": NEW, "plain": CHANGED}
     assert ch.new == ["fresh"]
 
@@ -120,8 +134,11 @@ def test_changed_constprop_clone(tmp_path):
 
 
 def test_isra_clone_change(tmp_path):
-    src = BASE.replace("/*ANCHOR*/", "static __attribute__((noinline)) int pick(struct big *p) "
-                       "{ return p->b * 7; }\nint via(struct big *p) { return pick(p); }")
+    src = BASE.replace(
+        "/*ANCHOR*/",
+        "static __attribute__((noinline)) int pick(struct big *p) "
+        "{ return p->b * 7; }\nint via(struct big *p) { return pick(p); }",
+    )
     orig = statuses(diff(tmp_path, src=src))
     clone = next(n for n in orig if n.startswith("pick."))
     assert ".isra." in clone
@@ -132,9 +149,18 @@ def test_isra_clone_change(tmp_path):
 def test_renumbered_clone_is_unchanged(tmp_path):
     orig = build(tmp_path, "orig", BASE)
     renamed = tmp_path / "renamed.o"
-    subprocess.run(["objcopy", "--redefine-sym", "scale.constprop.0=scale.constprop.3",
-                    "--rename-section", ".text.scale.constprop.0=.text.scale.constprop.3",
-                    str(orig), str(renamed)], check=True)
+    subprocess.run(
+        [
+            "objcopy",
+            "--redefine-sym",
+            "scale.constprop.0=scale.constprop.3",
+            "--rename-section",
+            ".text.scale.constprop.0=.text.scale.constprop.3",
+            str(orig),
+            str(renamed),
+        ],
+        check=True,
+    )
     ch = changes.compare(orig, renamed)
     assert not_unchanged(ch) == {}
     (fc,) = [f for f in ch.functions if f.name == "scale.constprop.3"]
@@ -158,8 +184,7 @@ def test_swapped_clone_numbers_pair_by_content(tmp_path):
 
 
 def test_caller_switching_between_clones_is_changed(tmp_path):
-    ch = diff(tmp_path, ("return scale(x, 9) + 1;", "return scale(x, 7) + 1;"), src=TWO_CLONES,
-              flags=CP_CLONES)
+    ch = diff(tmp_path, ("return scale(x, 9) + 1;", "return scale(x, 7) + 1;"), src=TWO_CLONES, flags=CP_CLONES)
     assert ch.changed == ["other"], not_unchanged(ch)
 
 
@@ -177,8 +202,10 @@ def test_changed_initialiser_is_a_data_change(tmp_path):
 
 
 def test_static_variable_added_in_a_function(tmp_path):
-    ch = diff(tmp_path, ("int plain(int x) { return x ^ 0x55; }",
-                         "int plain(int x) { static int seen; seen++; return x ^ 0x55; }"))
+    ch = diff(
+        tmp_path,
+        ("int plain(int x) { return x ^ 0x55; }", "int plain(int x) { static int seen; seen++; return x ^ 0x55; }"),
+    )
     assert data(ch) == {"seen.0": NEW} and not_unchanged(ch) == {"plain": CHANGED}
 
 
@@ -190,12 +217,11 @@ def test_string_literal_change_changes_the_user_only(tmp_path):
 def test_warn_flags_change_is_seen_though_code_is_equal(tmp_path):
     ch = diff(tmp_path, ("WARN_FLAGS(0x100)", "WARN_FLAGS(0x101)"))
     assert not_unchanged(ch) == {"user_b": CHANGED}
-    assert section_bytes(tmp_path, "orig", ".text.user_b") == \
-        section_bytes(tmp_path, "patched", ".text.user_b")
+    assert section_bytes(tmp_path, "orig", ".text.user_b") == section_bytes(tmp_path, "patched", ".text.user_b")
 
 
 def test_unknown_bug_table_layout_keeps_the_line(tmp_path):
-    src = BASE.replace(".org 2b + 12", ".org 2b + 16")   # not the kernel's layout: line not proven
+    src = BASE.replace(".org 2b + 12", ".org 2b + 16")  # not the kernel's layout: line not proven
     ch = diff(tmp_path, ("/*ANCHOR*/", "\n\n"), src=src)
     assert not_unchanged(ch) == {"user_b": CHANGED}
 
@@ -210,10 +236,10 @@ def test_to_dict_is_two_levels_with_stable_keys(tmp_path):
     ch = diff(tmp_path, ("int limit = 10;", "int limit = 12;"), ("x * 3 + table", "x * 4 + table"))
     d = ch.to_dict()
     assert list(d) == ["tu", "functions", "data"] and d["tu"] == "kernel/x.o"
-    assert d["functions"] and all(list(f) == ["name", "status", "original", "section", "size", "binding"]
-                                  for f in d["functions"])
-    assert {"name": "limit", "status": CHANGED, "section": ".data.limit", "size": 4,
-            "binding": "global"} in d["data"]
+    assert d["functions"] and all(
+        list(f) == ["name", "status", "original", "section", "size", "binding"] for f in d["functions"]
+    )
+    assert {"name": "limit", "status": CHANGED, "section": ".data.limit", "size": 4, "binding": "global"} in d["data"]
     assert all(not isinstance(v, (dict, list)) for f in d["functions"] + d["data"] for v in f.values())
 
 
@@ -230,9 +256,11 @@ def test_unusable_objects_are_user_errors(tmp_path):
     junk = tmp_path / "junk.o"
     junk.write_bytes(b"\x7fELF" + bytes(60))
     exe = tmp_path / "exe"
-    subprocess.run(["gcc", "-nostdlib", "-static", "-Wl,--unresolved-symbols=ignore-all", "-o",
-                    str(exe), str(good)], check=True, capture_output=True)
-    for bad, what in ((junk, "junk.o"), (exe, "not a relocatable object"),
-                      (tmp_path / "none.o", "cannot read")):
+    subprocess.run(
+        ["gcc", "-nostdlib", "-static", "-Wl,--unresolved-symbols=ignore-all", "-o", str(exe), str(good)],
+        check=True,
+        capture_output=True,
+    )
+    for bad, what in ((junk, "junk.o"), (exe, "not a relocatable object"), (tmp_path / "none.o", "cannot read")):
         with pytest.raises(UserError, match=what):
             changes.compare(good, bad)

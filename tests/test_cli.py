@@ -11,25 +11,31 @@ from kgenv.errors import RefusedError, UserError
 @pytest.fixture
 def failing(monkeypatch):
     """Make `kgenv envs list` raise the given exception."""
+
     def arm(exc: BaseException) -> None:
         def boom(*_a, **_k):
             raise exc
+
         monkeypatch.setattr("kgenv.manifest.names", boom)
+
     return arm
 
 
-@pytest.mark.parametrize("exc, code, line", [
-    (UserError("envs/x.toml: not valid TOML"), 2, "kgenv: envs/x.toml: not valid TOML"),
-    (RefusedError("the fix changes data"), 1, "kgenv: the fix changes data"),
-    (RuntimeError("boom"), 2, "kgenv: internal error: RuntimeError: boom (KGENV_DEBUG=1 shows where)"),
-    (KeyboardInterrupt(), 2, "kgenv: interrupted"),
-])
+@pytest.mark.parametrize(
+    "exc, code, line",
+    [
+        (UserError("envs/x.toml: not valid TOML"), 2, "kgenv: envs/x.toml: not valid TOML"),
+        (RefusedError("the fix changes data"), 1, "kgenv: the fix changes data"),
+        (RuntimeError("boom"), 2, "kgenv: internal error: RuntimeError: boom (KGENV_DEBUG=1 shows where)"),
+        (KeyboardInterrupt(), 2, "kgenv: interrupted"),
+    ],
+)
 def test_errors_are_one_line_with_their_exit_code(failing, monkeypatch, exc, code, line):
     monkeypatch.delenv("KGENV_DEBUG", raising=False)
     failing(exc)
     r = CliRunner().invoke(cli, ["envs", "list"])
     assert r.exit_code == code
-    assert [s for s in r.stderr.splitlines() if s] == [line]   # click ends a ^C line first
+    assert [s for s in r.stderr.splitlines() if s] == [line]  # click ends a ^C line first
     assert "Traceback" not in r.output
 
 

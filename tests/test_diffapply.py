@@ -55,7 +55,9 @@ index 0000000..3333333
 +#define KG2 2
 """
 
-TWO_FILES = GOOD + """\
+TWO_FILES = (
+    GOOD
+    + """\
 --- a/arch/x86/kernel/entry.S
 +++ b/arch/x86/kernel/entry.S
 @@ -1,2 +1,3 @@
@@ -63,6 +65,7 @@ TWO_FILES = GOOD + """\
 +inserted
  line 2
 """
+)
 
 
 @pytest.fixture
@@ -126,11 +129,13 @@ def test_two_files_and_assembly_flag(tree, tmp_path):
 
 
 def test_rename_and_delete_records(tree, tmp_path):
-    text = ("diff --git a/fs/proc/cmdline.c b/fs/proc/cmd.c\nsimilarity index 100%\n"
-            "rename from fs/proc/cmdline.c\nrename to fs/proc/cmd.c\n"
-            "diff --git a/arch/x86/kernel/entry.S b/arch/x86/kernel/entry.S\n"
-            "deleted file mode 100644\n--- a/arch/x86/kernel/entry.S\n+++ /dev/null\n"
-            "@@ -1,2 +0,0 @@\n-line 1\n-line 2\n")
+    text = (
+        "diff --git a/fs/proc/cmdline.c b/fs/proc/cmd.c\nsimilarity index 100%\n"
+        "rename from fs/proc/cmdline.c\nrename to fs/proc/cmd.c\n"
+        "diff --git a/arch/x86/kernel/entry.S b/arch/x86/kernel/entry.S\n"
+        "deleted file mode 100644\n--- a/arch/x86/kernel/entry.S\n+++ /dev/null\n"
+        "@@ -1,2 +0,0 @@\n-line 1\n-line 2\n"
+    )
     d = diffapply.parse(text)
     assert d.files[0].renamed and d.files[1].deleted
     assert d.translation_units == ("fs/proc/cmd.o",)
@@ -139,14 +144,17 @@ def test_rename_and_delete_records(tree, tmp_path):
     assert out["fs/proc/cmd.c"].read_text() == CMDLINE
 
 
-@pytest.mark.parametrize("old, new, what", [
-    ("a/../etc/passwd", "b/../etc/passwd", "'a/../etc/passwd' escapes the kernel tree"),
-    ("/etc/passwd", "/etc/passwd", "'/etc/passwd' is absolute"),
-    ("a/fs/../../x.c", "b/fs/../../x.c", "escapes the kernel tree"),
-    ('"a/\\056\\056/x.c"', '"b/\\056\\056/x.c"', "escapes the kernel tree"),
-    ('"a/x\\000.c"', '"b/x\\000.c"', "NUL byte"),
-    ("a/", "b/", "names no file"),
-])
+@pytest.mark.parametrize(
+    "old, new, what",
+    [
+        ("a/../etc/passwd", "b/../etc/passwd", "'a/../etc/passwd' escapes the kernel tree"),
+        ("/etc/passwd", "/etc/passwd", "'/etc/passwd' is absolute"),
+        ("a/fs/../../x.c", "b/fs/../../x.c", "escapes the kernel tree"),
+        ('"a/\\056\\056/x.c"', '"b/\\056\\056/x.c"', "escapes the kernel tree"),
+        ('"a/x\\000.c"', '"b/x\\000.c"', "NUL byte"),
+        ("a/", "b/", "names no file"),
+    ],
+)
 def test_escaping_paths_are_refused(old, new, what):
     text = f"--- {old}\n+++ {new}\n@@ -1 +1 @@\n-a\n+b\n"
     with pytest.raises(UserError, match=what) as err:
@@ -155,8 +163,7 @@ def test_escaping_paths_are_refused(old, new, what):
 
 
 def test_escape_in_git_rename_header_is_refused():
-    text = ("diff --git a/x.c b/x.c\nsimilarity index 100%\n"
-            "rename from x.c\nrename to ../../x.c\n")
+    text = "diff --git a/x.c b/x.c\nsimilarity index 100%\nrename from x.c\nrename to ../../x.c\n"
     with pytest.raises(UserError, match="escapes the kernel tree"):
         diffapply.parse(text)
 
@@ -185,8 +192,7 @@ def test_symlink_file_in_tree_is_refused(tree, tmp_path):
         diffapply.check(d, tree)
 
 
-@pytest.mark.parametrize("mode_line", ["new mode 120000", "new file mode 120000",
-                                       "old mode 120000", "new mode 160000"])
+@pytest.mark.parametrize("mode_line", ["new mode 120000", "new file mode 120000", "old mode 120000", "new mode 160000"])
 def test_mode_change_to_symlink_is_refused(mode_line):
     text = f"diff --git a/x.c b/x.c\nold mode 100644\n{mode_line}\n"
     with pytest.raises(UserError, match="symlink or submodule"):
@@ -224,8 +230,9 @@ def test_no_fuzz_one_changed_context_line_fails(tree, tmp_path):
 
 def test_no_newline_at_end_of_file(tree, tmp_path):
     (tree / "fs/proc/cmdline.c").write_text("a\nb")
-    text = ("--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -1,2 +1,2 @@\n a\n-b\n"
-            "\\ No newline at end of file\n+c\n")
+    text = (
+        "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -1,2 +1,2 @@\n a\n-b\n\\ No newline at end of file\n+c\n"
+    )
     out = diffapply.apply(diffapply.parse(text), tree, tmp_path / "d")
     assert out["fs/proc/cmdline.c"].read_text() == "a\nc\n"
 
@@ -237,27 +244,33 @@ def test_form_feed_lines_are_kept_whole(tree, tmp_path):
     assert out["fs/proc/cmdline.c"].read_text() == "a\n\f\nc\n"
 
 
-@pytest.mark.parametrize("binary", [
-    "GIT binary patch\nliteral 4\nLcmZ?d00001\n",
-    "Binary files a/x.c and b/x.c differ\n",
-])
+@pytest.mark.parametrize(
+    "binary",
+    [
+        "GIT binary patch\nliteral 4\nLcmZ?d00001\n",
+        "Binary files a/x.c and b/x.c differ\n",
+    ],
+)
 def test_binary_patch_is_refused(binary):
     text = "diff --git a/x.c b/x.c\nindex 1..2 100644\n" + binary
     with pytest.raises(UserError, match="binary patch refused"):
         diffapply.parse(text)
 
 
-@pytest.mark.parametrize("garbage, what", [
-    (b"", "no file changes found"),
-    (b"hello world\nthis is not a diff\n", "no file changes found"),
-    (bytes(range(256)) * 4, "no file changes found"),
-    (b"--- a/x.c\n+++ b/x.c\n", "no hunks"),
-    (b"--- a/x.c\n+++ b/x.c\n@@ -1,3 +1,3 @@\n a\n", "truncated hunk"),
-    (b"--- a/x.c\n+++ b/x.c\n@@ bogus @@\n a\n", "malformed hunk header"),
-    (b"--- a/x.c\n+++ b/x.c\n@@ -1,2 +1,2 @@\n a\n?b\n", "malformed hunk"),
-    (b"--- /dev/null\n+++ /dev/null\n@@ -0,0 +1 @@\n+a\n", "both sides"),
-    (b"diff --git a/x.c b/x.c\nnew file mode 100644\ndeleted file mode 100644\n", "both created and deleted"),
-])
+@pytest.mark.parametrize(
+    "garbage, what",
+    [
+        (b"", "no file changes found"),
+        (b"hello world\nthis is not a diff\n", "no file changes found"),
+        (bytes(range(256)) * 4, "no file changes found"),
+        (b"--- a/x.c\n+++ b/x.c\n", "no hunks"),
+        (b"--- a/x.c\n+++ b/x.c\n@@ -1,3 +1,3 @@\n a\n", "truncated hunk"),
+        (b"--- a/x.c\n+++ b/x.c\n@@ bogus @@\n a\n", "malformed hunk header"),
+        (b"--- a/x.c\n+++ b/x.c\n@@ -1,2 +1,2 @@\n a\n?b\n", "malformed hunk"),
+        (b"--- /dev/null\n+++ /dev/null\n@@ -0,0 +1 @@\n+a\n", "both sides"),
+        (b"diff --git a/x.c b/x.c\nnew file mode 100644\ndeleted file mode 100644\n", "both created and deleted"),
+    ],
+)
 def test_garbage_input(garbage, what):
     with pytest.raises(UserError, match=what):
         diffapply.parse(garbage, "fix.diff")

@@ -12,9 +12,14 @@ from kgenv.errors import UserError
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     d = tmp_path_factory.mktemp("elf")
-    objs = [compile_c(d, "a.c", SHIPPED_A), compile_c(d, "b.c", B), compile_c(d, "c.c", C),
-            compile_c(d, "d1/util.c", UTIL.format(n=1)), compile_c(d, "d2/util.c", UTIL.format(n=2)),
-            runtime(d)]
+    objs = [
+        compile_c(d, "a.c", SHIPPED_A),
+        compile_c(d, "b.c", B),
+        compile_c(d, "c.c", C),
+        compile_c(d, "d1/util.c", UTIL.format(n=1)),
+        compile_c(d, "d2/util.c", UTIL.format(n=2)),
+        runtime(d),
+    ]
     return d, objs, link(d / "vmlinux", objs)
 
 
@@ -47,14 +52,17 @@ def test_module_signature_is_stripped(built, tmp_path):
     assert SymbolIndex.open(ko).function("same") is not None
 
 
-@pytest.mark.parametrize("mutate, words", [
-    (lambda b: b"", "empty"),
-    (lambda b: b"hello world, not elf", "not an ELF"),
-    (lambda b: b[:40], "not an ELF"),
-    (lambda b: b[:4] + b"\x01" + b[5:], "64-bit"),
-    (lambda b: b[:18] + b"\x28\x00" + b[20:], "x86-64"),
-    (lambda b: b[:len(b) // 2], "truncated"),
-])
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (lambda b: b"", "empty"),
+        (lambda b: b"hello world, not elf", "not an ELF"),
+        (lambda b: b[:40], "not an ELF"),
+        (lambda b: b[:4] + b"\x01" + b[5:], "64-bit"),
+        (lambda b: b[:18] + b"\x28\x00" + b[20:], "x86-64"),
+        (lambda b: b[: len(b) // 2], "truncated"),
+    ],
+)
 def test_bad_input_is_one_line_user_error(built, tmp_path, mutate, words):
     _, objs, _ = built
     bad = tmp_path / "bad.o"

@@ -8,10 +8,11 @@ import sys
 import time
 
 import pytest
-
 from farm_helpers import BAD_C, OK_C, ROOT, make_envs, runs, tiny_engine, write_plan
+
 from kgenv.errors import UserError
-from kgenv.farm import matrix, plan as plans
+from kgenv.farm import matrix
+from kgenv.farm import plan as plans
 from kgenv.farm.identity import kgenv_identity
 from kgenv.farm.job import Job
 from kgenv.farm.run import Farm
@@ -35,6 +36,7 @@ def farm(tmp_path, rt, plan_path, jobs=1, **kw) -> Farm:
 
 
 # -- plan -------------------------------------------------------------------------------------
+
 
 def bad_plan(tmp_path, text, match):
     p = tmp_path / "bad.toml"
@@ -64,8 +66,10 @@ def test_plan_problems_are_one_line_errors_naming_the_file(tmp_path):
 
 def test_plan_reads_fixture_stems_and_directories(tmp_path):
     p = tmp_path / "plan.toml"
-    p.write_text(f'kernels = ["debian:bookworm", "debian:6.1.0-57-amd64", "my-env"]\n'
-                 f'fixtures = "{ROOT / "fixtures" / "patches"}"\n[options]\nboot_test = true\n')
+    p.write_text(
+        f'kernels = ["debian:bookworm", "debian:6.1.0-57-amd64", "my-env"]\n'
+        f'fixtures = "{ROOT / "fixtures" / "patches"}"\n[options]\nboot_test = true\n'
+    )
     pl = plans.load(p)
     by = {f.name: f for f in pl.fixes}
     assert by["cmdline"].expected == "built" and by["cmdline"].check.name == "cmdline.check"
@@ -75,20 +79,25 @@ def test_plan_reads_fixture_stems_and_directories(tmp_path):
 
 # -- keys -------------------------------------------------------------------------------------
 
+
 def test_job_key_changes_with_each_input_and_only_then(tmp_path):
     p = write_plan(tmp_path, ["k"], {"a": (OK_C, "built")})
     fix = plans.load(p).fixes[0]
     base = Job("k", "sha256:" + "1" * 64, "r", fix, False, "v1")
     same = Job("k", "sha256:" + "1" * 64, "other-release", fix, False, "v1")
     assert base.key == same.key  # the release is a label; the image ID is the input
-    changed = [Job("k", "sha256:" + "2" * 64, "r", fix, False, "v1"), Job("k", base.image_id, "r", fix, True, "v1"),
-               Job("k", base.image_id, "r", fix, False, "v2"),
-               Job("k", base.image_id, "r", fix.__class__(**{**fix.__dict__, "diff_sha256": "0" * 64}), False, "v1")]
+    changed = [
+        Job("k", "sha256:" + "2" * 64, "r", fix, False, "v1"),
+        Job("k", base.image_id, "r", fix, True, "v1"),
+        Job("k", base.image_id, "r", fix, False, "v2"),
+        Job("k", base.image_id, "r", fix.__class__(**{**fix.__dict__, "diff_sha256": "0" * 64}), False, "v1"),
+    ]
     assert len({base.key, *(j.key for j in changed)}) == 5
     assert kgenv_identity().startswith("0.") and kgenv_identity() == kgenv_identity()
 
 
 # -- runs -------------------------------------------------------------------------------------
+
 
 def test_matrix_cache_and_exit_codes(farm_dir):
     tmp, rt = farm_dir
@@ -96,7 +105,8 @@ def test_matrix_cache_and_exit_codes(farm_dir):
     p = write_plan(tmp, KERNELS, {"ok": (OK_C, "built"), "bad": (BAD_C, "refused"), "boom": (crash, "built")})
     m = farm(tmp, rt, p, jobs=2).run()
     assert {(c.kernel, c.fix): c.outcome for c in m.cells} == {
-        (k, f): o for k in KERNELS for f, o in (("ok", "built"), ("bad", "refused"), ("boom", "error"))}
+        (k, f): o for k in KERNELS for f, o in (("ok", "built"), ("bad", "refused"), ("boom", "error"))
+    }
     assert m.exit_code == 2 and len(runs(tmp / "runs.jsonl")) == 6
     boom = m.cell("tiny-k1", "boom")
     assert "no report.json; exit 2: tinyjob: crashing as asked" in boom.reason
@@ -106,15 +116,24 @@ def test_matrix_cache_and_exit_codes(farm_dir):
 
     ok = m.cell("tiny-k1", "ok")
     job_dir = tmp / "out" / ok.dir
-    assert {f.name for f in job_dir.iterdir()} >= {"livepatch-ok.ko", "ok.c", "Kbuild", "report.json", "build.log",
-                                                   "provenance.intoto.json", "job.json", "attempt.json"}
+    assert {f.name for f in job_dir.iterdir()} >= {
+        "livepatch-ok.ko",
+        "ok.c",
+        "Kbuild",
+        "report.json",
+        "build.log",
+        "provenance.intoto.json",
+        "job.json",
+        "attempt.json",
+    }
     assert json.loads((job_dir / "job.json").read_text())["job"]["key"] == ok.key
 
     doc = json.loads((tmp / "out" / "matrix.json").read_text())
     assert set(doc) == {"farm", "kernels", "fixes", "jobs"}
     assert all(not isinstance(v, (dict, list)) for v in doc["farm"].values())
-    assert all(not isinstance(v, (dict, list)) for sec in ("kernels", "fixes", "jobs") for r in doc[sec]
-               for v in r.values())  # two levels deep
+    assert all(
+        not isinstance(v, (dict, list)) for sec in ("kernels", "fixes", "jobs") for r in doc[sec] for v in r.values()
+    )  # two levels deep
     assert doc["farm"]["exit_code"] == 2 and doc["farm"]["count_error"] == 2
     assert matrix.load(tmp / "out" / "matrix.json") == m
 
@@ -156,8 +175,9 @@ def test_parallelism_is_bounded(farm_dir):
     tmp, rt = farm_dir
     p = write_plan(tmp, KERNELS, {f"s{i}": (OK_C + "// sleep 0.6\n", "built") for i in range(3)})
     farm(tmp, rt, p, jobs=2).run()
-    events = sorted([(r["t"], 1) for r in runs(tmp / "runs.jsonl")] +
-                    [(r["t"], -1) for r in runs(tmp / "runs.jsonl", "end")])
+    events = sorted(
+        [(r["t"], 1) for r in runs(tmp / "runs.jsonl")] + [(r["t"], -1) for r in runs(tmp / "runs.jsonl", "end")]
+    )
     level = peak = 0
     for _, d in events:
         level += d
@@ -244,7 +264,7 @@ def test_junit_suite_per_kernel_case_per_fix_failures_carry_the_reason(farm_dir)
     xml = JUnitXml.fromfile(str(tmp / "out" / "matrix.junit.xml"))
     suites = {s.name: s for s in xml}
     assert set(suites) == set(KERNELS)
-    for name, suite in suites.items():
+    for suite in suites.values():
         cases = {c.name: c for c in suite}
         assert set(cases) == {"ok", "wrong", "boom"} and suite.tests == 3
         assert suite.failures == 1 and suite.errors == 1
@@ -263,8 +283,16 @@ def test_html_matrix_links_each_report_and_renders_in_chromium(farm_dir):
     from browser import distinct_colours, png_pixels, screenshot
 
     tmp, rt = farm_dir
-    p = write_plan(tmp, KERNELS, {"ok": (OK_C, "built"), "bad": (BAD_C, "refused"), "boom": ("// crash\n", "built"),
-                                  "wrong": (BAD_C + "\n", "built")})
+    p = write_plan(
+        tmp,
+        KERNELS,
+        {
+            "ok": (OK_C, "built"),
+            "bad": (BAD_C, "refused"),
+            "boom": ("// crash\n", "built"),
+            "wrong": (BAD_C + "\n", "built"),
+        },
+    )
     m = farm(tmp, rt, p).run()
     page = (tmp / "out" / "matrix.html").read_text()
     assert "<script" not in page and "http" not in page.replace("http-equiv", "")  # self-contained
@@ -281,14 +309,17 @@ def test_html_matrix_links_each_report_and_renders_in_chromium(farm_dir):
 
 # -- CLI and the Buildbot master configuration -----------------------------------------------
 
+
 def kgenv_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "kgenv", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=os.environ)
+    return subprocess.run(
+        [sys.executable, "-m", "kgenv", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=os.environ
+    )
 
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path):
     bad = tmp_path / "plan.toml"
     bad.write_text('kernels = ["k"]\n[fixes.a]\ndiff = "missing.diff"\nexpected = "built"\n')
+
     def refused(args, match):
         r = kgenv_cli(*args)
         assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -342,13 +373,22 @@ def test_buildbot_artefacts_stay_inside_and_logs_lose_the_environment_dump(tmp_p
         info.type, info.linkname, info.size = kind, link, len(data) if kind == tarfile.REGTYPE else 0
         return info, data if kind == tarfile.REGTYPE else None
 
-    good = tar_with(member("./report.json", b"{}"), member("./livepatch-a.ko", b"ELF"),
-                    member("./evil", kind=tarfile.SYMTYPE, link="/etc/passwd"))
+    good = tar_with(
+        member("./report.json", b"{}"),
+        member("./livepatch-a.ko", b"ELF"),
+        member("./evil", kind=tarfile.SYMTYPE, link="/etc/passwd"),
+    )
     assert extract_artefacts(good, tmp_path / "out") == ""
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["livepatch-a.ko", "report.json"]
     bad = tar_with(member("../escape", b"x"))
     assert "unreadable job artefact" in extract_artefacts(bad, tmp_path / "out2")
     assert not (tmp_path / "escape").exists() and not bad.exists()
-    contents = {"logchunks": [{"content": "hkgenv build a.diff\nh environment:\nh  SECRET=1\noBUILT: a\n"
-                                          "eWARN x\nhprogram finished with exit code 0\nhelapsedTime=1\n"}]}
+    contents = {
+        "logchunks": [
+            {
+                "content": "hkgenv build a.diff\nh environment:\nh  SECRET=1\noBUILT: a\n"
+                "eWARN x\nhprogram finished with exit code 0\nhelapsedTime=1\n"
+            }
+        ]
+    }
     assert log_text(contents) == "kgenv build a.diff\nBUILT: a\nWARN x\nprogram finished with exit code 0\n"

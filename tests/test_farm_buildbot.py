@@ -5,9 +5,9 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from buildbot_cluster import Cluster, port_open
 from farm_helpers import BAD_C, OK_C, TINYJOB, tiny_engine, write_plan
+
 from kgenv.build import report as build_report
 from kgenv.farm import plan as plans
 from kgenv.farm.buildbot.client import BuildbotEngine
@@ -24,8 +24,9 @@ def cluster(tmp_path_factory, envs_dir):
     """worker1 shares the test envs; worker2 starts with none and must import the env archive."""
     root = tmp_path_factory.mktemp("buildbot")
     (root / "worker2-envs").mkdir()
-    c = Cluster(root, {"worker1": {"KGENV_ENVS": str(envs_dir)},
-                       "worker2": {"KGENV_ENVS": str(root / "worker2-envs")}}, TINYJOB)
+    c = Cluster(
+        root, {"worker1": {"KGENV_ENVS": str(envs_dir)}, "worker2": {"KGENV_ENVS": str(root / "worker2-envs")}}, TINYJOB
+    )
     try:
         yield c.start()
     finally:
@@ -35,9 +36,17 @@ def cluster(tmp_path_factory, envs_dir):
 @pytest.fixture(scope="module")
 def plan_path(tmp_path_factory, env):
     d = tmp_path_factory.mktemp("plan")
-    return write_plan(d, [env.name], {"ok": (OK_C, "built"), "ok-slow": (OK_C + "// sleep 3\n", "built"),
-                                     "bad": (BAD_C, "refused"), "boom": ("// crash\n", "built"),
-                                     "other": ("long other(long y) { return y * 2; }\n", "built")})
+    return write_plan(
+        d,
+        [env.name],
+        {
+            "ok": (OK_C, "built"),
+            "ok-slow": (OK_C + "// sleep 3\n", "built"),
+            "bad": (BAD_C, "refused"),
+            "boom": ("// crash\n", "built"),
+            "other": ("long other(long y) { return y * 2; }\n", "built"),
+        },
+    )
 
 
 def run(plan_path, out, store, engine, rt):
@@ -47,8 +56,13 @@ def run(plan_path, out, store, engine, rt):
 @pytest.fixture(scope="module")
 def bb_matrix(cluster, plan_path, docker_rt, tmp_path_factory):
     d = tmp_path_factory.mktemp("bb-run")
-    return d, run(plan_path, d / "out", d / "store", BuildbotEngine(cluster.url, cluster.envs_store, docker_rt,
-                                                                    poll=0.3), docker_rt)
+    return d, run(
+        plan_path,
+        d / "out",
+        d / "store",
+        BuildbotEngine(cluster.url, cluster.envs_store, docker_rt, poll=0.3),
+        docker_rt,
+    )
 
 
 def test_jobs_run_on_both_workers_and_artefacts_arrive(bb_matrix, cluster, env):
@@ -85,8 +99,9 @@ def test_the_failure_and_its_log_reach_the_matrix(bb_matrix):
 def test_same_matrix_as_the_local_engine_and_a_rerun_is_cached(bb_matrix, plan_path, docker_rt, cluster):
     d, m = bb_matrix
     local = run(plan_path, d / "local-out", d / "local-store", tiny_engine(2), docker_rt)
-    assert [(c.kernel, c.fix, c.outcome, c.module_sha256 != "") for c in local.cells] == \
-           [(c.kernel, c.fix, c.outcome, c.module_sha256 != "") for c in m.cells]
+    assert [(c.kernel, c.fix, c.outcome, c.module_sha256 != "") for c in local.cells] == [
+        (c.kernel, c.fix, c.outcome, c.module_sha256 != "") for c in m.cells
+    ]
     again = run(plan_path, d / "out", d / "store", BuildbotEngine(cluster.url, None, docker_rt, poll=0.3), docker_rt)
     assert {c.fix for c in again.cells if c.cached} == {"ok", "ok-slow", "bad", "other"}
     assert again.cell(m.kernels[0].env, "boom").worker in ("worker1", "worker2")
@@ -130,8 +145,9 @@ def test_ctrl_c_stops_running_builds_and_cancels_queued_ones(cluster, env, tmp_p
     m = matrix.load(tmp_path / "out" / "matrix.json")
     assert [c.outcome for c in m.cells] == ["not-run"] * 3 and m.farm["interrupted"]
     deadline = time.monotonic() + 30
-    while cluster.api("builds?complete=false")["builds"] or \
-            cluster.api("buildrequests?complete=false")["buildrequests"]:
+    while (
+        cluster.api("builds?complete=false")["builds"] or cluster.api("buildrequests?complete=false")["buildrequests"]
+    ):
         assert time.monotonic() < deadline, "builds or requests left behind"
         time.sleep(0.5)
     assert list((tmp_path / "store" / "tmp").iterdir()) == []

@@ -12,8 +12,15 @@ def _names(files: list[Path], pkg: Path) -> set[str]:
 def test_the_build_closure_of_the_real_package():
     names = _names(build_closure(), PKG)
     # the pipeline, what it runs in the container by module name, the proof and the boot test
-    assert {"build/pipeline.py", "build/cfacts.py", "verify/code.py", "boot/qemu.py", "elf/klp.py",
-            "manifest.py", "cli/build.py"} <= names
+    assert {
+        "build/pipeline.py",
+        "build/cfacts.py",
+        "verify/code.py",
+        "boot/qemu.py",
+        "elf/klp.py",
+        "manifest.py",
+        "cli/build.py",
+    } <= names
     # what a build never runs: scheduling, audit, presenters, snapshots, other commands
     assert not {n for n in names if n.startswith(("farm/", "audit/", "report/"))}
     assert not names & {"env/vendor.py", "env/debian.py", "cli/audit.py", "cli/farm.py", "cli/__init__.py"}
@@ -36,4 +43,11 @@ def test_closure_follows_imports_packages_and_run_as_module(tmp_path):
         (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
         (pkg / rel).write_text(text)
     assert _names(build_closure("kgenv.cli.build", pkg), pkg) == {
-        "__init__.py", "cli/build.py", "a/__init__.py", "a/b.py", "c.py", "d/__init__.py", "d/e.py"}
+        "__init__.py",
+        "cli/build.py",
+        "a/__init__.py",
+        "a/b.py",
+        "c.py",
+        "d/__init__.py",
+        "d/e.py",
+    }

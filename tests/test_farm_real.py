@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from buildbot_cluster import Cluster
+
 from kgenv.build import report as build_report
 from kgenv.farm import plan as plans
 from kgenv.farm.buildbot.client import BuildbotEngine
@@ -20,13 +20,23 @@ FIXTURES = __import__("pathlib").Path(__file__).resolve().parent.parent / "fixtu
 
 def plan_file(d, env, fixes, boot=False):
     """Fixture fixes, plus `broken`: the cmdline fix with a context line the tree does not have."""
-    (d / "broken.diff").write_text((FIXTURES / "cmdline.diff").read_text().replace(
-        "seq_puts(m, saved_command_line);", "seq_puts(m, no_such_context_line);"))
+    (d / "broken.diff").write_text(
+        (FIXTURES / "cmdline.diff")
+        .read_text()
+        .replace("seq_puts(m, saved_command_line);", "seq_puts(m, no_such_context_line);")
+    )
     lines = [f'kernels = ["{env.name}"]', ""]
     for f in fixes:
         lines += [f"[fixes.{f}]", f'fixture = "{FIXTURES / f}"', ""]
-    lines += ["[fixes.broken]", 'diff = "broken.diff"', 'expected = "built"', f'check = "{FIXTURES / "cmdline.check"}"', "",
-              "[options]", f"boot_test = {'true' if boot else 'false'}"]
+    lines += [
+        "[fixes.broken]",
+        'diff = "broken.diff"',
+        'expected = "built"',
+        f'check = "{FIXTURES / "cmdline.check"}"',
+        "",
+        "[options]",
+        f"boot_test = {'true' if boot else 'false'}",
+    ]
     (d / "plan.toml").write_text("\n".join(lines) + "\n")
     return plans.load(d / "plan.toml")
 
@@ -70,12 +80,22 @@ def test_buildbot_farm_of_real_builds(env, envs_dir, tmp_path, docker_rt):
     try:
         c.start()
         p = plan_file(tmp_path, env, ["cmdline", "two-files", "refuse-data"])
-        m = Farm(p, tmp_path / "out", BuildbotEngine(c.url, c.envs_store, docker_rt), Store(tmp_path / "store"),
-                 docker_rt, Progress()).run()
+        m = Farm(
+            p,
+            tmp_path / "out",
+            BuildbotEngine(c.url, c.envs_store, docker_rt),
+            Store(tmp_path / "store"),
+            docker_rt,
+            Progress(),
+        ).run()
     finally:
         c.stop()
     check_real(m, tmp_path / "out", env)
     assert {x.worker for x in m.cells} == {"worker1", "worker2"}
-    assert {x.fix: x.outcome for x in m.cells} == {"cmdline": "built", "two-files": "built",
-                                                   "refuse-data": "refused", "broken": "error"}
+    assert {x.fix: x.outcome for x in m.cells} == {
+        "cmdline": "built",
+        "two-files": "built",
+        "refuse-data": "refused",
+        "broken": "error",
+    }
     assert c.pids() == []

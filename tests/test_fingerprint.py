@@ -3,10 +3,10 @@
 import pytest
 
 from kgenv.env.fingerprint import make_variables, read_config, read_vmlinux
+from kgenv.env.toolchain import CompilerId
+from kgenv.errors import UserError
 from kgenv.image import rootfs
 from kgenv.runtime import dockerarchive
-from kgenv.errors import UserError
-from kgenv.env.toolchain import CompilerId
 
 
 def test_compiler_strings_compare_by_meaning():
@@ -29,8 +29,10 @@ def test_config_errors_name_the_file(tmp_path):
         read_config(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("content, message", [(b"", "not an ELF"), (b"\x7fELF\x02\x01\x01" + b"\0" * 9, "not an ELF"),
-                                              (b"MZ" * 100, "not an ELF")])
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "not an ELF"), (b"\x7fELF\x02\x01\x01" + b"\0" * 9, "not an ELF"), (b"MZ" * 100, "not an ELF")],
+)
 def test_garbled_vmlinux(tmp_path, content, message):
     p = tmp_path / "vmlinux"
     p.write_bytes(content)
@@ -48,10 +50,13 @@ def test_non_kernel_elf_has_no_banner(tmp_path):
 
 
 def test_make_variables_from_generated_headers():
-    out = make_variables({"CC_VERSION_TEXT": "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0"},
-                         {"LINUX_COMPILE_BY": "debian-kernel", "LINUX_COMPILE_HOST": "lists.debian.org"},
-                         {"UTS_VERSION": "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3 (2026-11-26)"},
-                         "6.1.0-57-amd64", "/build/x")
+    out = make_variables(
+        {"CC_VERSION_TEXT": "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0"},
+        {"LINUX_COMPILE_BY": "debian-kernel", "LINUX_COMPILE_HOST": "lists.debian.org"},
+        {"UTS_VERSION": "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3 (2026-11-26)"},
+        "6.1.0-57-amd64",
+        "/build/x",
+    )
     assert out["CC"] == "gcc-12" and out["KBUILD_BUILD_USER"] == "debian-kernel"
     assert out["KBUILD_BUILD_VERSION_TIMESTAMP"] == "Debian 6.1.192-3 (2026-11-26)"
     assert out["KCFLAGS"] == "-fdebug-prefix-map=/build/x/="

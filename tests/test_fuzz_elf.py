@@ -15,8 +15,7 @@ CASES = 300
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
     d = tmp_path_factory.mktemp("fuzz")
-    objs = [compile_c(d, "a.c", SHIPPED_A), compile_c(d, "b.c", B), compile_c(d, "c.c", C),
-            runtime(d)]
+    objs = [compile_c(d, "a.c", SHIPPED_A), compile_c(d, "b.c", B), compile_c(d, "c.c", C), runtime(d)]
     binary = link(d / "vmlinux", objs)
     ko = link_module(d / "a.ko", [objs[0]])
     return d, objs[0], binary, ko
@@ -25,7 +24,7 @@ def seeds(tmp_path_factory):
 def _mutate(rng: random.Random, data: bytes) -> bytes:
     buf = bytearray(data)
     if rng.random() < 0.25:
-        return bytes(buf[:rng.randrange(len(buf))])
+        return bytes(buf[: rng.randrange(len(buf))])
     # bias towards the headers and tables at both ends, where parsing decisions live
     for _ in range(rng.randint(1, 8)):
         pos = rng.randrange(min(len(buf), 256)) if rng.random() < 0.4 else rng.randrange(len(buf))

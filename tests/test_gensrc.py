@@ -109,10 +109,12 @@ def parse(tmp_path: Path, text: str, name: str = "mini.c", header: str = HEADER)
     (tmp_path / "mini.h").write_text(header)
     (tmp_path / name).write_text(text)
     cmd = tmp_path / f".{name[:-2]}.o.cmd"
-    cmd.write_text(f"savedcmd_{name[:-2]}.o := gcc -Wp,-MMD,.x.o.d -nostdinc -I . -O2 -D__KERNEL__ "
-                   f"-DKBUILD_MODNAME='\"mini\"' -DPRICE='\"$$5\"' -fno-PIE -mno-red-zone -pg "
-                   f"-c -o {name[:-2]}.o {name}   ; ./tools/objtool/objtool --orc {name[:-2]}.o\n\n"
-                   f"source_{name[:-2]}.o := {name}\n")
+    cmd.write_text(
+        f"savedcmd_{name[:-2]}.o := gcc -Wp,-MMD,.x.o.d -nostdinc -I . -O2 -D__KERNEL__ "
+        f"-DKBUILD_MODNAME='\"mini\"' -DPRICE='\"$$5\"' -fno-PIE -mno-red-zone -pg "
+        f"-c -o {name[:-2]}.o {name}   ; ./tools/objtool/objtool --orc {name[:-2]}.o\n\n"
+        f"source_{name[:-2]}.o := {name}\n"
+    )
     return cfacts.facts(str(cmd), str(tmp_path))
 
 
@@ -122,13 +124,19 @@ def compile_c(tmp_path: Path, text: str, *flags: str) -> dict:
     src.write_text(text)
     if not (tmp_path / "mini.h").exists():
         (tmp_path / "mini.h").write_text(HEADER)
-    r = subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-I", str(tmp_path), *flags, "-c", str(src), "-o",
-                        str(obj)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["gcc", "-O2", "-Wall", "-Werror", "-I", str(tmp_path), *flags, "-c", str(src), "-o", str(obj)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     with open(obj, "rb") as f:
         symtab = ELFFile(f).get_section_by_name(".symtab")
-        return {s.name: (s["st_info"]["bind"], s["st_shndx"] != "SHN_UNDEF", s["st_info"]["type"])
-                for s in symtab.iter_symbols() if s.name and s["st_info"]["type"] != "STT_FILE"}
+        return {
+            s.name: (s["st_info"]["bind"], s["st_shndx"] != "SHN_UNDEF", s["st_info"]["type"])
+            for s in symtab.iter_symbols()
+            if s.name and s["st_info"]["type"] != "STT_FILE"
+        }
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +151,25 @@ def everywhere_but(*absent):
 
 def test_command_parsing(tmp_path):
     cmd = tmp_path / ".a.o.cmd"
-    cmd.write_text("cmd_a.o := gcc -Wp,-MMD,a.d -include x.h -I./inc -isystem /s -DX='\"$$(pound)\"' "
-                   "-DH=$(pound)1 -std=gnu11 -mcmodel=kernel -fno-PIE -g -c -o a.o a.c ; objtool a.o\n")
+    cmd.write_text(
+        "cmd_a.o := gcc -Wp,-MMD,a.d -include x.h -I./inc -isystem /s -DX='\"$$(pound)\"' "
+        "-DH=$(pound)1 -std=gnu11 -mcmodel=kernel -fno-PIE -g -c -o a.o a.c ; objtool a.o\n"
+    )
     argv = cfacts.read_command(str(cmd))
     assert argv[0] == "gcc" and argv[-1] == "a.c" and "objtool" not in argv
     args, source = cfacts.clang_args(argv)
     assert source == "a.c"
-    assert args[:9] == ["-include", "x.h", "-I./inc", "-isystem", "/s", '-DX="$(pound)"', "-DH=#1",
-                        "-std=gnu11", "-fno-PIE"]
+    assert args[:9] == [
+        "-include",
+        "x.h",
+        "-I./inc",
+        "-isystem",
+        "/s",
+        '-DX="$(pound)"',
+        "-DH=#1",
+        "-std=gnu11",
+        "-fno-PIE",
+    ]
     assert not any(a.startswith(("-Wp", "-mcmodel", "-g", "-o", "-c")) for a in args)
 
 
@@ -160,11 +179,14 @@ def test_facts_extents_and_declarators(mini):
     by = {}
     for x in facts["decls"]:
         by.setdefault(x["name"], []).append(x)
-    text = lambda x: data[x["start"]:x["end"]].decode()
+
+    def text(x):
+        return data[x["start"] : x["end"]].decode()
+
     assert text(by["big_lock"][0]) == "static DEFINE_LOCK(big_lock);" and by["big_lock"][0]["macro"] == "DEFINE_LOCK"
     assert text(by["__initcall_setup"][0]) == "initcall(setup);"
     assert text(next(x for x in by["pick"] if not x["is_definition"])) == "EXPORT(pick);"
-    assert by["counter"][0]["is_definition"]          # a tentative definition is one
+    assert by["counter"][0]["is_definition"]  # a tentative definition is one
     assert by["hooks"][0]["extern_decl"] == "extern int (*hooks[4])(int);"
     assert by["grid"][0]["extern_decl"] == "extern char (*grid)[8];"
     assert by["names"][0]["extern_decl"] == "extern const char *const names[2];"
@@ -196,9 +218,14 @@ def test_replaced_function_with_helpers_and_state(mini, tmp_path):
     assert g.refusals == []
     assert g.replaced == ["fixed"] and g.copied == ["helper_inlined"]
     assert {e.name: (e.kind, e.static) for e in g.externs} == {
-        "big_lock": ("variable", True), "global_count": ("variable", False), "grid": ("variable", True),
-        "names": ("variable", True), "pair_var": ("variable", True), "helper_present": ("function", True),
-        "pick": ("function", False)}
+        "big_lock": ("variable", True),
+        "global_count": ("variable", False),
+        "grid": ("variable", True),
+        "names": ("variable", True),
+        "pair_var": ("variable", True),
+        "helper_present": ("function", True),
+        "pick": ("function", False),
+    }
     assert g.aliases == {"fixed": "livepatch_fixed"}
     assert any("__already_done" in n for n in g.notes)
     syms = compile_c(tmp_path, g.text)
@@ -207,7 +234,7 @@ def test_replaced_function_with_helpers_and_state(mini, tmp_path):
     assert syms["livepatch_fixed"] == ("STB_GLOBAL", True, "STT_FUNC")
     assert syms["fixed"][1] and "helper_inlined" in g.text
     defined_data = {n for n, (_, defined, t) in syms.items() if defined and t == "STT_OBJECT"}
-    assert defined_data == {"__already_done.0"}      # the once-flag, and no kernel state
+    assert defined_data == {"__already_done.0"}  # the once-flag, and no kernel state
     for gone in ("untraced", "setup", "stateful", "counter", "unused_state", "__initcall_setup", "EXPORT("):
         assert gone not in g.text
 
@@ -217,12 +244,12 @@ def test_output_is_the_file_minus_definitions(mini):
     d, facts = mini
     src = (d / "mini.c").read_text()
     g = generate(src, facts, {"fixed"}, everywhere_but("helper_inlined"))
-    added = [l[2:] for l in difflib.ndiff(src.splitlines(), g.text.splitlines()) if l.startswith("+ ")]
+    added = [d[2:] for d in difflib.ndiff(src.splitlines(), g.text.splitlines()) if d.startswith("+ ")]
     for line in added:
         assert line.startswith(("extern ", "/* livepatch:", "struct pair {", "int helper_present(int x);")), line
-    assert "int helper_present(int x);" in added          # the static prototype lost its `static`
-    assert "struct pair { int a, b; };" in added          # the type survives its variable
-    fixed = src[src.index("int fixed(int a)"):src.index("EXPORT(fixed)")]
+    assert "int helper_present(int x);" in added  # the static prototype lost its `static`
+    assert "struct pair { int a, b; };" in added  # the type survives its variable
+    fixed = src[src.index("int fixed(int a)") : src.index("EXPORT(fixed)")]
     assert fixed in g.text
 
 
@@ -244,17 +271,20 @@ def test_footer_alias_of_a_static_function(tmp_path):
     assert syms["counter"] == ("STB_GLOBAL", False, "STT_NOTYPE")
 
 
-@pytest.mark.parametrize("keep, present, why", [
-    ("untraced", (), "untraced is notrace"),
-    ("entry_code", (), "entry_code is noinstr"),
-    ("setup", (), "setup is __init"),
-    ("setup", (), "setup uses boot_flag, which is __initdata"),
-    ("stateful", (), "static calls (line"),
-    ("uses_anon", (), "anon cannot be declared extern"),
-    ("uses_unused", ("unused_state",), "uses static variable unused_state, which the running kernel"),
-    ("calls_counted", ("counted",), "also defines counted_calls"),
-    ("nowhere", (), "nowhere: no definition"),
-])
+@pytest.mark.parametrize(
+    "keep, present, why",
+    [
+        ("untraced", (), "untraced is notrace"),
+        ("entry_code", (), "entry_code is noinstr"),
+        ("setup", (), "setup is __init"),
+        ("setup", (), "setup uses boot_flag, which is __initdata"),
+        ("stateful", (), "static calls (line"),
+        ("uses_anon", (), "anon cannot be declared extern"),
+        ("uses_unused", ("unused_state",), "uses static variable unused_state, which the running kernel"),
+        ("calls_counted", ("counted",), "also defines counted_calls"),
+        ("nowhere", (), "nowhere: no definition"),
+    ],
+)
 def test_refusals(mini, keep, present, why):
     d, facts = mini
     g = generate((d / "mini.c").read_text(), facts, {keep}, everywhere_but(*present))
@@ -287,7 +317,7 @@ def test_new_function_is_copied_without_alias(tmp_path):
 
 def test_parse_errors(tmp_path):
     header = HEADER + "static inline int gcc_only(void) { return __builtin_not_in_clang(1); }\n"
-    facts = parse(tmp_path, "#include \"mini.h\"\nint f(void) { return 1; }\n", header=header)
+    facts = parse(tmp_path, '#include "mini.h"\nint f(void) { return 1; }\n', header=header)
     assert facts["diagnostics"]["errors"] >= 1 and facts["diagnostics"]["main_file_errors"] == 0
     g = generate((tmp_path / "mini.c").read_text(), facts, {"f"}, everywhere_but())
     assert g.refusals == [] and any("in headers" in n for n in g.notes)
@@ -312,7 +342,7 @@ def test_cli_writes_json(tmp_path):
 
 def test_trace_points_are_the_running_kernels(tmp_path):
     header = HEADER + "#ifdef CREATE_TRACE_POINTS\nint __tracepoint_x = 1;\n#else\nextern int __tracepoint_x;\n#endif\n"
-    src = "#define CREATE_TRACE_POINTS\n#include \"mini.h\"\nint f(void) { return __tracepoint_x; }\n"
+    src = '#define CREATE_TRACE_POINTS\n#include "mini.h"\nint f(void) { return __tracepoint_x; }\n'
     facts = parse(tmp_path, src, header=header)
     g = generate(src, facts, {"f"}, everywhere_but())
     assert "CREATE_TRACE_POINTS" not in g.text and any("tracepoints" in n for n in g.notes)
@@ -321,7 +351,9 @@ def test_trace_points_are_the_running_kernels(tmp_path):
     assert syms["__tracepoint_x"][1] is False
 
 
-SYSCALLS = HEADER + """\
+SYSCALLS = (
+    HEADER
+    + """\
 struct meta { const char **t; };
 #define SYSCALL_METADATA(sname, nb, ...) \\
 	static const char *types_##sname[] = { "int" }; \\
@@ -334,11 +366,14 @@ struct meta { const char **t; };
 	long __x64_sys_##name(t a) { return __do_sys_##name(a); } \\
 	static inline long __do_sys_##name(t a)
 """
+)
 
 
 def test_syscall_keeps_running_kernels_metadata(tmp_path):
-    src = ("#include \"mini.h\"\nstatic int limit;\n\nSYSCALL_DEFINE1(probe, int, x)\n{\n\treturn x < limit;\n}\n\n"
-           "SYSCALL_DEFINE1(other, int, x)\n{\n\treturn x;\n}\n")
+    src = (
+        '#include "mini.h"\nstatic int limit;\n\nSYSCALL_DEFINE1(probe, int, x)\n{\n\treturn x < limit;\n}\n\n'
+        "SYSCALL_DEFINE1(other, int, x)\n{\n\treturn x;\n}\n"
+    )
     facts = parse(tmp_path, src, header=SYSCALLS)
     g = generate(src, facts, {"__x64_sys_probe"}, everywhere_but())
     assert g.refusals == [] and g.replaced == ["__x64_sys_probe"]
@@ -352,9 +387,11 @@ def test_syscall_keeps_running_kernels_metadata(tmp_path):
 
 
 def test_folded_constants_are_copied_and_new_state_refused(tmp_path):
-    src = ("static const int limit = 5;\nstatic const char *const names[] = { \"a\" };\nstatic int live;\n"
-           "__attribute__((noreturn)) void die(void);\nstatic __attribute__((noreturn)) void stop(void) { die(); }\n"
-           "int f(int x) { if (x < 0) stop(); return x < limit ? names[0][0] : live; }\n")
+    src = (
+        'static const int limit = 5;\nstatic const char *const names[] = { "a" };\nstatic int live;\n'
+        "__attribute__((noreturn)) void die(void);\nstatic __attribute__((noreturn)) void stop(void) { die(); }\n"
+        "int f(int x) { if (x < 0) stop(); return x < limit ? names[0][0] : live; }\n"
+    )
     facts = parse(tmp_path, src)
     g = generate(src, facts, {"f"}, everywhere_but("limit", "names"))
     assert g.refusals == [] and g.copied == ["limit", "names"]
@@ -370,11 +407,13 @@ def test_folded_constants_are_copied_and_new_state_refused(tmp_path):
 
 def test_kept_functions_are_never_made_extern(tmp_path):
     """f uses g before g's own definition: both kept, g's static prototype stays as written."""
-    src = ("static int g(int a);\nint f(int a) { return g(a); }\n"
-           "static __attribute__((cold)) int g(int a) { return a + 1; }\n")
+    src = (
+        "static int g(int a);\nint f(int a) { return g(a); }\n"
+        "static __attribute__((cold)) int g(int a) { return a + 1; }\n"
+    )
     facts = parse(tmp_path, src)
     g = generate(src, facts, {"f", "g"}, everywhere_but())
     assert g.refusals == [] and g.externs == [] and g.replaced == ["f", "g"]
     assert g.text.startswith("static int g(int a);\n")
-    syms = compile_c(tmp_path, g.text)       # -Werror: the alias copies `cold`, no -Wmissing-attributes
+    syms = compile_c(tmp_path, g.text)  # -Werror: the alias copies `cold`, no -Wmissing-attributes
     assert syms["g"] == ("STB_LOCAL", True, "STT_FUNC") and syms["livepatch_g"][0] == "STB_GLOBAL"

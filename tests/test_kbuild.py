@@ -1,7 +1,6 @@
 """Docker tier: Kbuild in the env image builds a livepatch module the shipped kernel accepts."""
 
 import pytest
-
 from elftools.elf.elffile import ELFFile
 
 pytestmark = [pytest.mark.archive, pytest.mark.docker]

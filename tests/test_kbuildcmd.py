@@ -10,10 +10,24 @@ from kgenv.env import kbuildcmd
 from kgenv.errors import ToolError
 
 # what Kbuild's make-cmd writes for: gcc -DX='"$(pound)"' -DH=#1 -DP='$x' ... (6.1 style escapes)
-CMD = ("gcc -Wp,-MMD,a.d -DX='\"$$(pound)\"' -DH=$(pound)1 -DP='$$x' -DQ='a;b' -I ./inc -c -o a.o a.c"
-       " ; ./tools/objtool/objtool orc generate a.o")
-WORDS = ["gcc", "-Wp,-MMD,a.d", '-DX="$(pound)"', "-DH=#1", "-DP=$x", "-DQ=a;b", "-I", "./inc", "-c", "-o",
-         "a.o", "a.c"]
+CMD = (
+    "gcc -Wp,-MMD,a.d -DX='\"$$(pound)\"' -DH=$(pound)1 -DP='$$x' -DQ='a;b' -I ./inc -c -o a.o a.c"
+    " ; ./tools/objtool/objtool orc generate a.o"
+)
+WORDS = [
+    "gcc",
+    "-Wp,-MMD,a.d",
+    '-DX="$(pound)"',
+    "-DH=#1",
+    "-DP=$x",
+    "-DQ=a;b",
+    "-I",
+    "./inc",
+    "-c",
+    "-o",
+    "a.o",
+    "a.c",
+]
 
 
 def test_make_escapes_are_undone_left_to_right_and_redone():
@@ -24,9 +38,9 @@ def test_make_escapes_are_undone_left_to_right_and_redone():
 
 def test_words_as_the_shell_gets_them():
     words = kbuildcmd.tokens(CMD)
-    assert words[:len(WORDS)] == WORDS and words[len(WORDS)] == ";"
+    assert words[: len(WORDS)] == WORDS and words[len(WORDS)] == ";"
     assert kbuildcmd.tokens("gcc -c a.c;objtool a.o") == ["gcc", "-c", "a.c", ";", "objtool", "a.o"]
-    assert kbuildcmd.tokens(r"gcc -DH=\#1 -DS='a b'") == ["gcc", "-DH=#1", "-DS=a b"]   # an older Kbuild's '\#'
+    assert kbuildcmd.tokens(r"gcc -DH=\#1 -DS='a b'") == ["gcc", "-DH=#1", "-DS=a b"]  # an older Kbuild's '\#'
     assert kbuildcmd.tokens("gcc -DX='unbalanced") == ["gcc", "-DX='unbalanced"]
 
 

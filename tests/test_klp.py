@@ -43,8 +43,7 @@ def relocs(path):
                 for r in sec.iter_relocations():
                     sym = symtab.get_symbol(r["r_info_sym"])
                     name = sym.name or elf.get_section(sym["st_shndx"]).name
-                    out.append((sec.name, target, r["r_offset"], r["r_info_type"], name,
-                                r["r_addend"]))
+                    out.append((sec.name, target, r["r_offset"], r["r_info_type"], name, r["r_addend"]))
     return out
 
 
@@ -55,9 +54,8 @@ def sections(path):
 
 
 def readelf(path):
-    r = subprocess.run(["readelf", "-W", "-S", "-s", "-r", str(path)], check=True,
-                       capture_output=True, text=True)
-    assert r.stderr == ""   # readelf warns about any inconsistency it notices
+    r = subprocess.run(["readelf", "-W", "-S", "-s", "-r", str(path)], check=True, capture_output=True, text=True)
+    assert r.stderr == ""  # readelf warns about any inconsistency it notices
     return r.stdout
 
 
@@ -89,8 +87,7 @@ def test_relocations_move_to_klp_sections(tmp_path):
     assert all(r[0] == ".klp.rela.vmlinux." + r[1] for r in moved)
     assert res.moved == len(moved) == sum(r[4] in CONVERT for r in before)
     # everything else untouched, in its original section and order
-    assert [r for r in after if not r[4].startswith(".klp.")] == \
-        [r for r in before if r[4] not in CONVERT]
+    assert [r for r in after if not r[4].startswith(".klp.")] == [r for r in before if r[4] not in CONVERT]
     # the moved entries keep offset, type and addend
     strip = [(r[1], r[2], r[3], r[5]) for r in moved]
     assert sorted(strip) == sorted((r[1], r[2], r[3], r[5]) for r in before if r[4] in CONVERT)
@@ -107,7 +104,7 @@ def test_klp_section_headers(tmp_path):
             assert sec["sh_type"] == "SHT_RELA" and sec["sh_entsize"] == 24
             assert sec["sh_flags"] & klp.SHF_RELA_LIVEPATCH and sec["sh_flags"] & 0x2
             assert sec["sh_link"] == symtab
-            assert elf.get_section(sec["sh_info"]).name == name[len(".klp.rela.vmlinux."):]
+            assert elf.get_section(sec["sh_info"]).name == name[len(".klp.rela.vmlinux.") :]
     text = readelf(out)
     assert re.search(r"\] \.klp\.rela\.vmlinux\.\.text +RELA .* AIo +\d+ +1 +8$", text, re.M)
     assert "Relocation section '.klp.rela.vmlinux..data'" in text
@@ -117,12 +114,18 @@ def test_function_sections_give_one_klp_section_per_function(tmp_path):
     obj = compile_obj(tmp_path, "-ffunction-sections", "-fdata-sections")
     out = tmp_path / "out.o"
     res = klp.convert(obj, {"hidden_func": ("vmlinux", 1), "other_func": ("ext4", 0)}, out)
-    assert sorted(res.sections) == [".klp.rela.ext4..data.table", ".klp.rela.ext4..text.user",
-                                    ".klp.rela.vmlinux..data.table", ".klp.rela.vmlinux..text.second",
-                                    ".klp.rela.vmlinux..text.user"]
+    assert sorted(res.sections) == [
+        ".klp.rela.ext4..data.table",
+        ".klp.rela.ext4..text.user",
+        ".klp.rela.vmlinux..data.table",
+        ".klp.rela.vmlinux..text.second",
+        ".klp.rela.vmlinux..text.user",
+    ]
     rows = relocs(out)
-    assert {r[0] for r in rows if r[4] == ".klp.sym.ext4.other_func,0"} == \
-        {".klp.rela.ext4..text.user", ".klp.rela.ext4..data.table"}
+    assert {r[0] for r in rows if r[4] == ".klp.sym.ext4.other_func,0"} == {
+        ".klp.rela.ext4..text.user",
+        ".klp.rela.ext4..data.table",
+    }
     assert [r[4] for r in rows if r[0] == ".rela.text.user"] == ["hidden_var"]
     text = readelf(out)
     assert "Relocation section '.klp.rela.vmlinux..text.second'" in text
@@ -145,8 +148,9 @@ def test_round_trip_without_conversions_keeps_every_section(tmp_path):
     assert list(a) == list(b)
     for name, (hdr, data) in a.items():
         assert data == b[name][1], name
-        assert {k: v for k, v in hdr.items() if k != "sh_offset"} == \
-            {k: v for k, v in b[name][0].items() if k != "sh_offset"}, name
+        assert {k: v for k, v in hdr.items() if k != "sh_offset"} == {
+            k: v for k, v in b[name][0].items() if k != "sh_offset"
+        }, name
     assert relocs(obj) == relocs(out)
 
 
@@ -170,13 +174,16 @@ def test_in_place_rewrite_keeps_mode(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".klp-")] == []
 
 
-@pytest.mark.parametrize("mapping, what", [
-    ({"nope": ("vmlinux", 0)}, "no such symbol to convert: nope"),
-    ({"user": ("vmlinux", 0)}, "symbol user is defined here"),
-    ({"hidden_var": ("vm.linux", 0)}, "bad livepatch object name"),
-    ({"hidden_var": ("vmlinux", -1)}, "bad sympos"),
-    ({"a,b": ("vmlinux", 0)}, "cannot become a livepatch symbol"),
-])
+@pytest.mark.parametrize(
+    "mapping, what",
+    [
+        ({"nope": ("vmlinux", 0)}, "no such symbol to convert: nope"),
+        ({"user": ("vmlinux", 0)}, "symbol user is defined here"),
+        ({"hidden_var": ("vm.linux", 0)}, "bad livepatch object name"),
+        ({"hidden_var": ("vmlinux", -1)}, "bad sympos"),
+        ({"a,b": ("vmlinux", 0)}, "cannot become a livepatch symbol"),
+    ],
+)
 def test_bad_mappings(tmp_path, mapping, what):
     with pytest.raises(UserError, match=what):
         klp.convert(compile_obj(tmp_path), mapping, tmp_path / "out.o")
@@ -193,8 +200,11 @@ def test_garbled_input(tmp_path):
         "no-section-table": data[:40] + (1 << 40).to_bytes(8, "little") + data[48:],
     }
     exe = tmp_path / "exe"
-    subprocess.run(["gcc", "-nostdlib", "-static", "-o", str(exe), str(obj),
-                    "-Wl,--unresolved-symbols=ignore-all"], check=True, capture_output=True)
+    subprocess.run(
+        ["gcc", "-nostdlib", "-static", "-o", str(exe), str(obj), "-Wl,--unresolved-symbols=ignore-all"],
+        check=True,
+        capture_output=True,
+    )
     cases["executable"] = exe.read_bytes()
     for name, blob in cases.items():
         path = tmp_path / f"{name}.o"

@@ -62,13 +62,16 @@ def test_imports_never_run_back_up():
     modules = _modules()
     bad = []
     for module, f in modules.items():
-        if f.name == "master_cfg.py":   # a Buildbot config file, executed by buildbot, not imported
+        if f.name == "master_cfg.py":  # a Buildbot config file, executed by buildbot, not imported
             continue
         src = _unit(module)
         for target, names, line in _imports(f):
             # `from kgenv import manifest` imports a module; `from kgenv import __version__` the package
-            dests = [_unit(f"kgenv.{n}") if f"kgenv.{n}" in modules else "__init__" for n in names] \
-                if target == "kgenv" else [_unit(target)]
+            dests = (
+                [_unit(f"kgenv.{n}") if f"kgenv.{n}" in modules else "__init__" for n in names]
+                if target == "kgenv"
+                else [_unit(target)]
+            )
             for dest in dests:
                 if dest != src and RANK[dest] >= RANK[src] and dest != "__init__":
                     bad.append(f"{f.relative_to(PKG)}:{line}: {src} imports {target} ({dest})")

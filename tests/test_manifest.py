@@ -14,15 +14,21 @@ def test_round_trip():
     assert manifest.parse(m.to_toml(), "x.toml") == m
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda t: t.replace("schema = 1", "schema = 9"), "schema 9"),
-    (lambda t: t.replace('[kernel]\n', '[kernel]\nx = 1\n').replace('release = "6.1.0-1-amd64"\n', ""), "missing key"),
-    (lambda t: t.replace('path = "kernels/x/vmlinux"', 'path = "../../etc/passwd"'), "escapes the cache"),
-    (lambda t: t.replace('path = "kernels/x/vmlinux"', 'path = "/etc/passwd"'), "escapes the cache"),
-    (lambda t: t.replace("source_date_epoch = 1700000000", 'source_date_epoch = "soon"'), "expected int"),
-    (lambda t: t + "\n[[[", "not valid TOML"),
-    (lambda t: t.replace('name = "debian-6.1.0-1-amd64"', 'name = "../evil"'), "name missing or invalid"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda t: t.replace("schema = 1", "schema = 9"), "schema 9"),
+        (
+            lambda t: t.replace("[kernel]\n", "[kernel]\nx = 1\n").replace('release = "6.1.0-1-amd64"\n', ""),
+            "missing key",
+        ),
+        (lambda t: t.replace('path = "kernels/x/vmlinux"', 'path = "../../etc/passwd"'), "escapes the cache"),
+        (lambda t: t.replace('path = "kernels/x/vmlinux"', 'path = "/etc/passwd"'), "escapes the cache"),
+        (lambda t: t.replace("source_date_epoch = 1700000000", 'source_date_epoch = "soon"'), "expected int"),
+        (lambda t: t + "\n[[[", "not valid TOML"),
+        (lambda t: t.replace('name = "debian-6.1.0-1-amd64"', 'name = "../evil"'), "name missing or invalid"),
+    ],
+)
 def test_bad_manifests_are_one_line_errors(mutate, message):
     with pytest.raises(UserError, match=message) as e:
         manifest.parse(mutate(sample().to_toml()), "envs/bad.toml")

@@ -42,8 +42,12 @@ def test_back_ends_are_structural_not_inherited(cls):
 def test_what_the_host_cannot_do_is_one_line():
     rt = HostRuntime.__new__(HostRuntime)
     rt.m = SimpleNamespace(name="debian-x")
-    for call in (lambda: rt.load(Path("a.tar")), lambda: rt.tag("sha256:" + "0" * 64, "r", "t"),
-                 lambda: rt.image_ids("kgenv-derived/x"), lambda: rt.commit_run("i", ["true"], "r", "t")):
+    for call in (
+        lambda: rt.load(Path("a.tar")),
+        lambda: rt.tag("sha256:" + "0" * 64, "r", "t"),
+        lambda: rt.image_ids("kgenv-derived/x"),
+        lambda: rt.commit_run("i", ["true"], "r", "t"),
+    ):
         with pytest.raises(UserError, match=r"^host runtime: cannot .*env debian-x's build root") as e:
             call()
         assert "\n" not in str(e.value)

@@ -27,10 +27,14 @@ def fake_env(tree: Path):
 def test_mount_targets_become_symlinks_and_names_are_rewritten(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    rewrite = mount_links(tmp_path / "root", [Mount(a, "/kgenv-out"), Mount(b, "/kgenv-py/clang"),
-                                         Mount(a / "k", "/run/kgenv-sign/key.pem")])
-    assert rewrite("cp x /kgenv-out/y && ls /kgenv-out") == \
-        f"cp x {tmp_path}/root/kgenv-out/y && ls {tmp_path}/root/kgenv-out"
+    rewrite = mount_links(
+        tmp_path / "root",
+        [Mount(a, "/kgenv-out"), Mount(b, "/kgenv-py/clang"), Mount(a / "k", "/run/kgenv-sign/key.pem")],
+    )
+    assert (
+        rewrite("cp x /kgenv-out/y && ls /kgenv-out")
+        == f"cp x {tmp_path}/root/kgenv-out/y && ls {tmp_path}/root/kgenv-out"
+    )
     assert rewrite("PYTHONPATH=/kgenv-py") == f"PYTHONPATH={tmp_path}/root/kgenv-py"
     assert rewrite("/kgenv-outside /run/x") == "/kgenv-outside /run/x"  # only whole names, only the mounts
     assert rewrite("/run/kgenv-sign/key.pem") == f"{tmp_path}/root/run/kgenv-sign/key.pem"
@@ -50,10 +54,16 @@ def test_runs_see_their_mounts_and_the_tree_comes_back_as_it_was(tmp_path):
     (overlay / "fs" / "a.c").write_text("patched\n")
     out.mkdir()
     rt = HostRuntime(fake_env(tree), check=False)
-    script = "cp -a /kgenv-overlay/. . && cat fs/a.c > /kgenv-out/seen && echo obj > obj/a.o && mkdir -p new/d" \
-             " && echo rewritten > obj/Makefile"
-    r = rt.run(rt.m.image.id, ["bash", "-c", script], [Mount(overlay, "/kgenv-overlay"),
-                                                       Mount(out, "/kgenv-out", read_only=False)], workdir=str(tree))
+    script = (
+        "cp -a /kgenv-overlay/. . && cat fs/a.c > /kgenv-out/seen && echo obj > obj/a.o && mkdir -p new/d"
+        " && echo rewritten > obj/Makefile"
+    )
+    r = rt.run(
+        rt.m.image.id,
+        ["bash", "-c", script],
+        [Mount(overlay, "/kgenv-overlay"), Mount(out, "/kgenv-out", read_only=False)],
+        workdir=str(tree),
+    )
     assert r.exit_code == 0, r.output
     assert (out / "seen").read_text() == "patched\n"
     assert (tree / "fs" / "a.c").read_text() == "original\n"
@@ -67,9 +77,12 @@ def test_runs_see_their_mounts_and_the_tree_comes_back_as_it_was(tmp_path):
 def test_a_host_that_is_not_the_env_is_refused_with_the_differences(tmp_path):
     m = manifest.parse(TEMPLATE.read_text(), str(TEMPLATE))
     # Whatever this machine has, it is not this env: another compiler pin, string and tree path.
-    m = replace(m, toolchain={**m.toolchain, "gcc-12": "12.2.0-0kgenv1"},
-                fingerprint={**m.fingerprint, "cc_version_text": "gcc-12 (kgenv) 12.2.0"},
-                kernel=replace(m.kernel, srctree=str(tmp_path / "no-tree")))
+    m = replace(
+        m,
+        toolchain={**m.toolchain, "gcc-12": "12.2.0-0kgenv1"},
+        fingerprint={**m.fingerprint, "cc_version_text": "gcc-12 (kgenv) 12.2.0"},
+        kernel=replace(m.kernel, srctree=str(tmp_path / "no-tree")),
+    )
     with pytest.raises(RefusedError) as e:
         HostRuntime(m)
     msg = str(e.value)
@@ -93,14 +106,41 @@ def test_kgenv_build_on_the_host_runtime_inside_the_env_image(env, envs_dir, tmp
     cache = tmp_path / "cache"
     (cache / "kernels").mkdir(parents=True)
     python = Path(sys.executable).resolve()
-    mounts = {ROOT: str(ROOT), python.parents[1]: str(python.parents[1]), envs_dir: "/envs",
-              cache_dir() / "kernels": "/cache/kernels"}
-    args = ["docker", "run", "--rm", "--network", "none", "-v", f"{out}:/out", "-v", f"{cache}:/cache",
-            *[x for h, t in mounts.items() for x in ("-v", f"{h}:{t}:ro")],
-            "-e", f"PYTHONPATH={ROOT}", "-e", "KGENV_ENVS=/envs", "-e", "KGENV_CACHE=/cache",
-            "-e", "PYTHONDONTWRITEBYTECODE=1", "-w", "/tmp", env.image.id,
-            str(python), str(ROOT / "tests" / "host_build_driver.py"), env.name,
-            str(ROOT / "fixtures" / "patches" / "cmdline.diff"), "/out", "cmdline"]
+    mounts = {
+        ROOT: str(ROOT),
+        python.parents[1]: str(python.parents[1]),
+        envs_dir: "/envs",
+        cache_dir() / "kernels": "/cache/kernels",
+    }
+    args = [
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        f"{out}:/out",
+        "-v",
+        f"{cache}:/cache",
+        *[x for h, t in mounts.items() for x in ("-v", f"{h}:{t}:ro")],
+        "-e",
+        f"PYTHONPATH={ROOT}",
+        "-e",
+        "KGENV_ENVS=/envs",
+        "-e",
+        "KGENV_CACHE=/cache",
+        "-e",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "-w",
+        "/tmp",
+        env.image.id,
+        str(python),
+        str(ROOT / "tests" / "host_build_driver.py"),
+        env.name,
+        str(ROOT / "fixtures" / "patches" / "cmdline.diff"),
+        "/out",
+        "cmdline",
+    ]
     r = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])

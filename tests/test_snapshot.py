@@ -19,8 +19,9 @@ pytestmark = [pytest.mark.archive, pytest.mark.docker]
 
 
 def kgenv(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "kgenv", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "kgenv", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 def test_env_records_the_shipped_toolchain(env, debian_kernel):
@@ -44,8 +45,9 @@ def test_cli_list_show_verify(env):
     assert r.returncode == 0 and json.loads(r.stdout)["envs"][env.name]["image"] == env.image.id
     shown = json.loads(kgenv("envs", "show", env.name).stdout)
     assert shown["kernel"]["release"] == env.kernel.release
-    assert all(not isinstance(v, dict) for section in shown.values() if isinstance(section, dict)
-               for v in section.values())  # two levels deep
+    assert all(
+        not isinstance(v, dict) for section in shown.values() if isinstance(section, dict) for v in section.values()
+    )  # two levels deep
     r = kgenv("envs", "verify", env.name, "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     checks = json.loads(r.stdout)["checks"]

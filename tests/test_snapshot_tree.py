@@ -16,9 +16,9 @@ from vendor_tree import assemble, with_cmd_files
 from kgenv import manifest
 from kgenv.env import kbuildcmd, sourcetree
 from kgenv.env.buildtree import open_tree
-from kgenv.errors import UserError
-from kgenv.progress import Progress, QUIET
 from kgenv.env.vendor import marked_cmds, snapshot_build_dir
+from kgenv.errors import UserError
+from kgenv.progress import QUIET, Progress
 
 pytestmark = [pytest.mark.archive, pytest.mark.docker]
 
@@ -46,10 +46,16 @@ def vendor_env(build_dir, envs_dir, docker_rt, debian_kernel):
 def test_vendor_env_records_what_the_debian_env_records(vendor_env, env):
     v, d = vendor_env, env
     assert v.kernel.distro == "vendor" and v.kernel.line == d.kernel.line == "bookworm"
-    assert (v.kernel.build_id, v.kernel.release, v.kernel.config_sha256) == \
-        (d.kernel.build_id, d.kernel.release, d.kernel.config_sha256)
-    assert (v.kernel.srctree, v.kernel.objtree, v.kernel.source_date_epoch) == \
-        (d.kernel.srctree, d.kernel.objtree, d.kernel.source_date_epoch)
+    assert (v.kernel.build_id, v.kernel.release, v.kernel.config_sha256) == (
+        d.kernel.build_id,
+        d.kernel.release,
+        d.kernel.config_sha256,
+    )
+    assert (v.kernel.srctree, v.kernel.objtree, v.kernel.source_date_epoch) == (
+        d.kernel.srctree,
+        d.kernel.objtree,
+        d.kernel.source_date_epoch,
+    )
     assert v.toolchain == d.toolchain and v.make == d.make
     assert {k: v.fingerprint[k] for k in d.fingerprint} == d.fingerprint
     for role in ("vmlinux", "vmlinuz", "config", "symvers"):
@@ -105,8 +111,13 @@ def test_existing_vendor_env_is_not_replaced(vendor_env, build_dir, docker_rt):
 
 def _linked_copy(build_dir, dest):
     """A second view of the build dir: hard links (cheap), `source` pointing at the same tree."""
-    shutil.copytree(build_dir, dest, symlinks=True, copy_function=os.link,
-                    ignore=lambda d, names: ["source"] if d == str(build_dir) else [])
+    shutil.copytree(
+        build_dir,
+        dest,
+        symlinks=True,
+        copy_function=os.link,
+        ignore=lambda d, names: ["source"] if d == str(build_dir) else [],
+    )
     (dest / "source").symlink_to(os.readlink(build_dir / "source"))
     return dest
 

@@ -10,8 +10,15 @@ from kgenv.verify.records import IDENTICAL, NOT_TRACEABLE, WEAK_OVERRIDDEN
 pytestmark = [pytest.mark.archive, pytest.mark.docker]
 
 # builtin TUs of different kinds, plus one module checked against the shipped .ko
-SAMPLE = ["fs/proc/cmdline.o", "kernel/sys.o", "fs/namei.o", "lib/string.o", "net/ipv4/tcp.o",
-          "kernel/sched/core.o", "drivers/char/mem.o"]
+SAMPLE = [
+    "fs/proc/cmdline.o",
+    "kernel/sys.o",
+    "fs/namei.o",
+    "lib/string.o",
+    "net/ipv4/tcp.o",
+    "kernel/sched/core.o",
+    "drivers/char/mem.o",
+]
 MODULE = ("drivers/block/loop.o", "kernel/drivers/block/loop.ko")
 
 
@@ -48,9 +55,12 @@ def test_ftrace_sites_of_the_real_image(vmlinux):
 
 def test_rebuilt_sample_is_identical(vmlinux, rebuilt):
     report = verify([rebuilt[o] for o in SAMPLE], vmlinux)
-    bad = [v for v in report.verdicts
-           if v.verdict not in (IDENTICAL, NOT_TRACEABLE, WEAK_OVERRIDDEN)
-           or (v.verdict == NOT_TRACEABLE and not v.code_identical)]
+    bad = [
+        v
+        for v in report.verdicts
+        if v.verdict not in (IDENTICAL, NOT_TRACEABLE, WEAK_OVERRIDDEN)
+        or (v.verdict == NOT_TRACEABLE and not v.code_identical)
+    ]
     assert not bad, bad[:5]
     weak = {v.name for v in report.verdicts if v.verdict == WEAK_OVERRIDDEN}
     assert "arch_prctl_spec_ctrl_get" in weak
@@ -69,8 +79,9 @@ def test_another_compiler_is_flagged(env, docker_rt, vmlinux, tmp_path_factory):
 
     image = with_packages(docker_rt, env, ["gcc-11"])
     tus = ["fs/proc/cmdline.o", "kernel/sys.o", "fs/namei.o"]
-    objs = compile_tus(docker_rt, env, tus, tmp_path_factory.mktemp("gcc-11"), image=image,
-                       make_overrides={"CC": "gcc-11"})
+    objs = compile_tus(
+        docker_rt, env, tus, tmp_path_factory.mktemp("gcc-11"), image=image, make_overrides={"CC": "gcc-11"}
+    )
     report = verify([objs[t] for t in tus], vmlinux)
     differing = [v for v in report.verdicts if not v.code_identical]
     assert len(differing) > 20, report.summary.by_verdict
@@ -87,8 +98,12 @@ def test_cli_verify_against_the_env(env, rebuilt):
     obj = str(rebuilt["fs/proc/cmdline.o"])
 
     def run(*a):
-        return subprocess.run([sys.executable, "-m", "kgenv", "verify", "--env", env.name, *a],
-                              capture_output=True, text=True, env=dict(os.environ))
+        return subprocess.run(
+            [sys.executable, "-m", "kgenv", "verify", "--env", env.name, *a],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+        )
 
     r = run("--function", "cmdline_proc_show", "--json", obj)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -29,14 +29,21 @@ def kit(tmp_path_factory):
     d = tmp_path_factory.mktemp("verify")
     shipped = d / "shipped"
     rebuilt = d / "rebuilt"
-    objs = [compile_c(shipped, "a.c", SHIPPED_A), compile_c(shipped, "b.c", B),
-            compile_c(shipped, "c.c", C),
-            compile_c(shipped, "d1/util.c", UTIL.format(n=1), ["-ffunction-sections"]),
-            compile_c(shipped, "d2/util.c", UTIL.format(n=2), ["-ffunction-sections"]),
-            runtime(shipped)]
+    objs = [
+        compile_c(shipped, "a.c", SHIPPED_A),
+        compile_c(shipped, "b.c", B),
+        compile_c(shipped, "c.c", C),
+        compile_c(shipped, "d1/util.c", UTIL.format(n=1), ["-ffunction-sections"]),
+        compile_c(shipped, "d2/util.c", UTIL.format(n=2), ["-ffunction-sections"]),
+        runtime(shipped),
+    ]
     binary = link(d / "vmlinux", objs)
     return {
-        "dir": d, "binary": binary, "shipped_a": objs[0], "b": objs[1], "util1": objs[3],
+        "dir": d,
+        "binary": binary,
+        "shipped_a": objs[0],
+        "b": objs[1],
+        "util1": objs[3],
         "rebuilt_a": compile_c(rebuilt, "a.c", REBUILT_A),
     }
 
@@ -56,7 +63,7 @@ def test_identical_functions(kit):
         assert got[name].verdict == IDENTICAL, got[name]
         assert got[name].code_identical
     assert got["caller"].relocs_checked >= 2  # __fentry__ and g1
-    assert got["msg"].data_refs >= 1          # the merged string was compared by content
+    assert got["msg"].data_refs >= 1  # the merged string was compared by content
     assert "__mcount_loc" in got["same"].trace
 
 
@@ -108,11 +115,14 @@ def test_weak_default_overridden(rebuilt):
     assert rebuilt["hook"].verdict == WEAK_OVERRIDDEN
 
 
-@pytest.mark.parametrize("flags, entry", [(["-mnop-mcount"], "nop5"),
-                                          (["-fcf-protection=branch"], "call __fentry__")])
+@pytest.mark.parametrize("flags, entry", [(["-mnop-mcount"], "nop5"), (["-fcf-protection=branch"], "call __fentry__")])
 def test_flag_variants(tmp_path, flags, entry):
-    objs = [compile_c(tmp_path, "a.c", SHIPPED_A, flags), compile_c(tmp_path, "b.c", B, flags),
-            compile_c(tmp_path, "c.c", C, flags), runtime(tmp_path)]
+    objs = [
+        compile_c(tmp_path, "a.c", SHIPPED_A, flags),
+        compile_c(tmp_path, "b.c", B, flags),
+        compile_c(tmp_path, "c.c", C, flags),
+        runtime(tmp_path),
+    ]
     got = by_name(verify([objs[0]], link(tmp_path / "vmlinux", objs)))
     assert got["same"].verdict == IDENTICAL and entry in got["same"].trace
     assert got["caller"].verdict == IDENTICAL
@@ -135,8 +145,7 @@ def test_live_kcore_normalises_ftrace_nops(kit, tmp_path):
     same = binary.functions("same")[0]
     konst = binary.functions("konst")[0]
     nop5 = b"\x0f\x1f\x44\x00\x00"
-    fake_kcore(kit["binary"], tmp_path / "kcore", tmp_path / "kallsyms",
-               {same.value: nop5, konst.value + 7: b"\xcc"})
+    fake_kcore(kit["binary"], tmp_path / "kcore", tmp_path / "kallsyms", {same.value: nop5, konst.value + 7: b"\xcc"})
     live = LiveBinary(str(tmp_path / "kallsyms"), str(tmp_path / "kcore"))
     got = by_name(verify([kit["shipped_a"]], live))
     assert got["same"].verdict == IDENTICAL and "nop5" in got["same"].trace
@@ -146,17 +155,19 @@ def test_live_kcore_normalises_ftrace_nops(kit, tmp_path):
 
 def test_cli_table_json_and_exit_codes(kit, tmp_path):
     runner = CliRunner()
-    ok = runner.invoke(cli, ["verify", "--binary", str(kit["binary"]), "--function", "same",
-                                       str(kit["shipped_a"])])
+    ok = runner.invoke(cli, ["verify", "--binary", str(kit["binary"]), "--function", "same", str(kit["shipped_a"])])
     assert ok.exit_code == 0, ok.output
-    bad = runner.invoke(cli, ["verify", "--binary", str(kit["binary"]), "--json",
-                                         str(kit["rebuilt_a"])])
+    bad = runner.invoke(cli, ["verify", "--binary", str(kit["binary"]), "--json", str(kit["rebuilt_a"])])
     assert bad.exit_code == 1
     doc = json.loads(bad.output)
     assert set(doc) == {"binary", "summary", "tus", "functions"}
     assert all(not isinstance(v, (dict, list)) for v in doc["summary"].values())  # two levels deep
-    assert all(not isinstance(v, (dict, list)) for f in doc["functions"] for k, v in f.items()
-               if k not in ("masked", "candidates"))
+    assert all(
+        not isinstance(v, (dict, list))
+        for f in doc["functions"]
+        for k, v in f.items()
+        if k not in ("masked", "candidates")
+    )
     assert doc["summary"][DIFFERS] >= 3
     konst = next(f for f in doc["functions"] if f["name"] == "konst")
     assert konst["diff_offset"] >= 0 and konst["reason"] == INSTRUCTION_SELECTION

@@ -21,8 +21,14 @@ from kgenv.distro.debian import KernelFiles
 from kgenv.env.fingerprint import read_vmlinux
 from kgenv.fsutil import cache_dir
 
-HEADER_PARTS = (".config", ".kernelvariables", "Module.symvers", "include/generated", "include/config",
-                "arch/x86/include/generated")
+HEADER_PARTS = (
+    ".config",
+    ".kernelvariables",
+    "Module.symvers",
+    "include/generated",
+    "include/config",
+    "arch/x86/include/generated",
+)
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
@@ -69,8 +75,10 @@ def with_cmd_files(build_dir: Path, rt, image_id: str, objtree: str, srctree: st
     done = root / ".cmd-files"  # beside, not inside, the source tree
     if done.exists():
         return build_dir
-    r = rt.run(image_id, ["bash", "-c", f"cd {srctree}/{objtree} && find . -name '.*.cmd' -print0 | "
-                                        "tar --null -T - -c | base64 -w0"])
+    r = rt.run(
+        image_id,
+        ["bash", "-c", f"cd {srctree}/{objtree} && find . -name '.*.cmd' -print0 | tar --null -T - -c | base64 -w0"],
+    )
     assert r.exit_code == 0, r.output[-500:]
     with tarfile.open(fileobj=io.BytesIO(base64.b64decode(r.output.strip()))) as tar:
         names = [m for m in tar.getmembers() if m.isfile() and os.path.basename(m.name).endswith(".cmd")]

@@ -7,8 +7,17 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-FTRACE = ["-O2", "-pg", "-mfentry", "-mrecord-mcount", "-fno-pic", "-fno-asynchronous-unwind-tables",
-          "-fcf-protection=none", "-mno-red-zone", "-fno-stack-protector"]
+FTRACE = [
+    "-O2",
+    "-pg",
+    "-mfentry",
+    "-mrecord-mcount",
+    "-fno-pic",
+    "-fno-asynchronous-unwind-tables",
+    "-fcf-protection=none",
+    "-mno-red-zone",
+    "-fno-stack-protector",
+]
 
 RUNTIME = """
 void __fentry__(void) {}
@@ -23,8 +32,9 @@ def compile_c(src_dir: Path, name: str, text: str, flags: list[str] = ()) -> Pat
     src.parent.mkdir(parents=True, exist_ok=True)
     src.write_text(textwrap.dedent(text))
     obj = src.with_suffix(".o")
-    subprocess.run(["gcc", *FTRACE, *flags, "-c", str(src), "-o", str(obj)], check=True,
-                   cwd=src.parent, capture_output=True)
+    subprocess.run(
+        ["gcc", *FTRACE, *flags, "-c", str(src), "-o", str(obj)], check=True, cwd=src.parent, capture_output=True
+    )
     return obj
 
 
@@ -39,8 +49,11 @@ def runtime(src_dir: Path) -> Path:
 
 def link(out: Path, objects: list[Path]) -> Path:
     """A static, non-PIE link: final addresses, __mcount_loc kept as its own section."""
-    subprocess.run(["gcc", "-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none",
-                    "-o", str(out), *map(str, objects)], check=True, capture_output=True)
+    subprocess.run(
+        ["gcc", "-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none", "-o", str(out), *map(str, objects)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -63,9 +76,10 @@ def fake_kcore(binary: Path, out_core: Path, out_kallsyms: Path, patch: dict[int
     text = index.elf.section(".text")
     blob = bytearray(index.elf.section_data(text))
     for addr, data in patch.items():
-        blob[addr - text.addr:addr - text.addr + len(data)] = data
-    ehdr = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), 4, 62, 1, 0, 64,
-                       0, 0, 64, 56, 1, 0, 0, 0)
+        blob[addr - text.addr : addr - text.addr + len(data)] = data
+    ehdr = struct.pack(
+        "<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), 4, 62, 1, 0, 64, 0, 0, 64, 56, 1, 0, 0, 0
+    )
     phdr = struct.pack("<IIQQQQQQ", 1, 7, 64 + 56, text.addr, 0, len(blob), len(blob), 4096)
     out_core.write_bytes(ehdr + phdr + bytes(blob))
     lines = []

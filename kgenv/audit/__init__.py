@@ -26,9 +26,18 @@ def _vmlinux(m: Manifest) -> str:
     return str(m.file("vmlinux"))
 
 
-def audit(rt: Runtime, m: Manifest, toolchain: str | None = None, cc: str | None = None, tus: list[str] | None = None,
-          sample_n: int = DEFAULT_SAMPLE, seed: int = 0, jobs: int | None = None, progress=QUIET,
-          keep_tmp: bool = False) -> AuditReport:
+def audit(
+    rt: Runtime,
+    m: Manifest,
+    toolchain: str | None = None,
+    cc: str | None = None,
+    tus: list[str] | None = None,
+    sample_n: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    jobs: int | None = None,
+    progress=QUIET,
+    keep_tmp: bool = False,
+) -> AuditReport:
     """Compare candidate toolchain with env `m`: fingerprint items, then every function of the chosen TUs."""
     t0 = time.monotonic()
     vmlinux = _vmlinux(m)
@@ -59,8 +68,17 @@ def audit(rt: Runtime, m: Manifest, toolchain: str | None = None, cc: str | None
             rows += rw
         timings["verify_s"] = time.monotonic() - t
         timings["total_s"] = time.monotonic() - t0
-        return AuditReport(m.name, m.kernel.release, cand, tuple(findings), tuple(results), tuple(diffs),
-                           tuple(rows), info, {k: round(v, 2) for k, v in timings.items()})
+        return AuditReport(
+            m.name,
+            m.kernel.release,
+            cand,
+            tuple(findings),
+            tuple(results),
+            tuple(diffs),
+            tuple(rows),
+            info,
+            {k: round(v, 2) for k, v in timings.items()},
+        )
     finally:
         runner.close()
         if keep_tmp:
@@ -75,5 +93,9 @@ def _choose(m, vmlinux, runner, tus, sample_n, seed, progress) -> tuple[list[str
         return chosen, {"mode": "named", "requested": len(chosen), "seed": "", "population": ""}
     progress.step(f"sample {sample_n} built-in TUs (seed {seed})")
     pop = sample.population(vmlinux, m, runner)
-    return sample.choose(pop, sample_n, seed), {"mode": "sample", "requested": sample_n, "seed": seed,
-                                                "population": len(pop)}
+    return sample.choose(pop, sample_n, seed), {
+        "mode": "sample",
+        "requested": sample_n,
+        "seed": seed,
+        "population": len(pop),
+    }

@@ -27,8 +27,14 @@ class DockerRunner:
 
     def run(self, script: str, outdir: Path | None = None, progress=None) -> RunResult:
         mounts = [Mount(outdir.resolve(), OUT, read_only=False)] if outdir else []
-        return self.rt.run(self.image, ["bash", "-c", script], mounts, env={"KGENV_OUT": OUT},
-                           workdir=self.m.kernel.srctree, progress=progress)
+        return self.rt.run(
+            self.image,
+            ["bash", "-c", script],
+            mounts,
+            env={"KGENV_OUT": OUT},
+            workdir=self.m.kernel.srctree,
+            progress=progress,
+        )
 
     def close(self) -> None:
         pass
@@ -72,8 +78,9 @@ def _image_cc(rt: Runtime, image: str, m: Manifest) -> str:
     return rt.labels(image).get("org.kgenv.cc", "") or m.make.get("CC", "gcc")
 
 
-def resolve(rt: Runtime, m: Manifest, toolchain: str | None, cc: str | None, progress=None,
-            keep_tmp: bool = False) -> tuple[Candidate, DockerRunner | HostRunner]:
+def resolve(
+    rt: Runtime, m: Manifest, toolchain: str | None, cc: str | None, progress=None, keep_tmp: bool = False
+) -> tuple[Candidate, DockerRunner | HostRunner]:
     """(candidate record, runner) for the --toolchain / --cc options."""
     env_cc = m.make.get("CC", "gcc")
     if cc and toolchain:
@@ -83,8 +90,9 @@ def resolve(rt: Runtime, m: Manifest, toolchain: str | None, cc: str | None, pro
             raise UserError(f"{cc}: not a Debian package name")
         image = with_packages(rt, m, [cc], progress)
         prog = cc.split("=", 1)[0]
-        return Candidate("derived", f"{prog} (Debian package in the env image)", image, prog,
-                         {"CC": prog}), DockerRunner(rt, image, m)
+        return Candidate(
+            "derived", f"{prog} (Debian package in the env image)", image, prog, {"CC": prog}
+        ), DockerRunner(rt, image, m)
     if not toolchain or toolchain == "env":
         if rt.image_id(m.image.id) is None:
             raise UserError(f"{m.name}: image {m.image.id[:19]} not in the engine (kgenv envs restore {m.name})")
@@ -106,6 +114,10 @@ def resolve(rt: Runtime, m: Manifest, toolchain: str | None, cc: str | None, pro
     if kind == "debian" and ref:
         suite, prog = foreign.parse_spec(ref)
         image = foreign.candidate_image(rt, m, ref, progress)
-        return (Candidate("foreign", f"{prog} of Debian {suite} (image {image[7:19]})", image, prog,
-                          {"CC": prog, "HOSTCC": prog}), DockerRunner(rt, image, m))
+        return (
+            Candidate(
+                "foreign", f"{prog} of Debian {suite} (image {image[7:19]})", image, prog, {"CC": prog, "HOSTCC": prog}
+            ),
+            DockerRunner(rt, image, m),
+        )
     raise UserError(f"--toolchain {toolchain}: expected env, host, image:ID or debian:SUITE/COMPILER")

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from kgenv.audit.rebuild import Built
+from kgenv.audit.records import (
+    FN_DIFFERS,
+    FN_IDENTICAL,
+    FN_SKIPPED,
+    FN_UNMATCHED,
+    TU_BUILD_FAILED,
+    TU_DIFFERS,
+    TU_EMPTY,
+    TU_IDENTICAL,
+    DisasmRow,
+    FunctionDiff,
+    TuResult,
+)
 from kgenv.elf.disasm import decode
 from kgenv.errors import KgenvError
 from kgenv.verify import verify_object
 from kgenv.verify.mapping import OK, Mapper, ObjectFile
 from kgenv.verify.records import AMBIGUOUS, DIFFERS, MISSING, WEAK_OVERRIDDEN, FunctionVerdict
-
-from kgenv.audit.rebuild import Built
-from kgenv.audit.records import (
-    FN_DIFFERS, FN_IDENTICAL, FN_SKIPPED, FN_UNMATCHED, TU_BUILD_FAILED, TU_DIFFERS, TU_EMPTY, TU_IDENTICAL,
-    DisasmRow, FunctionDiff, TuResult,
-)
 
 # sections the linker throws away from vmlinux: their functions cannot be found there, by design
 DISCARDED = (".exit.text", ".exit.", ".discard")
@@ -34,10 +42,25 @@ def _diff(v: FunctionVerdict, kind: str) -> FunctionDiff:
     d = v.difference
     if kind == FN_UNMATCHED:
         near = ", ".join(v.candidates[:4])
-        return FunctionDiff(v.name, v.tu, kind, "absent from the shipped binary", v.size,
-                            detail=f"inlined or named differently{'; shipped has ' + near if near else ''}")
-    return FunctionDiff(v.name, v.tu, kind, v.reason or "code", v.size, d.offset if d else -1,
-                        d.object_insn if d else "", d.binary_insn if d else "", d.detail if d else "")
+        return FunctionDiff(
+            v.name,
+            v.tu,
+            kind,
+            "absent from the shipped binary",
+            v.size,
+            detail=f"inlined or named differently{'; shipped has ' + near if near else ''}",
+        )
+    return FunctionDiff(
+        v.name,
+        v.tu,
+        kind,
+        v.reason or "code",
+        v.size,
+        d.offset if d else -1,
+        d.object_insn if d else "",
+        d.binary_insn if d else "",
+        d.detail if d else "",
+    )
 
 
 def tu_evidence(built: Built, binary) -> tuple[TuResult, list[FunctionDiff], list[DisasmRow]]:
@@ -60,9 +83,21 @@ def tu_evidence(built: Built, binary) -> tuple[TuResult, list[FunctionDiff], lis
     status = TU_EMPTY if not compared else TU_DIFFERS if diffs else TU_IDENTICAL
     first = next((d for d in diffs if d.outcome == FN_DIFFERS), diffs[0] if diffs else None)
     rows = _disasm(obj, binary, first) if first and first.outcome == FN_DIFFERS else []
-    return (TuResult(built.tu, status, len(verdicts), counts[FN_IDENTICAL], counts[FN_DIFFERS],
-                     counts[FN_UNMATCHED], counts[FN_SKIPPED], first.name if first else "",
-                     first.reason if first else ""), diffs, rows)
+    return (
+        TuResult(
+            built.tu,
+            status,
+            len(verdicts),
+            counts[FN_IDENTICAL],
+            counts[FN_DIFFERS],
+            counts[FN_UNMATCHED],
+            counts[FN_SKIPPED],
+            first.name if first else "",
+            first.reason if first else "",
+        ),
+        diffs,
+        rows,
+    )
 
 
 def _disasm(obj: ObjectFile, binary, first: FunctionDiff) -> list[DisasmRow]:
@@ -81,8 +116,9 @@ def _disasm(obj: ObjectFile, binary, first: FunctionDiff) -> list[DisasmRow]:
     for i in range(max(0, at - WINDOW), min(max(len(oi), len(bi)), at + WINDOW + 1)):
         a = oi[i] if i < len(oi) else None
         b = bi[i] if i < len(bi) else None
-        rows.append(DisasmRow(obj.tu, first.name, a.offset if a else (b.offset if b else -1),
-                              _show(a), _show(b), i < at))
+        rows.append(
+            DisasmRow(obj.tu, first.name, a.offset if a else (b.offset if b else -1), _show(a), _show(b), i < at)
+        )
     return rows
 
 

@@ -51,7 +51,7 @@ def tree_layer(rt: Runtime, m: Manifest, dest_dir: Path, progress=None) -> Path:
         return out
     if progress:
         progress.step(f"extract tree layer {want[:12]} from {m.image.id[7:19]}")
-    stream = cast(IO[bytes], _ChunkReader(rt.save_chunks(m.image.id)))   # stream mode only reads
+    stream = cast(IO[bytes], _ChunkReader(rt.save_chunks(m.image.id)))  # stream mode only reads
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             src = tar.extractfile(member) if member.isfile() and member.name.endswith("layer.tar") else None
@@ -90,9 +90,13 @@ class _ChunkReader:
 
 
 def _image_env(m: Manifest) -> dict[str, str]:
-    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-            "SOURCE_DATE_EPOCH": str(m.kernel.source_date_epoch),
-            "KGENV_SRCTREE": m.kernel.srctree, "KGENV_OBJTREE": m.kernel.objtree}
+    return {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "SOURCE_DATE_EPOCH": str(m.kernel.source_date_epoch),
+        "KGENV_SRCTREE": m.kernel.srctree,
+        "KGENV_OBJTREE": m.kernel.objtree,
+    }
 
 
 def _rootfs(suite: str, cc: str, epoch: int, progress) -> tuple[Path, dict[str, str]]:
@@ -103,8 +107,16 @@ def _rootfs(suite: str, cc: str, epoch: int, progress) -> tuple[Path, dict[str, 
         d.mkdir(parents=True, exist_ok=True)
         include = sorted(set(BUILD_DEPS) | set(EXTRA) | {cc})
         with tempfile.TemporaryDirectory(dir=d) as work:
-            got = rootfs.build(Path(work) / "rootfs.tar", suite, Archive(suite).sources_lines(), include, {},
-                               epoch, Path(work) / "apt", progress)
+            got = rootfs.build(
+                Path(work) / "rootfs.tar",
+                suite,
+                Archive(suite).sources_lines(),
+                include,
+                {},
+                epoch,
+                Path(work) / "apt",
+                progress,
+            )
             (Path(work) / "rootfs.tar").replace(tar)
             write_atomic(listing, "".join(f"{k}={v}\n" for k, v in sorted(got.items())))
     return tar, dict(line.split("=", 1) for line in listing.read_text().split())
@@ -124,12 +136,22 @@ def candidate_image(rt: Runtime, m: Manifest, spec: str, progress=None) -> str:
     try:
         rootfs_tar, packages = _rootfs(suite, cc, m.kernel.source_date_epoch, progress)
         layer = tree_layer(rt, m, work, progress)
-        labels = {"org.kgenv.tree": m.image.tree_sha256, "org.kgenv.cc": cc, "org.kgenv.suite": suite,
-                  **{f"org.kgenv.pkg.{p}": packages[p] for p in sorted({cc, *EXTRA}) if p in packages}}
+        labels = {
+            "org.kgenv.tree": m.image.tree_sha256,
+            "org.kgenv.cc": cc,
+            "org.kgenv.suite": suite,
+            **{f"org.kgenv.pkg.{p}": packages[p] for p in sorted({cc, *EXTRA}) if p in packages},
+        }
         if progress:
             progress.step(f"load candidate image {tag}")
-        image_id = rt.load_archive(work / "candidate.tar", [rootfs_tar, layer], m.kernel.source_date_epoch,
-                                   _image_env(m), labels, m.kernel.srctree)
+        image_id = rt.load_archive(
+            work / "candidate.tar",
+            [rootfs_tar, layer],
+            m.kernel.source_date_epoch,
+            _image_env(m),
+            labels,
+            m.kernel.srctree,
+        )
         repo, _, name = tag.rpartition(":")
         rt.tag(image_id, repo, name)
         return image_id

@@ -8,9 +8,9 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from kgenv.audit.records import Candidate
 from kgenv.image.tree import make_command
 from kgenv.manifest import Manifest
-from kgenv.audit.records import Candidate
 
 
 @dataclass(frozen=True)
@@ -33,31 +33,34 @@ def script(m: Manifest, cand: Candidate, tus: list[str], jobs: int) -> str:
     lines += [f"rm -f {obj}/{shlex.quote(t)}" for t in tus]
     cmd = make_command(make, m.kernel.objtree, *tus, jobs=jobs)
     cmd.insert(1, "-k")  # keep going: one TU the candidate cannot build must not hide the others
-    lines.append(shlex.join(cmd) + ' > "$KGENV_OUT"/.make.log 2>&1; echo MAKE_EXIT=$?; tail -n 300 "$KGENV_OUT"/.make.log')
+    lines.append(
+        shlex.join(cmd) + ' > "$KGENV_OUT"/.make.log 2>&1; echo MAKE_EXIT=$?; tail -n 300 "$KGENV_OUT"/.make.log'
+    )
     for t in tus:
         q = shlex.quote(t)
-        lines.append(f'if [ -f {obj}/{q} ]; then mkdir -p "$KGENV_OUT"/{shlex.quote(str(PurePosixPath(t).parent))}'
-                     f' && cp {obj}/{q} "$KGENV_OUT"/{q} && echo BUILT={q}; fi')
+        lines.append(
+            f'if [ -f {obj}/{q} ]; then mkdir -p "$KGENV_OUT"/{shlex.quote(str(PurePosixPath(t).parent))}'
+            f' && cp {obj}/{q} "$KGENV_OUT"/{q} && echo BUILT={q}; fi'
+        )
     return "\n".join(lines)
 
 
-def rebuild(runner, m: Manifest, cand: Candidate, tus: list[str], outdir: Path, jobs: int | None = None,
-            progress=None) -> list[Built]:
+def rebuild(
+    runner, m: Manifest, cand: Candidate, tus: list[str], outdir: Path, jobs: int | None = None, progress=None
+) -> list[Built]:
     """One Built per TU, in the given order."""
     outdir.mkdir(parents=True, exist_ok=True)
     if progress:
         progress.step(f"rebuild {len(tus)} TU(s) with {cand.label}")
     r = runner.run(script(m, cand, tus, jobs or os.cpu_count() or 1), outdir, progress)
     built = {line.split("=", 1)[1] for line in r.output.splitlines() if line.startswith("BUILT=")}
-    return [Built(t, outdir / t) if t in built else Built(t, None, error_for(t, r.output))
-            for t in tus]
+    return [Built(t, outdir / t) if t in built else Built(t, None, error_for(t, r.output)) for t in tus]
 
 
 def error_for(tu: str, output: str) -> str:
     """The compiler/make errors about this TU, else the build's first errors (a failure before any TU)."""
     src = re.escape(tu[:-2])
     log = [ln for ln in output.splitlines() if "not remade because of errors" not in ln]
-    mine = [ln for ln in log if re.search(rf"(?:^|[\s/\[']){src}\.[co]\b", ln)
-            and ("error" in ln or "***" in ln)]
+    mine = [ln for ln in log if re.search(rf"(?:^|[\s/\[']){src}\.[co]\b", ln) and ("error" in ln or "***" in ln)]
     first = [ln for ln in log if " error: " in ln or "*** " in ln]
     return "\n".join((mine or first)[:12]) or "\n".join(log[-12:]) or "no object produced"

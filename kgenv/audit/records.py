@@ -16,26 +16,31 @@ TU_EMPTY = "no-functions"
 # per-function outcome, as the audit counts it
 FN_IDENTICAL = "identical"
 FN_DIFFERS = "differs"
-FN_UNMATCHED = "unmatched"   # the rebuilt object has it, the shipped binary does not
-FN_SKIPPED = "skipped"       # not comparable: weak default replaced, ambiguous, discarded section
+FN_UNMATCHED = "unmatched"  # the rebuilt object has it, the shipped binary does not
+FN_SKIPPED = "skipped"  # not comparable: weak default replaced, ambiguous, discarded section
 
 
 @dataclass(frozen=True)
 class Candidate:
     """The toolchain under audit: where it runs and how its make line differs from the env's."""
 
-    kind: str            # env | derived | image | foreign | host
+    kind: str  # env | derived | image | foreign | host
     label: str
-    image: str = ""      # engine image ID ("" on the host)
-    cc: str = ""         # the compiler program the make line names
+    image: str = ""  # engine image ID ("" on the host)
+    cc: str = ""  # the compiler program the make line names
     make: dict[str, str] = field(default_factory=dict)  # make-line overrides of the env's variables
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "label": self.label, "image": self.image, "cc": self.cc,
-                "make_overrides": " ".join(f"{k}={v}" for k, v in sorted(self.make.items()))}
+        return {
+            "kind": self.kind,
+            "label": self.label,
+            "image": self.image,
+            "cc": self.cc,
+            "make_overrides": " ".join(f"{k}={v}" for k, v in sorted(self.make.items())),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Candidate":
+    def from_dict(cls, d: dict) -> Candidate:
         make = dict(kv.split("=", 1) for kv in d.get("make_overrides", "").split())
         return cls(d["kind"], d["label"], d.get("image", ""), d.get("cc", ""), make)
 
@@ -44,11 +49,11 @@ class Candidate:
 class Finding:
     """One fingerprint comparison: expected (manifest) vs what the candidate has."""
 
-    item: str        # compiler.version, compiler.package-release, binutils.version, config.GCC_VERSION, make.CC ...
+    item: str  # compiler.version, compiler.package-release, binutils.version, config.GCC_VERSION, make.CC ...
     expected: str
     candidate: str
     same: bool
-    kind: str        # version | package-release | vendor | comment | config-drift | make | probe
+    kind: str  # version | package-release | vendor | comment | config-drift | make | probe
     note: str = ""
 
 
@@ -58,8 +63,8 @@ class FunctionDiff:
 
     name: str
     tu: str
-    outcome: str     # differs | unmatched
-    reason: str      # the verify reason class, or why it is unmatched
+    outcome: str  # differs | unmatched
+    reason: str  # the verify reason class, or why it is unmatched
     size: int = 0
     offset: int = -1
     object_insn: str = ""
@@ -129,17 +134,22 @@ class AuditReport:
         tus = self.tus
         n = {k: sum(getattr(t, k) for t in tus) for k in ("identical", "differing", "unmatched", "skipped")}
         compared = n["identical"] + n["differing"] + n["unmatched"]
-        return {"tus": len(tus), "tus_identical": sum(t.ok for t in tus),
-                "tus_build_failed": sum(t.status == TU_BUILD_FAILED for t in tus),
-                "functions": compared, **n,
-                "percent_identical": round(100.0 * n["identical"] / compared, 2) if compared else 0.0,
-                "fingerprint_differences": sum(not f.same for f in self.findings)}
+        return {
+            "tus": len(tus),
+            "tus_identical": sum(t.ok for t in tus),
+            "tus_build_failed": sum(t.status == TU_BUILD_FAILED for t in tus),
+            "functions": compared,
+            **n,
+            "percent_identical": round(100.0 * n["identical"] / compared, 2) if compared else 0.0,
+            "fingerprint_differences": sum(not f.same for f in self.findings),
+        }
 
     @property
     def config_drift(self) -> list[Finding]:
         # CC_VERSION_TEXT only names the compiler; it reaches no code, so it alone is no drift.
-        return [f for f in self.findings if f.kind == "config-drift" and not f.same
-                and f.item != "config.CC_VERSION_TEXT"]
+        return [
+            f for f in self.findings if f.kind == "config-drift" and not f.same and f.item != "config.CC_VERSION_TEXT"
+        ]
 
     @property
     def verdict(self) -> str:
@@ -159,9 +169,14 @@ class AuditReport:
     def to_dict(self) -> dict:
         """Two levels deep: tables of scalars, and lists of flat records."""
         return {
-            "env": self.env, "release": self.release, "verdict": self.verdict, "exit_code": self.exit_code,
-            "candidate": self.candidate.to_dict(), "summary": self.summary,
-            "sample": dict(self.sample), "timings": dict(self.timings),
+            "env": self.env,
+            "release": self.release,
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "candidate": self.candidate.to_dict(),
+            "summary": self.summary,
+            "sample": dict(self.sample),
+            "timings": dict(self.timings),
             "fingerprint": [asdict(f) for f in self.findings],
             "tus": [t.to_dict() for t in self.tus],
             "differing": [asdict(d) for d in self.differing],
@@ -169,14 +184,19 @@ class AuditReport:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AuditReport":
+    def from_dict(cls, d: dict) -> AuditReport:
         """Load a report written by to_dict, so it can be re-rendered in another format."""
-        return cls(d["env"], d["release"], Candidate.from_dict(d["candidate"]),
-                   tuple(_rec(Finding, f) for f in d["fingerprint"]),
-                   tuple(_rec(TuResult, t) for t in d["tus"]),
-                   tuple(_rec(FunctionDiff, x) for x in d["differing"]),
-                   tuple(_rec(DisasmRow, r) for r in d.get("disassembly", [])),
-                   dict(d.get("sample", {})), dict(d.get("timings", {})))
+        return cls(
+            d["env"],
+            d["release"],
+            Candidate.from_dict(d["candidate"]),
+            tuple(_rec(Finding, f) for f in d["fingerprint"]),
+            tuple(_rec(TuResult, t) for t in d["tus"]),
+            tuple(_rec(FunctionDiff, x) for x in d["differing"]),
+            tuple(_rec(DisasmRow, r) for r in d.get("disassembly", [])),
+            dict(d.get("sample", {})),
+            dict(d.get("timings", {})),
+        )
 
 
 def _rec(cls, d: dict):

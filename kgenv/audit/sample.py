@@ -45,8 +45,11 @@ def compile_units(vmlinux: str, build_id: str) -> list[str]:
             for cu in elf.get_dwarf_info(relocate_dwarf_sections=False).iter_CUs():
                 attrs = cu.get_top_DIE().attributes
                 name = _text(attrs.get("DW_AT_name"))
-                if _text(attrs.get("DW_AT_producer")).startswith("GNU C") and name.endswith(".c") \
-                        and not name.startswith(("/", ".")):
+                if (
+                    _text(attrs.get("DW_AT_producer")).startswith("GNU C")
+                    and name.endswith(".c")
+                    and not name.startswith(("/", "."))
+                ):
                     names.add(name)
     except (OSError, ELFError) as e:
         raise UserError(f"{vmlinux}: cannot read compile units: {e}") from None
@@ -77,8 +80,11 @@ def tree_sources(runner, m: Manifest) -> set[str]:
 def population(vmlinux: str, m: Manifest, runner) -> list[str]:
     """Sorted TU targets the sample is drawn from."""
     sources = tree_sources(runner, m)
-    return sorted(tu_of(c) for c in compile_units(vmlinux, m.kernel.build_id)
-                  if c in sources and not c.startswith(EXCLUDE_PREFIXES))
+    return sorted(
+        tu_of(c)
+        for c in compile_units(vmlinux, m.kernel.build_id)
+        if c in sources and not c.startswith(EXCLUDE_PREFIXES)
+    )
 
 
 def choose(pop: list[str], n: int, seed: int) -> list[str]:

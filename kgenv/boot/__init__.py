@@ -7,10 +7,9 @@ import shlex
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from kgenv.boot import markers, payload, qemu
 from kgenv.boot.markers import Marker
@@ -52,10 +51,10 @@ KEEP_LOGS = 50
 
 def _default_log(name: str) -> Path:
     """A new log in the cache; only the newest KEEP_LOGS are kept there."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     d = log_dir()
     d.mkdir(parents=True, exist_ok=True)
-    old = sorted(d.glob("*.log"), key=lambda p: p.stat().st_mtime)[:-KEEP_LOGS + 1]
+    old = sorted(d.glob("*.log"), key=lambda p: p.stat().st_mtime)[: -KEEP_LOGS + 1]
     for path in old:
         path.unlink(missing_ok=True)
     return d / f"{name}-{stamp}-{os.getpid()}.log"
@@ -70,11 +69,22 @@ def _workdir(serial_log: Path, keep: bool) -> Path:
     return d
 
 
-def boot_test(module, kernel, *, check=None, sympos=None, timeout: float = DEFAULT_TIMEOUT,
-              transition_timeout: int | None = None, serial_log=None, keep_tmp: bool = False,
-              progress: Callable[[Marker, float], None] | None = None,
-              busybox: str | None = None, memory_mb: int = 512, cpus: int = 1,
-              targets: Sequence[str | Path] = ()) -> Boot:
+def boot_test(
+    module,
+    kernel,
+    *,
+    check=None,
+    sympos=None,
+    timeout: float = DEFAULT_TIMEOUT,
+    transition_timeout: int | None = None,
+    serial_log=None,
+    keep_tmp: bool = False,
+    progress: Callable[[Marker, float], None] | None = None,
+    busybox: str | None = None,
+    memory_mb: int = 512,
+    cpus: int = 1,
+    targets: Sequence[str | Path] = (),
+) -> Boot:
     """Boot `kernel` with `module` in a busybox initramfs and return the Boot record.
 
     `targets` are shipped modules the patch applies to, loaded before it (dependencies first).
@@ -90,12 +100,19 @@ def boot_test(module, kernel, *, check=None, sympos=None, timeout: float = DEFAU
     serial_log = Path(serial_log) if serial_log else _default_log(name)
     tmp = _workdir(serial_log, keep_tmp)
     try:
-        initrd = payload.build(tmp / "initramfs.cpio", module=module, name=name, busybox=bb,
-                               check=check, sympos=_read_sympos(sympos),
-                               transition_timeout=transition_timeout, check_timeout=CHECK_TIMEOUT,
-                               targets=[_existing(t, "target module") for t in targets])
+        initrd = payload.build(
+            tmp / "initramfs.cpio",
+            module=module,
+            name=name,
+            busybox=bb,
+            check=check,
+            sympos=_read_sympos(sympos),
+            transition_timeout=transition_timeout,
+            check_timeout=CHECK_TIMEOUT,
+            targets=[_existing(t, "target module") for t in targets],
+        )
         cmd = qemu.command(qemu_bin, kernel, initrd, serial_log, memory_mb=memory_mb, cpus=cpus)
-        if keep_tmp:   # enough to re-run the same boot by hand
+        if keep_tmp:  # enough to re-run the same boot by hand
             (tmp / "qemu-command").write_text(shlex.join(cmd) + "\n")
         seen: dict[str, float] = {}
         stream, start = markers.Stream(), time.monotonic()
@@ -111,8 +128,7 @@ def boot_test(module, kernel, *, check=None, sympos=None, timeout: float = DEFAU
         text = markers.decode(serial_log.read_bytes())
         if not text.strip() and not run.timed_out and run.returncode:
             raise ToolError(f"QEMU failed (exit {run.returncode}): {run.stderr or 'no message'}")
-        return decide(markers.parse(text), run, timeout=timeout, module=name,
-                      kernel=str(kernel), seen=seen)
+        return decide(markers.parse(text), run, timeout=timeout, module=name, kernel=str(kernel), seen=seen)
     finally:
         if not keep_tmp:
             shutil.rmtree(tmp, ignore_errors=True)

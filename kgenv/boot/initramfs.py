@@ -26,11 +26,19 @@ def _pad4(n: int) -> bytes:
 
 def _header(ino: int, entry: Entry, name: bytes) -> bytes:
     fields = (
-        ino, entry.mode, 0, 0,                        # ino, mode, uid, gid
-        2 if stat.S_ISDIR(entry.mode) else 1, 0,      # nlink, mtime 0: reproducible
-        len(entry.data), 0, 0,                        # filesize, devmajor, devminor
-        entry.rdev[0], entry.rdev[1], len(name) + 1,  # rdevmajor, rdevminor, namesize
-        0,                                            # check: unused by newc
+        ino,
+        entry.mode,
+        0,
+        0,  # ino, mode, uid, gid
+        2 if stat.S_ISDIR(entry.mode) else 1,
+        0,  # nlink, mtime 0: reproducible
+        len(entry.data),
+        0,
+        0,  # filesize, devmajor, devminor
+        entry.rdev[0],
+        entry.rdev[1],
+        len(name) + 1,  # rdevmajor, rdevminor, namesize
+        0,  # check: unused by newc
     )
     return MAGIC + b"".join(b"%08X" % f for f in fields)
 

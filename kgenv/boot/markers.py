@@ -13,8 +13,10 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _KERNEL_LINE = re.compile(r"^\s*\[\s*\d+\.\d+\]")
 _KERNEL_STAMP = re.compile(r"\[\s*\d+\.\d+\] ")
-_PANIC = re.compile(r"Kernel panic - not syncing|\bBUG:|\bOops\b|general protection fault|"
-                    r"Attempted to kill init")
+_PANIC = re.compile(
+    r"Kernel panic - not syncing|\bBUG:|\bOops\b|general protection fault|"
+    r"Attempted to kill init"
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Transcript:
     """Everything the host learns from one serial log."""
 
     markers: tuple[Marker, ...]
-    console: tuple[str, ...]      # clean non-marker lines, in order
+    console: tuple[str, ...]  # clean non-marker lines, in order
     dmesg: tuple[str, ...] | None  # the dumped kernel log, None if the dump never completed
     panic: tuple[str, ...] = field(default=())
 
@@ -83,7 +85,7 @@ def parse_marker(body: str) -> Marker | None:
 def _cut_kernel(text: str) -> str:
     """A kernel message printed into the middle of our line runs to its end: drop it."""
     k = _KERNEL_STAMP.search(text)
-    return text[:k.start()] if k and SUFFIX not in text[:k.start()] else text
+    return text[: k.start()] if k and SUFFIX not in text[: k.start()] else text
 
 
 def _join_split(lines: list[str], i: int) -> tuple[str, int]:
@@ -93,7 +95,7 @@ def _join_split(lines: list[str], i: int) -> tuple[str, int]:
     j = i + 1
     while SUFFIX not in text and j < len(lines) and j <= i + 20:
         if PREFIX in lines[j]:
-            return lines[i], i   # a new marker starts: this one was truncated, leave it
+            return lines[i], i  # a new marker starts: this one was truncated, leave it
         if not _KERNEL_LINE.match(lines[j]):
             text += _cut_kernel(lines[j])
         j += 1
@@ -106,12 +108,12 @@ def _markers_in(line: str) -> list[Marker]:
     while start >= 0:
         end = line.find(SUFFIX, start + len(PREFIX))
         if end < 0:
-            break   # truncated marker: never guess its contents
+            break  # truncated marker: never guess its contents
         later = line.find(PREFIX, start + len(PREFIX), end)
-        if later >= 0:   # the first prefix never got its end: start over at the later one
+        if later >= 0:  # the first prefix never got its end: start over at the later one
             start = later
             continue
-        marker = parse_marker(line[start + len(PREFIX):end].strip())
+        marker = parse_marker(line[start + len(PREFIX) : end].strip())
         if marker:
             found.append(marker)
         start = line.find(PREFIX, end + len(SUFFIX))
@@ -129,7 +131,7 @@ def parse(text: str) -> Transcript:
     while i < len(lines):
         line = lines[i]
         if PREFIX in line:
-            if SUFFIX not in line[line.find(PREFIX):]:
+            if SUFFIX not in line[line.find(PREFIX) :]:
                 line, i = _join_split(lines, i)
             for m in _markers_in(line):
                 markers.append(m)
@@ -144,16 +146,15 @@ def parse(text: str) -> Transcript:
             console.append(line)
         i += 1
     if in_dmesg:
-        dmesg = None   # the dump was cut short: do not pretend it is the whole log
-    return Transcript(tuple(markers), tuple(console), tuple(dmesg) if dmesg is not None else None,
-                      panic_lines(console))
+        dmesg = None  # the dump was cut short: do not pretend it is the whole log
+    return Transcript(tuple(markers), tuple(console), tuple(dmesg) if dmesg is not None else None, panic_lines(console))
 
 
 def panic_lines(lines: list[str] | tuple[str, ...], limit: int = 40) -> tuple[str, ...]:
     """The first panic/oops block on the console, as the kernel printed it."""
     for i, line in enumerate(lines):
         if _PANIC.search(line):
-            return tuple(lines[i:i + limit])
+            return tuple(lines[i : i + limit])
     return ()
 
 

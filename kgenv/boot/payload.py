@@ -39,13 +39,25 @@ def _is_dynamic(path: Path) -> bool:
 
 def env_file(name: str, has_check: bool, transition_timeout: int, check_timeout: int) -> bytes:
     """Shell assignments the guest /init sources."""
-    return (f"NAME={name}\nHAS_CHECK={int(has_check)}\n"
-            f"TRANSITION_TIMEOUT={transition_timeout}\nCHECK_TIMEOUT={check_timeout}\n").encode()
+    return (
+        f"NAME={name}\nHAS_CHECK={int(has_check)}\n"
+        f"TRANSITION_TIMEOUT={transition_timeout}\nCHECK_TIMEOUT={check_timeout}\n"
+    ).encode()
 
 
-def build(dest: Path, *, module: Path, name: str, busybox: Path, check: Path | None,
-          sympos: str, transition_timeout: int, check_timeout: int,
-          targets: Sequence[Path] = (), guest_init: Path = GUEST_INIT) -> Path:
+def build(
+    dest: Path,
+    *,
+    module: Path,
+    name: str,
+    busybox: Path,
+    check: Path | None,
+    sympos: str,
+    transition_timeout: int,
+    check_timeout: int,
+    targets: Sequence[Path] = (),
+    guest_init: Path = GUEST_INIT,
+) -> Path:
     """Write the initramfs (uncompressed: unpacking gzip under TCG costs more than it saves)."""
     if not guest_init.is_file():
         raise UserError(f"guest init script missing: {guest_init}")
@@ -63,6 +75,6 @@ def build(dest: Path, *, module: Path, name: str, busybox: Path, check: Path | N
     a.add_file("kgenv/sympos", sympos.encode())
     if targets:
         a.add_dir("kgenv/target")
-    for n, ko in enumerate(targets):   # numbered: the guest loads them in this order
+    for n, ko in enumerate(targets):  # numbered: the guest loads them in this order
         a.add_file(f"kgenv/target/{n:02d}-{Path(ko).name}", Path(ko).read_bytes())
     return a.write(dest)

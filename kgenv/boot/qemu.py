@@ -7,9 +7,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from kgenv.errors import ToolError
 
@@ -23,7 +23,7 @@ CMDLINE = "console=ttyS0,115200 panic=-1 oops=panic rdinit=/init"
 class Run:
     """How one QEMU process ended."""
 
-    returncode: int | None   # None when killed at the timeout
+    returncode: int | None  # None when killed at the timeout
     timed_out: bool
     seconds: float
     serial_log: Path
@@ -38,16 +38,35 @@ def find_qemu(name: str | None = None) -> str:
     return path
 
 
-def command(qemu: str, kernel: Path, initrd: Path, serial_log: Path, *,
-            memory_mb: int = 512, cpus: int = 1, append: str = "") -> list[str]:
+def command(
+    qemu: str, kernel: Path, initrd: Path, serial_log: Path, *, memory_mb: int = 512, cpus: int = 1, append: str = ""
+) -> list[str]:
     """The QEMU argument list: software emulation, no devices beyond a serial port."""
     return [
-        qemu, "-accel", "tcg", "-nodefaults", "-no-user-config",
-        "-machine", "pc", "-m", str(memory_mb), "-smp", str(cpus),
-        "-display", "none", "-monitor", "none", "-no-reboot",
-        "-serial", f"file:{serial_log}",
-        "-kernel", str(kernel), "-initrd", str(initrd),
-        "-append", f"{CMDLINE} {append}".strip(),
+        qemu,
+        "-accel",
+        "tcg",
+        "-nodefaults",
+        "-no-user-config",
+        "-machine",
+        "pc",
+        "-m",
+        str(memory_mb),
+        "-smp",
+        str(cpus),
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-serial",
+        f"file:{serial_log}",
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initrd),
+        "-append",
+        f"{CMDLINE} {append}".strip(),
     ]
 
 
@@ -65,8 +84,13 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def run(cmd: list[str], serial_log: Path, timeout: float,
-        on_output: Callable[[bytes], None] | None = None, poll: float = 0.1) -> Run:
+def run(
+    cmd: list[str],
+    serial_log: Path,
+    timeout: float,
+    on_output: Callable[[bytes], None] | None = None,
+    poll: float = 0.1,
+) -> Run:
     """Run QEMU until it exits or `timeout` seconds pass; feed new serial bytes to on_output."""
     serial_log = Path(serial_log)
     serial_log.write_bytes(b"")
@@ -74,8 +98,7 @@ def run(cmd: list[str], serial_log: Path, timeout: float,
     start = time.monotonic()
     with open(err_path, "wb") as err:
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                    start_new_session=True)
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
         except OSError as e:
             raise ToolError(f"cannot start {cmd[0]}: {e}") from e
         timed_out = False
@@ -97,9 +120,8 @@ def run(cmd: list[str], serial_log: Path, timeout: float,
                 if rest and on_output:
                     on_output(rest)
             finally:
-                if proc.poll() is None:   # interrupted (Ctrl-C): never leave QEMU behind
+                if proc.poll() is None:  # interrupted (Ctrl-C): never leave QEMU behind
                     _stop(proc)
     stderr = err_path.read_text(errors="replace").strip()
     err_path.unlink(missing_ok=True)
-    return Run(None if timed_out else proc.returncode, timed_out,
-               time.monotonic() - start, serial_log, stderr)
+    return Run(None if timed_out else proc.returncode, timed_out, time.monotonic() - start, serial_log, stderr)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 # Guest phases in the order /init runs them; "enable"/"disable" are the patch transitions.
 PHASES = ("init", "precheck", "load", "enable", "check", "sympos", "disable", "postcheck", "unload")

@@ -21,15 +21,17 @@ MEANING = {
 }
 
 # "panic" alone would match the command line (panic=-1).
-_INTERESTING = (r"livepatch|Unknown symbol|version magic|disagrees about version|"
-                r"module verification|Invalid module|Oops|BUG:|Kernel panic|WARNING:|Call Trace|"
-                r"RIP:|Code:|unpatched|patching|transition")
+_INTERESTING = (
+    r"livepatch|Unknown symbol|version magic|disagrees about version|"
+    r"module verification|Invalid module|Oops|BUG:|Kernel panic|WARNING:|Call Trace|"
+    r"RIP:|Code:|unpatched|patching|transition"
+)
 LOG_LIMIT = 40
 
 
 def relevant_lines(lines, name: str, limit: int = LOG_LIMIT) -> tuple[str, ...]:
     """Kernel lines about the module, livepatch, symbols and crashes; else the log's tail."""
-    pattern = re.compile(f"{_INTERESTING}|{re.escape(name)}")   # case matters: "oops=panic"
+    pattern = re.compile(f"{_INTERESTING}|{re.escape(name)}")  # case matters: "oops=panic"
     picked = [ln for ln in lines if pattern.search(ln)]
     return tuple((picked or list(lines)[-15:])[:limit])
 
@@ -78,12 +80,10 @@ def _failure(t: Transcript, run: Run, timeout: float) -> tuple[str, str | None]:
     return f"the guest stopped without a result ({where})", last
 
 
-def decide(t: Transcript, run: Run, *, timeout: float, module: str, kernel: str,
-           seen: dict[str, float]) -> Boot:
+def decide(t: Transcript, run: Run, *, timeout: float, module: str, kernel: str, seen: dict[str, float]) -> Boot:
     """The Boot record for one run."""
     phases = {m.get("name"): m.get("status") for m in t.phases}
-    sympos = {f"{m.get('obj')}:{m.get('func')}:{m.get('pos')}": m.get("status")
-              for m in t.of("sympos")}
+    sympos = {f"{m.get('obj')}:{m.get('func')}:{m.get('pos')}": m.get("status") for m in t.of("sympos")}
     info = t.of("info")
     result = t.result
     log: tuple[str, ...]
@@ -96,8 +96,17 @@ def decide(t: Transcript, run: Run, *, timeout: float, module: str, kernel: str,
         extra = [ln for ln in t.console if ln.startswith(("stack> ", "check> "))]
         # A crash is shown whole, as printed; otherwise only the lines about this failure.
         log = t.panic or tuple(stuck) + tuple(extra) + relevant_lines(
-            t.dmesg if t.dmesg is not None else t.console, module)
-    return Boot(result=verdict, reason=reason, module=module, kernel=kernel,
-                serial_log=str(run.serial_log), release=info[0].get("release") if info else "",
-                timings=_timings(t, run, seen), phases=phases, sympos=sympos,
-                kernel_log=log[:LOG_LIMIT])
+            t.dmesg if t.dmesg is not None else t.console, module
+        )
+    return Boot(
+        result=verdict,
+        reason=reason,
+        module=module,
+        kernel=kernel,
+        serial_log=str(run.serial_log),
+        release=info[0].get("release") if info else "",
+        timings=_timings(t, run, seen),
+        phases=phases,
+        sympos=sympos,
+        kernel_log=log[:LOG_LIMIT],
+    )

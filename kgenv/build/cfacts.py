@@ -25,13 +25,45 @@ from kgenv.errors import KgenvError
 SCHEMA = 1
 
 # gcc options whose argument is the next word when not glued on
-_SPLIT = {"-I", "-isystem", "-include", "-iquote", "-idirafter", "-imacros", "-D", "-U", "-o", "-MF", "-MT",
-          "-MQ", "-x", "-Xassembler", "-Xlinker", "-Xpreprocessor", "-aux-info", "--param"}
+_SPLIT = {
+    "-I",
+    "-isystem",
+    "-include",
+    "-iquote",
+    "-idirafter",
+    "-imacros",
+    "-D",
+    "-U",
+    "-o",
+    "-MF",
+    "-MT",
+    "-MQ",
+    "-x",
+    "-Xassembler",
+    "-Xlinker",
+    "-Xpreprocessor",
+    "-aux-info",
+    "--param",
+}
 # options that change what the preprocessor or the parser sees; everything else gcc-only or codegen
 _KEEP_PREFIX = ("-I", "-D", "-U", "-std=", "-isystem", "-iquote", "-idirafter", "-include", "-imacros")
-_KEEP_EXACT = {"-nostdinc", "-m64", "-m32", "-fshort-wchar", "-funsigned-char", "-fsigned-char", "-fno-PIE",
-               "-fno-pie", "-fms-extensions", "-mno-sse", "-mno-mmx", "-mno-sse2", "-mno-3dnow",
-               "-mno-avx", "-mno-80387"}
+_KEEP_EXACT = {
+    "-nostdinc",
+    "-m64",
+    "-m32",
+    "-fshort-wchar",
+    "-funsigned-char",
+    "-fsigned-char",
+    "-fno-PIE",
+    "-fno-pie",
+    "-fms-extensions",
+    "-mno-sse",
+    "-mno-mmx",
+    "-mno-sse2",
+    "-mno-3dnow",
+    "-mno-avx",
+    "-mno-80387",
+}
 _CONDITIONALS = {"if", "ifdef", "ifndef", "elif", "elifdef", "elifndef", "else", "endif"}
 _STORAGE_WORDS = {"static", "inline", "__inline", "__inline__"}
 # clang's printing-policy properties (enum CXPrintingPolicyProperty)
@@ -41,26 +73,27 @@ _SUPPRESS_INITIALIZERS, _TERSE_OUTPUT = 6, 17
 @dataclass
 class Decl:
     name: str
-    kind: str                    # function | variable | type | asm | empty | other
-    cursor: str                  # clang cursor kind, for the curious
-    storage: str                 # static | extern | none
+    kind: str  # function | variable | type | asm | empty | other
+    cursor: str  # clang cursor kind, for the curious
+    storage: str  # static | extern | none
     is_definition: bool
     start: int
-    end: int                     # whole macro invocation and the trailing ';' included
+    end: int  # whole macro invocation and the trailing ';' included
     name_offset: int
-    macro: str | None = None     # top-level macro the declaration comes from
+    macro: str | None = None  # top-level macro the declaration comes from
     extern_decl: str | None = None
     extern_problem: str | None = None
     section: str | None = None
     notrace: bool = False
     const: bool = False
-    storage_tokens: list = field(default_factory=list)   # [start, end] of literal static/inline words
-    refs: list = field(default_factory=list)              # file-scope functions/variables used
+    storage_tokens: list = field(default_factory=list)  # [start, end] of literal static/inline words
+    refs: list = field(default_factory=list)  # file-scope functions/variables used
     type_refs: list = field(default_factory=list)
-    local_statics: list = field(default_factory=list)     # {name, type, const, line, section}
+    local_statics: list = field(default_factory=list)  # {name, type, const, line, section}
 
 
 # --- the compile command -------------------------------------------------------------------
+
 
 def clang_args(argv: list[str]) -> tuple[list[str], str | None]:
     """gcc argv -> (clang parse args, the source file it compiles)."""
@@ -71,13 +104,14 @@ def clang_args(argv: list[str]) -> tuple[list[str], str | None]:
             if a in _KEEP_PREFIX:
                 args += [a, value]
         elif a.startswith(_KEEP_PREFIX) or a in _KEEP_EXACT or (a.startswith("-O") and len(a) <= 3):
-            args.append(a)        # -O2 defines __OPTIMIZE__, which compiletime_assert tests
+            args.append(a)  # -O2 defines __OPTIMIZE__, which compiletime_assert tests
         elif not a.startswith("-") and a.endswith((".c", ".i")):
             source = a
     return args + ["-ferror-limit=0", "-w"], source
 
 
 # --- libclang helpers ----------------------------------------------------------------------
+
 
 @functools.cache
 def _lib():
@@ -121,7 +155,7 @@ def printed_section(text: str) -> str | None:
 def _kind(t):
     try:
         return t.kind.name
-    except ValueError:           # a type kind newer than these bindings: print it as written
+    except ValueError:  # a type kind newer than these bindings: print it as written
         return "UNEXPOSED"
 
 
@@ -132,9 +166,15 @@ def declarator(t, inner: str) -> str:
     """C declaration of `inner` with type t: inside-out, so arrays and function pointers come out right."""
     k = _kind(t)
     if k == "POINTER":
-        quals = " ".join(q for q, on in (("const", t.is_const_qualified()),
-                                         ("volatile", t.is_volatile_qualified()),
-                                         ("restrict", t.is_restrict_qualified())) if on)
+        quals = " ".join(
+            q
+            for q, on in (
+                ("const", t.is_const_qualified()),
+                ("volatile", t.is_volatile_qualified()),
+                ("restrict", t.is_restrict_qualified()),
+            )
+            if on
+        )
         s = "*" + (quals + (" " if inner else "") if quals else "") + inner
         pointee = t.get_pointee()
         return declarator(pointee, f"({s})" if _kind(pointee) in _NEEDS_PARENS else s)
@@ -167,7 +207,7 @@ def extern_decl(cursor, name: str, section: str | None, noreturn: bool = False) 
         return None, f"its type has no name ({e.args[0].split(' (')[0]} without a tag)"
     if section and cursor.kind.name == "VAR_DECL":
         text += f' __attribute__((section("{section}")))'
-    if noreturn:     # callers were compiled knowing it; objtool checks the code after such calls
+    if noreturn:  # callers were compiled knowing it; objtool checks the code after such calls
         text += " __attribute__((__noreturn__))"
     return text + ";", None
 
@@ -180,12 +220,14 @@ def _const(t) -> bool:
 
 # --- tokens of the main file --------------------------------------------------------------
 
+
 class Tokens:
     """The main file's tokens but comments (raw-lexed: inactive #if branches and directives too)."""
 
     def __init__(self, tu, path: str, data: bytes):
-        toks = [t for t in tu.get_tokens(extent=tu.get_extent(path, (0, len(data))))
-                if t.kind.name != "COMMENT"]     # comments stay where they are, with no owner
+        toks = [
+            t for t in tu.get_tokens(extent=tu.get_extent(path, (0, len(data)))) if t.kind.name != "COMMENT"
+        ]  # comments stay where they are, with no owner
         self.data = data
         self.start = [t.location.offset for t in toks]
         self.text = [t.spelling for t in toks]
@@ -206,13 +248,13 @@ class Tokens:
             nl = self.data.find(b"\n", offset)
             if nl < 0:
                 return len(self.data)
-            if self.data[nl - 1:nl] != b"\\":
+            if self.data[nl - 1 : nl] != b"\\":
                 return nl
             offset = nl + 1
 
     def _line_start(self, i: int) -> bool:
         """Only blanks between the token and the start of its line."""
-        return not self.data[self.data.rfind(b"\n", 0, self.start[i]) + 1:self.start[i]].strip()
+        return not self.data[self.data.rfind(b"\n", 0, self.start[i]) + 1 : self.start[i]].strip()
 
     def next_at(self, offset: int) -> int:
         return bisect_left(self.start, offset)
@@ -221,8 +263,7 @@ class Tokens:
         """[offset, word] of every conditional directive (#if .. #endif)."""
         out = []
         for i, word in enumerate(self.text):
-            if word == "#" and i + 1 < len(self.text) and self.text[i + 1] in _CONDITIONALS \
-                    and self._line_start(i):
+            if word == "#" and i + 1 < len(self.text) and self.text[i + 1] in _CONDITIONALS and self._line_start(i):
                 out.append([self.start[i], self.text[i + 1]])
         return out
 
@@ -247,8 +288,7 @@ class Tokens:
         """Where a declaration really begins: clang leaves out leading words that expand to
         nothing or to attributes (`asmlinkage __visible`); they lie after the previous one's end."""
         i = self.next_at(start) - 1
-        while i >= 0 and self.start[i] >= floor and not self.in_directive[i] \
-                and self.text[i] not in (";", "}", "{"):
+        while i >= 0 and self.start[i] >= floor and not self.in_directive[i] and self.text[i] not in (";", "}", "{"):
             start = self.start[i]
             i -= 1
         return start
@@ -277,7 +317,7 @@ _TYPE_KINDS = {"STRUCT_DECL", "UNION_DECL", "ENUM_DECL", "TYPEDEF_DECL"}
 _STORAGE = {"STATIC": "static", "EXTERN": "extern"}
 
 
-_DECL_REF_EXPR, _TYPE_REF, _VAR_DECL = 101, 43, 9     # CXCursorKind values, compared raw for speed
+_DECL_REF_EXPR, _TYPE_REF, _VAR_DECL = 101, 43, 9  # CXCursorKind values, compared raw for speed
 
 
 def _descendants(cursor) -> list:
@@ -289,7 +329,7 @@ def _descendants(cursor) -> list:
     def visit(child, _parent, _data):
         child._tu = cursor._tu
         out.append(child)
-        return 2          # CXChildVisit_Recurse
+        return 2  # CXChildVisit_Recurse
 
     ci.conf.lib.clang_visitChildren(cursor, ci.callbacks["cursor_visit"](visit), None)
     return out
@@ -297,16 +337,22 @@ def _descendants(cursor) -> list:
 
 def _body_facts(cursor):
     """(refs, type_refs, local statics) of a definition's subtree."""
-    refs: dict[str, None] = {}      # ordered sets
+    refs: dict[str, None] = {}  # ordered sets
     types: dict[str, None] = {}
     statics = []
     for c in _descendants(cursor):
         kind = c._kind_id
         if kind == _DECL_REF_EXPR:
             r = c.referenced
-            if r is not None and r.kind.name in ("FUNCTION_DECL", "VAR_DECL") and (
-                    r.semantic_parent is None or r.semantic_parent.kind.name == "TRANSLATION_UNIT"
-                    or r.storage_class.name == "EXTERN"):
+            if (
+                r is not None
+                and r.kind.name in ("FUNCTION_DECL", "VAR_DECL")
+                and (
+                    r.semantic_parent is None
+                    or r.semantic_parent.kind.name == "TRANSLATION_UNIT"
+                    or r.storage_class.name == "EXTERN"
+                )
+            ):
                 refs[r.spelling] = None
         elif kind == _TYPE_REF:
             r = c.referenced
@@ -314,10 +360,17 @@ def _body_facts(cursor):
                 types[r.spelling] = None
         elif kind == _VAR_DECL and c.storage_class.name == "STATIC":
             ci, lib = _lib()
-            statics.append({"name": c.spelling, "type": c.type.spelling, "const": _const(c.type),
-                            "line": c.location.line, "section": printed_section(pretty(lib, ci, c))})
+            statics.append(
+                {
+                    "name": c.spelling,
+                    "type": c.type.spelling,
+                    "const": _const(c.type),
+                    "line": c.location.line,
+                    "section": printed_section(pretty(lib, ci, c)),
+                }
+            )
     if cursor.kind.name == "VAR_DECL":
-        refs.pop(cursor.spelling, None)     # LIST_HEAD(x) points at itself
+        refs.pop(cursor.spelling, None)  # LIST_HEAD(x) points at itself
     return list(refs), list(types), statics
 
 
@@ -326,7 +379,7 @@ def _classify(c, printed: str, toks: Tokens) -> str:
     if k == "UNEXPOSED_DECL" and not printed:
         i = toks.next_at(c.extent.start.offset)
         if i < len(toks.text) and toks.text[i] == ";" and toks.end[i] == c.extent.end.offset:
-            return "empty"     # a stray ';' (`fs_initcall(f);` where the macro brought its own)
+            return "empty"  # a stray ';' (`fs_initcall(f);` where the macro brought its own)
     if k in _FUNCTION_KINDS:
         return "function"
     if k == "VAR_DECL":
@@ -334,7 +387,7 @@ def _classify(c, printed: str, toks: Tokens) -> str:
     if k in _TYPE_KINDS:
         return "type"
     if k == "UNEXPOSED_DECL" and printed.startswith("__asm"):
-        return "asm"      # a file-scope asm() statement (EXPORT_SYMBOL, initcalls)
+        return "asm"  # a file-scope asm() statement (EXPORT_SYMBOL, initcalls)
     return "other"
 
 
@@ -356,14 +409,15 @@ def collect(tu, path: str, data: bytes) -> tuple[list[Decl], list, Tokens]:
     main, macros, decls, defines = [], [], [], []
     main_file = _address(tu.get_file(path))
     for c in tu.cursor.get_children():
-        f = c.location.file        # where it is expanded: macro-made declarations count as the file's
+        f = c.location.file  # where it is expanded: macro-made declarations count as the file's
         if f is None or _address(f) != main_file:
             continue
         if c.kind.name == "MACRO_INSTANTIATION":
             macros.append((c.extent.start.offset, c.extent.end.offset, c.spelling))
         elif c.kind.name == "MACRO_DEFINITION":
-            defines.append({"name": c.spelling, "start": toks.directive_start(c.extent.start.offset),
-                            "end": c.extent.end.offset})
+            defines.append(
+                {"name": c.spelling, "start": toks.directive_start(c.extent.start.offset), "end": c.extent.end.offset}
+            )
         elif c.kind.is_declaration():
             main.append(c)
     macros.sort()
@@ -385,7 +439,7 @@ def _settle(decls: list[Decl], toks: Tokens) -> None:
     starts = sorted(d.start for d in decls)
     nested, reach, reach_start = set(), -1, -1
     for d in sorted(decls, key=lambda d: (d.start, -d.end)):
-        if reach_start < d.start < reach:       # inside another (`static struct s {..} v;`)
+        if reach_start < d.start < reach:  # inside another (`static struct s {..} v;`)
             nested.add(id(d))
         if d.end > reach:
             reach, reach_start = d.end, d.start
@@ -408,20 +462,30 @@ def _decl(c, ci, lib, toks: Tokens, macros: list) -> Decl:
     kind = _classify(c, printed, toks)
     start, end = c.extent.start.offset, c.extent.end.offset
     storage = _STORAGE.get(c.storage_class.name, "none")
-    definition = c.is_definition() or (kind == "variable" and storage != "extern")   # tentative too
+    definition = c.is_definition() or (kind == "variable" and storage != "extern")  # tentative too
     name_at = c.location.offset
     macro = _macro_at(macros, name_at)
-    if macro:     # clang may collapse a macro-made declaration's extent to one point
+    if macro:  # clang may collapse a macro-made declaration's extent to one point
         start, end = min(start, macro[0]), max(end, macro[1])
     name = "" if kind == "type" and "(unnamed " in c.spelling else c.spelling
-    d = Decl(name=name, kind=kind, cursor=c.kind.name, storage=storage, is_definition=definition,
-             start=start, end=max(end, start), name_offset=name_at,
-             macro=macro[2] if macro else None)
+    d = Decl(
+        name=name,
+        kind=kind,
+        cursor=c.kind.name,
+        storage=storage,
+        is_definition=definition,
+        start=start,
+        end=max(end, start),
+        name_offset=name_at,
+        macro=macro[2] if macro else None,
+    )
     if kind in ("function", "variable"):
         d.section = printed_section(printed)
         d.notrace = "__attribute__((no_instrument_function))" in printed
-        noreturn = kind == "function" and ("__attribute__((noreturn))" in c.type.spelling   # a type attribute
-                                           or "_Noreturn" in printed)
+        noreturn = kind == "function" and (
+            "__attribute__((noreturn))" in c.type.spelling  # a type attribute
+            or "_Noreturn" in printed
+        )
         d.extern_decl, d.extern_problem = extern_decl(c, c.spelling, d.section, noreturn)
         if kind == "variable":
             d.const = _const(c.type)
@@ -432,11 +496,15 @@ def _decl(c, ci, lib, toks: Tokens, macros: list) -> Decl:
 
 # --- the whole run --------------------------------------------------------------------------
 
+
 def _diagnostics(tu, path: str) -> dict:
     errors = [d for d in tu.diagnostics if d.severity >= 3]
     where = [(d.location.file.name if d.location.file else "", d.location.line, d.spelling) for d in errors]
-    return {"errors": len(errors), "main_file_errors": sum(1 for f, _, _ in where if f == path),
-            "first": [f"{f}:{line}: {msg}" for f, line, msg in where[:10]]}
+    return {
+        "errors": len(errors),
+        "main_file_errors": sum(1 for f, _, _ in where if f == path),
+        "first": [f"{f}:{line}: {msg}" for f, line, msg in where[:10]],
+    }
 
 
 def facts(cmd_file: str, cwd: str, source: str | None = None) -> dict:
@@ -449,16 +517,26 @@ def facts(cmd_file: str, cwd: str, source: str | None = None) -> dict:
     if not path:
         raise ValueError(f"{cmd_file}: the command names no C source")
     cwd = os.path.abspath(cwd)
-    path = os.path.join(cwd, path)      # unchanged when absolute
+    path = os.path.join(cwd, path)  # unchanged when absolute
     with open(path, "rb") as f:
         data = f.read()
     # relative -I/-include paths are Kbuild's objtree-relative ones
-    tu = ci.Index.create().parse(path, args=["-working-directory", cwd, *args],
-                                 options=ci.TranslationUnit.PARSE_DETAILED_PROCESSING_RECORD)
+    tu = ci.Index.create().parse(
+        path, args=["-working-directory", cwd, *args], options=ci.TranslationUnit.PARSE_DETAILED_PROCESSING_RECORD
+    )
     decls, defines, toks = collect(tu, path, data)
-    return {"schema": SCHEMA, "file": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-            "compiler": argv[0], "clang_args": args, "diagnostics": _diagnostics(tu, path),
-            "directives": toks.directives(), "defines": defines, "decls": [asdict(d) for d in decls]}
+    return {
+        "schema": SCHEMA,
+        "file": path,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "compiler": argv[0],
+        "clang_args": args,
+        "diagnostics": _diagnostics(tu, path),
+        "directives": toks.directives(),
+        "defines": defines,
+        "decls": [asdict(d) for d in decls],
+    }
 
 
 def main(argv=None) -> int:
@@ -473,7 +551,7 @@ def main(argv=None) -> int:
     except (OSError, ValueError, KgenvError) as e:
         print(f"cfacts: {e}", file=sys.stderr)
         return 2
-    except Exception as e:     # libclang's TranslationUnitLoadError and friends
+    except Exception as e:  # libclang's TranslationUnitLoadError and friends
         print(f"cfacts: {a.cmd}: libclang failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     tmp = a.out + ".tmp"
@@ -481,8 +559,7 @@ def main(argv=None) -> int:
         json.dump(result, f, indent=1)
     os.replace(tmp, a.out)
     d = result["diagnostics"]
-    print(f"cfacts: {path_tail(result['file'])}: {len(result['decls'])} declarations, "
-          f"{d['errors']} clang error(s)")
+    print(f"cfacts: {path_tail(result['file'])}: {len(result['decls'])} declarations, {d['errors']} clang error(s)")
     return 0
 
 

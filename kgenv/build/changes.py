@@ -32,16 +32,22 @@ _DATA_PREFIXES = (".data", ".bss", ".rodata")
 class FunctionChange:
     """One function (or IPA clone / cold part) and how the fix changed it."""
 
-    name: str            # patched name; the original name when removed
+    name: str  # patched name; the original name when removed
     status: str
-    original: str = ""   # the original's name when it differs (a renumbered clone), else ""
+    original: str = ""  # the original's name when it differs (a renumbered clone), else ""
     section: str = ""
     size: int = 0
     binding: str = ""
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "status": self.status, "original": self.original,
-                "section": self.section, "size": self.size, "binding": self.binding}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "original": self.original,
+            "section": self.section,
+            "size": self.size,
+            "binding": self.binding,
+        }
 
 
 @dataclass(frozen=True)
@@ -55,8 +61,13 @@ class DataChange:
     binding: str = ""
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "status": self.status, "section": self.section,
-                "size": self.size, "binding": self.binding}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "section": self.section,
+            "size": self.size,
+            "binding": self.binding,
+        }
 
 
 @dataclass(frozen=True)
@@ -87,8 +98,11 @@ class Changes:
         return any(d.status != UNCHANGED for d in self.data)
 
     def to_dict(self) -> dict:
-        return {"tu": self.tu, "functions": [f.to_dict() for f in self.functions],
-                "data": [d.to_dict() for d in self.data]}
+        return {
+            "tu": self.tu,
+            "functions": [f.to_dict() for f in self.functions],
+            "data": [d.to_dict() for d in self.data],
+        }
 
 
 def base_name(name: str, local_object: bool = False) -> str:
@@ -100,11 +114,12 @@ def base_name(name: str, local_object: bool = False) -> str:
 def compare(original: str | Path, patched: str | Path, tu: str = "") -> Changes:
     """Compare two builds of one TU (built with -ffunction-sections -fdata-sections)."""
     a, b = _Side(original), _Side(patched)
-    a.shared = b.shared = a.shared | b.shared   # ambiguous on either side: compare callee bytes
+    a.shared = b.shared = a.shared | b.shared  # ambiguous on either side: compare callee bytes
     funcs = _pair_all(a.functions(), b.functions())
     data = _pair_all(a.variables(), b.variables())
-    return Changes(tu or str(patched), tuple(_function_change(*p) for p in funcs),
-                   tuple(_data_change(*p) for p in data))
+    return Changes(
+        tu or str(patched), tuple(_function_change(*p) for p in funcs), tuple(_data_change(*p) for p in data)
+    )
 
 
 class _Item:
@@ -130,9 +145,11 @@ def _pair_all(olds: list[_Item], news: list[_Item]) -> list[_Pair]:
 def _pair_group(olds: list[_Item], news: list[_Item]) -> list[_Pair]:
     out: list[_Pair] = []
     olds, news = list(olds), list(news)
-    for match, status in ((lambda o, n: o.fp == n.fp, UNCHANGED),
-                          (lambda o, n: o.sym.name == n.sym.name, CHANGED),
-                          (lambda o, n: True, CHANGED)):
+    for match, status in (
+        (lambda o, n: o.fp == n.fp, UNCHANGED),
+        (lambda o, n: o.sym.name == n.sym.name, CHANGED),
+        (lambda o, n: True, CHANGED),
+    ):
         for o in list(olds):
             n = next((n for n in news if match(o, n)), None)
             if n is not None:
@@ -159,8 +176,7 @@ def _either(old: _Item | None, new: _Item | None) -> _Item:
 def _function_change(old: _Item | None, new: _Item | None, status: str) -> FunctionChange:
     item = _either(old, new)
     original = old.sym.name if old and new and old.sym.name != new.sym.name else ""
-    return FunctionChange(item.sym.name, status, original, item.section, item.sym.size,
-                          item.sym.binding)
+    return FunctionChange(item.sym.name, status, original, item.section, item.sym.size, item.sym.binding)
 
 
 def _data_change(old: _Item | None, new: _Item | None, status: str) -> DataChange:
@@ -184,12 +200,14 @@ class _Side:
         return self._bug_entries()
 
     def functions(self) -> list[_Item]:
-        return [_Item(s, base_name(s.name), self._function_fp(s), s.section)
-                for s in self.obj.functions()]
+        return [_Item(s, base_name(s.name), self._function_fp(s), s.section) for s in self.obj.functions()]
 
     def variables(self) -> list[_Item]:
-        return [_Item(s, base_name(s.name, s.bind == STB_LOCAL), self._data_fp(s), s.section)
-                for s in self.index.symbols if self._is_variable(s)]
+        return [
+            _Item(s, base_name(s.name, s.bind == STB_LOCAL), self._data_fp(s), s.section)
+            for s in self.index.symbols
+            if self._is_variable(s)
+        ]
 
     def _shared_names(self) -> set[str]:
         """Base names held by several functions (foo.constprop.0 and .1): names alone are ambiguous."""
@@ -207,8 +225,10 @@ class _Side:
         if sym.symidx not in self._shallow:
             relocs = self.obj.relocs_in(sym)
             code = bytes(self.index.code(sym))
-            self._shallow[sym.symidx] = (_digest(masked_pair(code, code, relocs, sym.value)[0]),
-                                        tuple((r.offset - sym.value, r.type) for r in relocs))
+            self._shallow[sym.symidx] = (
+                _digest(masked_pair(code, code, relocs, sym.value)[0]),
+                tuple((r.offset - sym.value, r.type) for r in relocs),
+            )
         return (base, *self._shallow[sym.symidx])
 
     def _is_variable(self, s: Symbol) -> bool:
@@ -216,7 +236,7 @@ class _Side:
         if s.type != STT_OBJECT or sec is None or not sec.name.startswith(_DATA_PREFIXES):
             return False
         if sec.flags & SHF_MERGE and sec.flags & SHF_STRINGS:
-            return False   # string literals: their users' code compares them by content
+            return False  # string literals: their users' code compares them by content
         return base_name(s.name, True) not in _NAME_CONSTANTS
 
     # -- fingerprints ---------------------------------------------------------------------------
@@ -226,8 +246,7 @@ class _Side:
         relocs = self.obj.relocs_in(sym)
         masked = bytes(masked_pair(code, code, relocs, sym.value)[0])
         insns = decode(code) if any(r.type in PC_RELATIVE for r in relocs) else []
-        targets = tuple((r.offset - sym.value, r.type, self._target(r, insns, r.offset - sym.value))
-                        for r in relocs)
+        targets = tuple((r.offset - sym.value, r.type, self._target(r, insns, r.offset - sym.value)) for r in relocs)
         return masked, targets, self._refs_into(sym), self._bugs_in(sym)
 
     def _data_fp(self, sym: Symbol) -> tuple:
@@ -294,14 +313,18 @@ class _Side:
             for r in relocations(self.index.elf, sec.info):
                 t = self.obj.symbol(r.sym)
                 if t.defined and t.shndx < len(self.sections):
-                    out.setdefault(t.shndx, []).append(
-                        (base_name(src.name), r.type, t.value + r.addend))
+                    out.setdefault(t.shndx, []).append((base_name(src.name), r.type, t.value + r.addend))
         return out
 
     def _refs_into(self, sym: Symbol) -> tuple:
         refs = self.incoming.get(sym.shndx, [])
-        return tuple(sorted((name, typ, where - sym.value) for name, typ, where in refs
-                            if sym.value <= where < sym.value + max(sym.size, 1)))
+        return tuple(
+            sorted(
+                (name, typ, where - sym.value)
+                for name, typ, where in refs
+                if sym.value <= where < sym.value + max(sym.size, 1)
+            )
+        )
 
     # -- __bug_table ----------------------------------------------------------------------------
 
@@ -342,18 +365,23 @@ class _Side:
         file_rel = relocs.get(e + 4)
         # `.long file - entry`: the addend carries the field's distance from the entry start
         file = self._target(file_rel._replace(addend=file_rel.addend - 4), [], 0) if file_rel else None
-        flags = int.from_bytes(data[e + BUG_FLAGS:e + BUG_FLAGS + 2], "little")
+        flags = int.from_bytes(data[e + BUG_FLAGS : e + BUG_FLAGS + 2], "little")
         return shndx, where, file, flags, None
 
     def _raw_bugs(self, relocs: dict, data: bytes) -> list[tuple]:
         """Unknown layout: an entry runs from one code pointer to the next, all bytes compared."""
         heads = sorted((off, code) for off, r in relocs.items() if (code := self._bug_code(r)) is not None)
         ends = [off for off, _ in heads[1:]] + [len(data)]
-        return [(code[0], code[1], None, None, data[off:end])
-                for (off, code), end in zip(heads, ends)]
+        return [(code[0], code[1], None, None, data[off:end]) for (off, code), end in zip(heads, ends, strict=True)]
 
     def _bugs_in(self, sym: Symbol) -> tuple:
-        return tuple(sorted(((where - sym.value, file, flags, raw)
-                             for shndx, where, file, flags, raw in self.bugs
-                             if shndx == sym.shndx and sym.value <= where < sym.value + sym.size),
-                            key=repr))
+        return tuple(
+            sorted(
+                (
+                    (where - sym.value, file, flags, raw)
+                    for shndx, where, file, flags, raw in self.bugs
+                    if shndx == sym.shndx and sym.value <= where < sym.value + sym.size
+                ),
+                key=repr,
+            )
+        )

@@ -28,13 +28,21 @@ def cmd_file(tu: str) -> str:
 def _copy_out(obj: str, tu: str) -> str:
     """Copy the .o and its .cmd file (the flags later stages reuse) to the output mount."""
     d, o, c = (shlex.quote(x) for x in (str(PurePosixPath(tu).parent), tu, cmd_file(tu)))
-    return (f"mkdir -p {OUT}/{d} && cp {shlex.quote(obj)}/{o} {OUT}/{o} && "
-            f"cp {shlex.quote(obj)}/{c} {OUT}/{c}")
+    return f"mkdir -p {OUT}/{d} && cp {shlex.quote(obj)}/{o} {OUT}/{o} && cp {shlex.quote(obj)}/{c} {OUT}/{c}"
 
 
-def compile_tus(rt: Runtime, m: Manifest, tus: list[str], outdir: Path, *, overlay: Path | None = None,
-                extra_cflags: str = "", image: str | None = None, make_overrides: dict | None = None,
-                progress=None) -> dict[str, Path]:
+def compile_tus(
+    rt: Runtime,
+    m: Manifest,
+    tus: list[str],
+    outdir: Path,
+    *,
+    overlay: Path | None = None,
+    extra_cflags: str = "",
+    image: str | None = None,
+    make_overrides: dict | None = None,
+    progress=None,
+) -> dict[str, Path]:
     """Build each TU's .o in a throwaway container (no network) and copy it to outdir.
 
     `overlay` holds patched source files (relative paths) copied over the tree first;
@@ -56,8 +64,9 @@ def compile_tus(rt: Runtime, m: Manifest, tus: list[str], outdir: Path, *, overl
     steps += [_copy_out(obj, t) for t in tus]
     if progress:
         progress.step(f"compile {len(tus)} unit(s) in {(image or m.image.id)[7:19]}")
-    r = rt.run(image or m.image.id, ["bash", "-c", "\n".join(steps)], mounts, workdir=m.kernel.srctree,
-               progress=progress)
+    r = rt.run(
+        image or m.image.id, ["bash", "-c", "\n".join(steps)], mounts, workdir=m.kernel.srctree, progress=progress
+    )
     if r.exit_code:
         raise ToolError(f"compile of {', '.join(tus)} failed in env {m.name}:\n{r.output[-2000:]}")
     return {t: outdir / t for t in tus}

@@ -11,11 +11,10 @@ from pathlib import Path, PurePosixPath
 from kgenv.errors import UserError
 
 DEV_NULL = "/dev/null"
-MAX_OFFSET = 100          # lines either side of the expected spot a hunk may move (patch: no fuzz)
+MAX_OFFSET = 100  # lines either side of the expected spot a hunk may move (patch: no fuzz)
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
-_REFUSED_MODES = ("120000", "160000")   # symlink, gitlink
-_C_ESCAPES = {"a": "\a", "b": "\b", "t": "\t", "n": "\n", "v": "\v", "f": "\f", "r": "\r",
-              '"': '"', "\\": "\\"}
+_REFUSED_MODES = ("120000", "160000")  # symlink, gitlink
+_C_ESCAPES = {"a": "\a", "b": "\b", "t": "\t", "n": "\n", "v": "\v", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,21 @@ class FilePatch:
         return bool(self.old_path and self.new_path and self.old_path != self.new_path)
 
     def to_dict(self) -> dict:
-        return {"old_path": self.old_path, "new_path": self.new_path, "hunks": len(self.hunks),
-                "added": self.added, "deleted": self.deleted, "renamed": self.renamed}
+        return {
+            "old_path": self.old_path,
+            "new_path": self.new_path,
+            "hunks": len(self.hunks),
+            "added": self.added,
+            "deleted": self.deleted,
+            "renamed": self.renamed,
+        }
 
 
 @dataclass(frozen=True)
 class FixDiff:
     """A parsed, path-checked fix diff."""
 
-    name: str                          # the diff file, for messages
+    name: str  # the diff file, for messages
     files: tuple[FilePatch, ...]
 
     @property
@@ -80,8 +85,9 @@ class FixDiff:
     @property
     def translation_units(self) -> tuple[str, ...]:
         """Objects to rebuild: each surviving .c file as its .o."""
-        return tuple(dict.fromkeys(f.new_path[:-2] + ".o" for f in self.files
-                                   if f.new_path and f.new_path.endswith(".c")))
+        return tuple(
+            dict.fromkeys(f.new_path[:-2] + ".o" for f in self.files if f.new_path and f.new_path.endswith(".c"))
+        )
 
     @property
     def headers(self) -> tuple[str, ...]:
@@ -95,9 +101,13 @@ class FixDiff:
         return UserError(f"{self.name}: {what}")
 
     def to_dict(self) -> dict:
-        return {"diff": self.name, "files": [f.to_dict() for f in self.files],
-                "translation_units": list(self.translation_units),
-                "headers": list(self.headers), "assembly": list(self.assembly)}
+        return {
+            "diff": self.name,
+            "files": [f.to_dict() for f in self.files],
+            "translation_units": list(self.translation_units),
+            "headers": list(self.headers),
+            "assembly": list(self.assembly),
+        }
 
 
 def _side(lines: tuple[str, ...], skip: str) -> list[str]:
@@ -126,6 +136,7 @@ def split_lines(text: str) -> list[str]:
 
 
 # -- parsing ------------------------------------------------------------------------------------
+
 
 def load(path: str | os.PathLike) -> FixDiff:
     """Read and parse a diff file."""
@@ -162,7 +173,7 @@ class _Parser:
             elif self._at_unified_header():
                 out.append(self._unified_file({}))
             else:
-                self.i += 1   # mail headers, commit message, diffstat, signature: not ours
+                self.i += 1  # mail headers, commit message, diffstat, signature: not ours
         if not out:
             raise self.fail("no file changes found (not a unified diff)")
         return out
@@ -183,10 +194,10 @@ class _Parser:
             if line.startswith(("old mode ", "new mode ", "new file mode ", "deleted file mode ")):
                 self._check_mode(line)
                 key, mode = line.rsplit(" ", 1)
-                ext[key] = mode   # "new file mode", "old mode", ... -> the mode
+                ext[key] = mode  # "new file mode", "old mode", ... -> the mode
             for field in ("rename from ", "rename to ", "copy from ", "copy to "):
                 if line.startswith(field):
-                    ext[field.strip()] = line[len(field):]
+                    ext[field.strip()] = line[len(field) :]
             self.i += 1
         if self.i < len(self.lines) and self._at_unified_header():
             return self._unified_file(ext)
@@ -210,8 +221,7 @@ class _Parser:
         if parts is None:
             raise self.fail(f"cannot read file names from '{ext['git']}'")
         old, new = self._path(parts[0]), self._path(parts[1])
-        return FilePatch(None if "new file mode" in ext else old,
-                         None if "deleted file mode" in ext else new, ())
+        return FilePatch(None if "new file mode" in ext else old, None if "deleted file mode" in ext else new, ())
 
     def _unified_file(self, ext: dict[str, str]) -> FilePatch:
         old = self._path(_header_name(self.lines[self.i][4:]))
@@ -239,7 +249,7 @@ class _Parser:
         n_len = 1 if m.group(4) is None else int(m.group(4))
         self.i += 1
         body = self._hunk_body(path, header, o_len, n_len)
-        return Hunk(o_start, o_len, n_start, n_len, header[:m.end()], body)
+        return Hunk(o_start, o_len, n_start, n_len, header[: m.end()], body)
 
     def _hunk_body(self, path: str, header: str, o_left: int, n_left: int) -> tuple[str, ...]:
         body = []
@@ -250,7 +260,7 @@ class _Parser:
             if "\0" in line:
                 raise self.fail(f"NUL byte on line {self.i + 1}")
             if line in ("\n", "\r\n"):
-                line = " " + line   # a blank context line whose space an editor stripped
+                line = " " + line  # a blank context line whose space an editor stripped
             tag = line[:1]
             if tag == " " and o_left and n_left:
                 o_left, n_left = o_left - 1, n_left - 1
@@ -291,7 +301,7 @@ def _header_name(rest: str) -> str:
     rest = rest.rstrip("\r\n")
     if rest.startswith('"'):
         end = _quote_end(rest)
-        return rest[:end + 1] if end > 0 else rest
+        return rest[: end + 1] if end > 0 else rest
     return rest.split("\t", 1)[0].rstrip(" ") if "\t" in rest else rest.rstrip(" ")
 
 
@@ -317,10 +327,10 @@ def _unquote(name: str, fail) -> str:
         if c != "\\":
             out += c.encode("utf-8", "surrogateescape")
             i += 1
-        elif body[i + 1:i + 4].isdigit() and len(body[i + 1:i + 4]) == 3:
-            out.append(int(body[i + 1:i + 4], 8) & 0xFF)
+        elif body[i + 1 : i + 4].isdigit() and len(body[i + 1 : i + 4]) == 3:
+            out.append(int(body[i + 1 : i + 4], 8) & 0xFF)
             i += 4
-        elif body[i + 1:i + 2] in _C_ESCAPES:
+        elif body[i + 1 : i + 2] in _C_ESCAPES:
             out += _C_ESCAPES[body[i + 1]].encode()
             i += 2
         else:
@@ -330,15 +340,16 @@ def _unquote(name: str, fail) -> str:
 
 def _git_names(line: str) -> tuple[str, str] | None:
     """'diff --git a/x b/x' -> ('a/x', 'b/x') when both names are the same file (no spaces trick)."""
-    rest = line[len("diff --git "):]
+    rest = line[len("diff --git ") :]
     half = (len(rest) - 1) // 2
-    a, b = rest[:half], rest[half + 1:]
-    if rest[half:half + 1] == " " and a[2:] == b[2:]:
+    a, b = rest[:half], rest[half + 1 :]
+    if rest[half : half + 1] == " " and a[2:] == b[2:]:
         return a, b
     return None
 
 
 # -- checking against the real tree ------------------------------------------------------------
+
 
 def check(diff: FixDiff, tree: str | os.PathLike) -> None:
     """Refuse paths that pass through a symlink (or a non-directory) in the kernel tree."""
@@ -355,10 +366,9 @@ def _check_in_tree(diff: FixDiff, root: Path, rel: str) -> None:
         try:
             st = os.lstat(cur)
         except FileNotFoundError:
-            return   # the rest does not exist yet: a new file, nothing to follow
+            return  # the rest does not exist yet: a new file, nothing to follow
         if stat.S_ISLNK(st.st_mode):
-            raise diff.error(f"path '{rel}' goes through a symlink in the kernel tree "
-                             f"('{'/'.join(parts[:depth])}')")
+            raise diff.error(f"path '{rel}' goes through a symlink in the kernel tree ('{'/'.join(parts[:depth])}')")
         if depth < len(parts) and not stat.S_ISDIR(st.st_mode):
             raise diff.error(f"path '{rel}' goes through a non-directory in the kernel tree")
         if depth == len(parts) and not stat.S_ISREG(st.st_mode):
@@ -366,6 +376,7 @@ def _check_in_tree(diff: FixDiff, root: Path, rel: str) -> None:
 
 
 # -- applying ----------------------------------------------------------------------------------
+
 
 def apply(diff: FixDiff, tree: str | os.PathLike, dest: str | os.PathLike) -> dict[str, Path | None]:
     """Write patched copies of the touched files under dest; the tree is only read.
@@ -392,7 +403,7 @@ def _read(diff: FixDiff, tree: Path, rel: str, state: dict) -> str | None:
 
 def _apply_file(diff: FixDiff, tree: Path, fp: FilePatch, state: dict) -> None:
     text: str | None
-    if fp.old_path is None:   # added
+    if fp.old_path is None:  # added
         if fp.new_path is None:
             raise diff.error("a file section with neither an old nor a new path")
         if _read(diff, tree, fp.new_path, state) is not None:
@@ -421,7 +432,7 @@ def apply_hunks(diff: FixDiff, fp: FilePatch, text: str) -> str:
         pos = _find(lines, old, expected, floor)
         if pos is None:
             raise diff.error(f"hunk {n} of {fp.path} ({hunk.header}) does not apply")
-        lines[pos:pos + len(old)] = new
+        lines[pos : pos + len(old)] = new
         delta += pos - expected + len(new) - len(old)
         floor = pos + len(new)
     return "".join(lines)
@@ -429,8 +440,8 @@ def apply_hunks(diff: FixDiff, fp: FilePatch, text: str) -> str:
 
 def _find(lines: list[str], old: list[str], expected: int, floor: int) -> int | None:
     for shift in range(MAX_OFFSET + 1):
-        for pos in ((expected,) if shift == 0 else (expected - shift, expected + shift)):
-            if floor <= pos <= len(lines) - len(old) and lines[pos:pos + len(old)] == old:
+        for pos in (expected,) if shift == 0 else (expected - shift, expected + shift):
+            if floor <= pos <= len(lines) - len(old) and lines[pos : pos + len(old)] == old:
                 return pos
     return None
 

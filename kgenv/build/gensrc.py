@@ -9,14 +9,16 @@ reference resolves to the running kernel's object — never a second copy of ker
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 # the kernel's "print/warn once" flags: a fresh copy only means a message may repeat once
 ONCE_FLAGS = ("__already_done", "__print_once", "__warned")
 # function-local statics whose fresh copy changes nothing that matters, by type
-HARMLESS_TYPES = {"struct lock_class_key": "a lockdep class key (a new lock class for lockdep)",
-                  "struct ratelimit_state": "a fresh ratelimit state (one more burst may be printed)"}
+HARMLESS_TYPES = {
+    "struct lock_class_key": "a lockdep class key (a new lock class for lockdep)",
+    "struct ratelimit_state": "a fresh ratelimit state (one more burst may be printed)",
+}
 # dynamic-debug descriptors: per-module metadata the module loader registers for the patch module
 DDEBUG_SECTION = "__dyndbg"
 # never loaded (__ADDRESSABLE() in static_call and friends keeps a symbol referenced at build time)
@@ -30,8 +32,16 @@ ALIAS_PREFIX = "livepatch_"
 # SYSCALL_DEFINEn also defines the syscall's ftrace metadata; the running kernel's stays in charge,
 # so the patch empties SYSCALL_METADATA (what CONFIG_FTRACE_SYSCALLS=n does) before the kept syscall
 SYSCALL_MACROS = ("SYSCALL_DEFINE",)
-SYSCALL_METADATA = ("types_", "args_", "__syscall_meta_", "event_enter_", "__event_enter_", "event_exit_",
-                    "__event_exit_", "__p_syscall_meta_")
+SYSCALL_METADATA = (
+    "types_",
+    "args_",
+    "__syscall_meta_",
+    "event_enter_",
+    "__event_enter_",
+    "event_exit_",
+    "__event_exit_",
+    "__p_syscall_meta_",
+)
 NO_SYSCALL_METADATA = "#undef SYSCALL_METADATA\n#define SYSCALL_METADATA(sname, nb, ...)\n"
 
 
@@ -40,25 +50,30 @@ class Extern:
     """A definition of the file the module must take from the running kernel."""
 
     name: str
-    kind: str          # function | variable
-    static: bool       # a local symbol there: only a klp relocation can reach it
+    kind: str  # function | variable
+    static: bool  # a local symbol there: only a klp relocation can reach it
 
 
 @dataclass
 class Generated:
     text: str
-    replaced: list[str] = field(default_factory=list)     # keep ∩ running kernel, in file order
-    copied: list[str] = field(default_factory=list)       # kept as code: new, or inlined everywhere
+    replaced: list[str] = field(default_factory=list)  # keep ∩ running kernel, in file order
+    copied: list[str] = field(default_factory=list)  # kept as code: new, or inlined everywhere
     externs: list[Extern] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)  # replaced function -> global alias
     refusals: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    facts: dict | None = None                              # cfacts' JSON, for --keep-tmp
+    facts: dict | None = None  # cfacts' JSON, for --keep-tmp
 
     def to_dict(self) -> dict:
-        return {"replaced": self.replaced, "copied": self.copied,
-                "externs": [f"{e.kind} {e.name}{' (static)' if e.static else ''}" for e in self.externs],
-                "aliases": self.aliases, "refusals": self.refusals, "notes": self.notes}
+        return {
+            "replaced": self.replaced,
+            "copied": self.copied,
+            "externs": [f"{e.kind} {e.name}{' (static)' if e.static else ''}" for e in self.externs],
+            "aliases": self.aliases,
+            "refusals": self.refusals,
+            "notes": self.notes,
+        }
 
 
 @dataclass
@@ -68,7 +83,7 @@ class _Group:
     start: int
     end: int
     members: list = field(default_factory=list)
-    role: str = ""     # "" | replaced | copied
+    role: str = ""  # "" | replaced | copied
     scanned: bool = False
     syscall: bool = False
 
@@ -117,8 +132,11 @@ class _Planner:
         self.new_vars: set[str] = set()
         if original is not None:
             before = {d["name"] for d in original["decls"] if d["kind"] == "variable" and d["is_definition"]}
-            self.new_vars = {n for n, (_, d) in self.vdef.items()
-                             if n not in before and not n.startswith("__UNIQUE_ID") and not d["const"]}
+            self.new_vars = {
+                n
+                for n, (_, d) in self.vdef.items()
+                if n not in before and not n.startswith("__UNIQUE_ID") and not d["const"]
+            }
         self.externs: dict[str, Extern] = {}
         self.replaced: list[str] = []
         self.copied: list[str] = []
@@ -142,15 +160,17 @@ class _Planner:
             else:
                 self.copied.append(name)
                 self.notes.append(f"{name}: not in the running kernel, compiled in as a new function")
-            g.role = g.role or "replaced"      # all of them first: a kept function is never made extern
+            g.role = g.role or "replaced"  # all of them first: a kept function is never made extern
             kept.append(g)
         for g in kept:
             self._scan(g)
         for name in sorted(self.new_vars):
             d = self.vdef[name][1]
             kind = "static" if d["storage"] == "static" else "global"
-            self.refuse(f"new {kind} variable {name}: the running kernel has no such state "
-                        "(shadow variables are not supported yet)")
+            self.refuse(
+                f"new {kind} variable {name}: the running kernel has no such state "
+                "(shadow variables are not supported yet)"
+            )
 
     def _check_replaceable(self, d: dict) -> None:
         name, section = d["name"], d["section"]
@@ -172,16 +192,21 @@ class _Planner:
             return
         g.scanned = True
         for d in g.defs("function"):
-            self.externs.pop(d["name"], None)     # a group mate another function made extern
-        state = list(dict.fromkeys(d["name"] for d in g.defs("variable")
-                                   if not (d["section"] or "").startswith(DISCARDED_PREFIX)))
+            self.externs.pop(d["name"], None)  # a group mate another function made extern
+        state = list(
+            dict.fromkeys(
+                d["name"] for d in g.defs("variable") if not (d["section"] or "").startswith(DISCARDED_PREFIX)
+            )
+        )
         funcs = ", ".join(d["name"] for d in g.defs("function"))
         if state and (g.macro or "").startswith(SYSCALL_MACROS) and all(n.startswith(SYSCALL_METADATA) for n in state):
             g.syscall = True
             self.notes.append(f"{funcs}: {g.macro} without its tracing metadata (the running kernel's stays)")
         elif state:
-            self.refuse(f"{funcs}: {g.macro or 'its definition'} also defines {', '.join(state)} "
-                        "(a second copy of kernel state)")
+            self.refuse(
+                f"{funcs}: {g.macro or 'its definition'} also defines {', '.join(state)} "
+                "(a second copy of kernel state)"
+            )
         for d in g.defs("function"):
             self._local_statics(d)
             for ref in d["refs"]:
@@ -219,7 +244,7 @@ class _Planner:
         elif name in self.vdef and name not in self.externs:
             d = self.vdef[name][1]
             if name in self.new_vars:
-                return     # refused on its own
+                return  # refused on its own
             if _freed(d["section"]):
                 self.refuse(f"{user} uses {name}, which is __initdata (section {d['section']})")
             elif self.present(name, "variable"):
@@ -227,13 +252,16 @@ class _Planner:
             elif self._read_only(self.vdef[name][0]):
                 self._copy_data(self.vdef[name][0], name)
             else:
-                self.refuse(f"{user} uses static variable {name}, which the running kernel does not have "
-                            "as a symbol (optimised away or new)")
+                self.refuse(
+                    f"{user} uses static variable {name}, which the running kernel does not have "
+                    "as a symbol (optimised away or new)"
+                )
 
     @staticmethod
     def _read_only(g: _Group) -> bool:
-        return not g.macro and all(d["kind"] in ("variable", "type") and (d["kind"] == "type" or d["const"])
-                                   for d in g.members)
+        return not g.macro and all(
+            d["kind"] in ("variable", "type") and (d["kind"] == "type" or d["const"]) for d in g.members
+        )
 
     def _copy_data(self, g: _Group, name: str) -> None:
         """Constants the running kernel folded into its code (or new ones): data, not state."""
@@ -277,7 +305,7 @@ class _Editor:
 
     def remove(self, start: int, end: int) -> None:
         """A word (static/inline) and the blanks after it on its line."""
-        while end < len(self.data) and self.data[end:end + 1] in (b" ", b"\t"):
+        while end < len(self.data) and self.data[end : end + 1] in (b" ", b"\t"):
             end += 1
         self.edits.append((start, end, b""))
 
@@ -306,7 +334,7 @@ class _Editor:
             elif w == "endif":
                 depth -= 1
             elif depth == 0:
-                balanced = False      # an #else/#elif of a block opened outside
+                balanced = False  # an #else/#elif of a block opened outside
             if depth < 0:
                 balanced = False
         if balanced and depth == 0:
@@ -319,7 +347,7 @@ class _Editor:
             nl = self.data.find(b"\n", offset)
             if nl < 0:
                 return len(self.data)
-            if self.data[nl - 1:nl] != b"\\":
+            if self.data[nl - 1 : nl] != b"\\":
                 return nl + 1
             offset = nl + 1
 
@@ -334,8 +362,9 @@ class _Editor:
 
 
 def _edit(p: _Planner, ed: _Editor) -> None:
-    dropped_statics = {n for n, (g, d) in p.fdef.items()
-                       if not g.role and n not in p.externs and d["storage"] == "static"}
+    dropped_statics = {
+        n for n, (g, d) in p.fdef.items() if not g.role and n not in p.externs and d["storage"] == "static"
+    }
     first_syscall = next((g for g in p.groups if g.syscall), None)
     if first_syscall:
         ed.insert(first_syscall.start, NO_SYSCALL_METADATA)
@@ -347,7 +376,7 @@ def _edit(p: _Planner, ed: _Editor) -> None:
             continue
         protos = [d for d in g.members if d["kind"] == "function" and not d["is_definition"]]
         if protos and len(protos) == len(g.members) and all(d["name"] in dropped_statics for d in protos):
-            ed.replace(g.start, g.end, "")        # a prototype of a dropped static function
+            ed.replace(g.start, g.end, "")  # a prototype of a dropped static function
             continue
         for d in protos:
             if d["name"] in p.externs and d["storage"] == "static":
@@ -357,8 +386,9 @@ def _edit(p: _Planner, ed: _Editor) -> None:
                 elif len(g.members) == 1:
                     ed.replace(g.start, g.end, d["extern_decl"])
                 else:
-                    p.refuse(f"{d['name']}: its static prototype comes from macro {d['macro']} "
-                             "and cannot be made extern")
+                    p.refuse(
+                        f"{d['name']}: its static prototype comes from macro {d['macro']} and cannot be made extern"
+                    )
 
 
 def _declarations(p: _Planner, g: _Group, data: bytes) -> str:
@@ -370,11 +400,16 @@ def _declarations(p: _Planner, g: _Group, data: bytes) -> str:
             if g.macro:
                 p.notes.append(f"type {d['name'] or '(unnamed)'} defined by macro {g.macro} is dropped with it")
             elif d["name"]:
-                out.append(data[d["start"]:d["end"]].decode(errors="surrogateescape") + ";")
+                out.append(data[d["start"] : d["end"]].decode(errors="surrogateescape") + ";")
     seen = set()
     for d in g.members:
-        if d["kind"] in ("function", "variable") and d["name"] in p.externs and d["name"] not in seen \
-                and d["is_definition"] and d["extern_decl"]:
+        if (
+            d["kind"] in ("function", "variable")
+            and d["name"] in p.externs
+            and d["name"] not in seen
+            and d["is_definition"]
+            and d["extern_decl"]
+        ):
             seen.add(d["name"])
             out.append(d["extern_decl"])
     return "\n".join(out)
@@ -386,8 +421,15 @@ def _blank_or_comment(tail: bytes) -> bool:
     return not tail or tail.startswith(b"//") or (tail.startswith(b"/*") and tail.find(b"*/") == len(tail) - 2)
 
 
-def generate(text: str | bytes, facts: dict, keep: set[str], present: Callable[[str, str], bool], *,
-             original: dict | None = None, alias_prefix: str = ALIAS_PREFIX) -> Generated:
+def generate(
+    text: str | bytes,
+    facts: dict,
+    keep: set[str],
+    present: Callable[[str, str], bool],
+    *,
+    original: dict | None = None,
+    alias_prefix: str = ALIAS_PREFIX,
+) -> Generated:
     """The livepatch source for `keep` (function names) from the patched file's text and facts.
 
     present(name, kind) says whether the running kernel has that function/variable out of line;
@@ -399,11 +441,14 @@ def generate(text: str | bytes, facts: dict, keep: set[str], present: Callable[[
     p = _Planner(facts, present, original)
     diag = facts["diagnostics"]
     if diag["main_file_errors"]:
-        p.refuse(f"clang could not parse {p.file} cleanly ({diag['main_file_errors']} error(s), "
-                 f"first: {diag['first'][0] if diag['first'] else '?'})")
+        p.refuse(
+            f"clang could not parse {p.file} cleanly ({diag['main_file_errors']} error(s), "
+            f"first: {diag['first'][0] if diag['first'] else '?'})"
+        )
     elif diag["errors"]:
-        p.notes.append(f"clang reported {diag['errors']} error(s) in headers (gcc-only code); "
-                       f"{p.file} itself parsed cleanly")
+        p.notes.append(
+            f"clang reported {diag['errors']} error(s) in headers (gcc-only code); {p.file} itself parsed cleanly"
+        )
     p.plan(keep)
     ed = _Editor(data, facts["directives"])
     _edit(p, ed)
@@ -414,10 +459,21 @@ def generate(text: str | bytes, facts: dict, keep: set[str], present: Callable[[
     body = ed.apply().decode(errors="surrogateescape")
     aliases = {n: alias_prefix + n for n in p.replaced}
     if aliases:
-        body = body.rstrip("\n") + "\n\n/* livepatch: global names of the replaced functions for the registration file */\n"
-        body += "".join(f'extern typeof({n}) {a} __attribute__((alias("{n}"), __copy__({n})));\n'
-                        for n, a in aliases.items())
+        body = (
+            body.rstrip("\n")
+            + "\n\n/* livepatch: global names of the replaced functions for the registration file */\n"
+        )
+        body += "".join(
+            f'extern typeof({n}) {a} __attribute__((alias("{n}"), __copy__({n})));\n' for n, a in aliases.items()
+        )
     order = {d["name"]: d["start"] for d in facts["decls"]}
-    return Generated(text=body, replaced=p.replaced, copied=p.copied,
-                     externs=sorted(p.externs.values(), key=lambda e: order.get(e.name, 0)),
-                     aliases=aliases, refusals=p.refusals, notes=p.notes, facts=facts)
+    return Generated(
+        text=body,
+        replaced=p.replaced,
+        copied=p.copied,
+        externs=sorted(p.externs.values(), key=lambda e: order.get(e.name, 0)),
+        aliases=aliases,
+        refusals=p.refusals,
+        notes=p.notes,
+        facts=facts,
+    )

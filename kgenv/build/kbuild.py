@@ -12,8 +12,9 @@ from kgenv.runtime.base import Mount, Runtime
 SRC = "/kgenv-module"
 
 
-def build_module(rt: Runtime, m: Manifest, src: Path, outdir: Path, *, allow_undefined: bool = False,
-                 progress=None) -> Path:
+def build_module(
+    rt: Runtime, m: Manifest, src: Path, outdir: Path, *, allow_undefined: bool = False, progress=None
+) -> Path:
     """Run `make M=... modules` against the env's prepared tree and Module.symvers; return the .ko.
 
     src holds the module's C files and its Kbuild file; it is copied so the build never
@@ -30,8 +31,13 @@ def build_module(rt: Runtime, m: Manifest, src: Path, outdir: Path, *, allow_und
         cmd.append("KBUILD_MODPOST_WARN=1")  # let the kernel's loader, not modpost, refuse it
     if progress:
         progress.step(f"kbuild {src.name} in {m.image.id[7:19]}")
-    r = rt.run(m.image.id, ["bash", "-c", shlex.join(cmd) + " 2>&1"],
-               [Mount(work.resolve(), SRC, read_only=False)], workdir=m.kernel.srctree, progress=progress)
+    r = rt.run(
+        m.image.id,
+        ["bash", "-c", shlex.join(cmd) + " 2>&1"],
+        [Mount(work.resolve(), SRC, read_only=False)],
+        workdir=m.kernel.srctree,
+        progress=progress,
+    )
     kos = sorted(work.glob("*.ko"))
     if r.exit_code or len(kos) != 1:
         raise ToolError(f"module build of {src} failed in env {m.name}:\n{r.output[-2000:]}")

@@ -75,15 +75,15 @@ def _later():
 class Unit:
     """One touched translation unit on its way through the stages."""
 
-    tu: str                       # fs/proc/cmdline.o
-    source: str                   # fs/proc/cmdline.c
-    original: Path = _later()     # compile
-    patched: Path = _later()      # compile
-    target: Target = _later()     # compile
-    changes: changes_mod.Changes = _later()   # changes
-    resolver: Resolver = _later()             # map
-    replaced: list[str] = field(default_factory=list)   # source-level names to register (map)
-    generated: Generated = _later()           # generate
+    tu: str  # fs/proc/cmdline.o
+    source: str  # fs/proc/cmdline.c
+    original: Path = _later()  # compile
+    patched: Path = _later()  # compile
+    target: Target = _later()  # compile
+    changes: changes_mod.Changes = _later()  # changes
+    resolver: Resolver = _later()  # map
+    replaced: list[str] = field(default_factory=list)  # source-level names to register (map)
+    generated: Generated = _later()  # generate
 
 
 @dataclass
@@ -134,7 +134,7 @@ class Build:
             outcome, reason, code = "refused", str(exc), 1
         except (UserError, ToolError) as exc:
             outcome, reason, code = "error", str(exc), 2
-        except Exception as exc:   # a file vanished, facts out of step, a bug: still a report
+        except Exception as exc:  # a file vanished, facts out of step, a bug: still a report
             outcome, reason, code = "error", _unexpected(exc), 2
         finally:
             if not self.req.keep_tmp:
@@ -173,19 +173,24 @@ class Build:
         for role in ("symvers", "vmlinuz") if self.req.boot_test else ("symvers",):
             self.m.file(role)
         if not self.rt.image_id(self.m.image.id):
-            raise ToolError(f"env {self.m.name}: image {self.m.image.id[:19]} is not in the engine; "
-                            f"run `kgenv envs restore {self.m.name}`")
+            raise ToolError(
+                f"env {self.m.name}: image {self.m.image.id[:19]} is not in the engine; "
+                f"run `kgenv envs restore {self.m.name}`"
+            )
 
     def _apply_diff(self) -> Path:
         d = self.diff = diffapply.load(self.req.diff)
         if d.assembly:
-            raise Refusal(f"{self.req.diff}: changes assembly file(s) {', '.join(d.assembly)}: "
-                          "only C functions can be replaced")
+            raise Refusal(
+                f"{self.req.diff}: changes assembly file(s) {', '.join(d.assembly)}: only C functions can be replaced"
+            )
         if any(f.deleted for f in d.files):
             raise Refusal(f"{self.req.diff}: deletes a file; a live patch cannot remove code units")
         if d.headers and not self.req.extra_tus:
-            raise Refusal(f"{self.req.diff}: changes header(s) {', '.join(d.headers)}; name the "
-                          "translation units that include them with --tu")
+            raise Refusal(
+                f"{self.req.diff}: changes header(s) {', '.join(d.headers)}; name the "
+                "translation units that include them with --tu"
+            )
         tus = list(dict.fromkeys([*d.translation_units, *self.req.extra_tus]))
         if not tus:
             raise UserError(f"{self.req.diff}: touches no C translation unit")
@@ -201,11 +206,18 @@ class Build:
         names = sorted(parents) + sorted(set(paths))
         out = self.tmp / "tree-files"
         out.mkdir()
-        script = ("set -e; for p in " + " ".join(shlex.quote(n) for n in names) +
-                  '; do if [ -e "$p" ] || [ -L "$p" ]; then printf "%s\\n" "$p"; fi; done'
-                  f" | tar --no-recursion -cf {TREE_OUT}/files.tar -T -")
-        r = self.rt.run(self.m.image.id, ["bash", "-c", script], [Mount(out.resolve(), TREE_OUT, False)],
-                        workdir=self.m.kernel.srctree)
+        script = (
+            "set -e; for p in "
+            + " ".join(shlex.quote(n) for n in names)
+            + '; do if [ -e "$p" ] || [ -L "$p" ]; then printf "%s\\n" "$p"; fi; done'
+            f" | tar --no-recursion -cf {TREE_OUT}/files.tar -T -"
+        )
+        r = self.rt.run(
+            self.m.image.id,
+            ["bash", "-c", script],
+            [Mount(out.resolve(), TREE_OUT, False)],
+            workdir=self.m.kernel.srctree,
+        )
         if r.exit_code:
             raise ToolError(f"reading the env's source failed: {r.output[-500:]}")
         tree = self.tmp / "tree"
@@ -217,8 +229,9 @@ class Build:
         tus = [u.tu for u in self.units]
         with ThreadPoolExecutor(max_workers=max(1, min(2, self.req.jobs))) as pool:
             orig = pool.submit(compile_tus, self.rt, self.m, tus, self.tmp / "orig", extra_cflags=SECTIONS)
-            patched = pool.submit(compile_tus, self.rt, self.m, tus, self.tmp / "patched",
-                                  overlay=overlay, extra_cflags=SECTIONS)
+            patched = pool.submit(
+                compile_tus, self.rt, self.m, tus, self.tmp / "patched", overlay=overlay, extra_cflags=SECTIONS
+            )
             o, p = orig.result(), patched.result()
         for u in self.units:
             u.original, u.patched = o[u.tu], p[u.tu]
@@ -227,15 +240,18 @@ class Build:
     def _changes(self) -> None:
         for u in self.units:
             u.changes = changes_mod.compare(u.original, u.patched, u.tu)
-            data = [d for d in u.changes.data if d.status != changes_mod.UNCHANGED
-                    and not _is_once_flag(d.name)]
+            data = [d for d in u.changes.data if d.status != changes_mod.UNCHANGED and not _is_once_flag(d.name)]
             if data:
-                raise Refusal(f"{u.source}: the fix changes data ({_names(d.name + ' ' + d.status for d in data)}); "
-                              "data and struct layout cannot be live patched without shadow variables")
+                raise Refusal(
+                    f"{u.source}: the fix changes data ({_names(d.name + ' ' + d.status for d in data)}); "
+                    "data and struct layout cannot be live patched without shadow variables"
+                )
             for f in u.changes.functions:
                 if f.status != changes_mod.UNCHANGED and f.section.startswith(".init"):
-                    raise Refusal(f"{u.source}: the fix changes __init code ({f.name}), which has already "
-                                  "run and been freed in the running kernel")
+                    raise Refusal(
+                        f"{u.source}: the fix changes __init code ({f.name}), which has already "
+                        "run and been freed in the running kernel"
+                    )
         if not any(u.changes.changed for u in self.units):
             raise Refusal(f"{self.req.diff}: the fix changes no function's code")
 
@@ -247,32 +263,52 @@ class Build:
             verdicts = {v.name: v for v in report.verdicts}
             differs = [v.name for v in report.verdicts if v.verdict == "differs"]
             if differs:
-                raise Refusal(f"{u.tu}: rebuilt with {SECTIONS} it no longer matches the running "
-                              f"{u.target.objname} ({_names(differs)}): the env does not reproduce it",
-                              [self._fn(u, v.name, "differs", reason=v.reason, address=v.address,
-                                        note=_first_difference(v)) for v in report.verdicts
-                               if v.verdict == "differs"])
+                raise Refusal(
+                    f"{u.tu}: rebuilt with {SECTIONS} it no longer matches the running "
+                    f"{u.target.objname} ({_names(differs)}): the env does not reproduce it",
+                    [
+                        self._fn(u, v.name, "differs", reason=v.reason, address=v.address, note=_first_difference(v))
+                        for v in report.verdicts
+                        if v.verdict == "differs"
+                    ],
+                )
             u.resolver = Resolver(u.target, ObjectFile(u.original, u.tu))
             for name in u.changes.changed:
                 f = next(c for c in u.changes.functions if c.name == name)
                 orig_name = f.original or name
                 if _CLONE.search(orig_name) and not orig_name.endswith(".cold") and ".cold." not in orig_name:
-                    failures.append(self._fn(u, orig_name, "refused", reason="clone",
-                                             note=f"only the IPA clone {orig_name} runs; its ABI differs "
-                                                  "from the source function (patching callers not supported)"))
+                    failures.append(
+                        self._fn(
+                            u,
+                            orig_name,
+                            "refused",
+                            reason="clone",
+                            note=f"only the IPA clone {orig_name} runs; its ABI differs "
+                            "from the source function (patching callers not supported)",
+                        )
+                    )
                     continue
                 if ".cold" in orig_name:
-                    continue   # moves with its parent
+                    continue  # moves with its parent
                 v = verdicts.get(orig_name)
                 if v is None or v.verdict != IDENTICAL:
-                    failures.append(self._fn(u, orig_name, "refused", reason=v.verdict if v else "missing",
-                                             note=(v.note or v.trace or v.reason) if v else "not in the object"))
+                    failures.append(
+                        self._fn(
+                            u,
+                            orig_name,
+                            "refused",
+                            reason=v.verdict if v else "missing",
+                            note=(v.note or v.trace or v.reason) if v else "not in the object",
+                        )
+                    )
                     continue
                 u.replaced.append(orig_name)
                 pos = u.resolver.position(orig_name)
-                self.functions.append(self._fn(u, orig_name, "replaced", sympos=pos[1] if pos else 0,
-                                               address=v.address,
-                                               trace=v.trace, note=""))
+                self.functions.append(
+                    self._fn(
+                        u, orig_name, "replaced", sympos=pos[1] if pos else 0, address=v.address, trace=v.trace, note=""
+                    )
+                )
         if failures:
             self.functions.extend(failures)
             raise Refusal("; ".join(f"{f.name}: {f.note}" for f in failures), [])
@@ -285,9 +321,17 @@ class Build:
 
         for u in self.units:
             keep = set(u.replaced) | {_base(n) for n in u.changes.new}
-            g = generate_source(self.rt, self.m, u.source, overlay, self.tmp / "patched" / cmd_file(u.tu),
-                                keep, u.resolver.present, self.tmp / "gen" / _slug(u.tu),
-                                progress=self.progress)
+            g = generate_source(
+                self.rt,
+                self.m,
+                u.source,
+                overlay,
+                self.tmp / "patched" / cmd_file(u.tu),
+                keep,
+                u.resolver.present,
+                self.tmp / "gen" / _slug(u.tu),
+                progress=self.progress,
+            )
             if g.refusals:
                 raise Refusal(f"{u.source}: " + "; ".join(g.refusals))
             u.generated = g
@@ -300,23 +344,25 @@ class Build:
         for u in self.units:
             fname = f"{name}-{_slug(u.tu)}.c"
             (src / fname).write_text(u.generated.text)
-            flags = skeleton.tu_flags(compile_flags(self.tmp / "patched" / cmd_file(u.tu)),
-                                      self.m.kernel.srctree, self.m.kernel.objtree)
+            flags = skeleton.tu_flags(
+                compile_flags(self.tmp / "patched" / cmd_file(u.tu)), self.m.kernel.srctree, self.m.kernel.objtree
+            )
             local = f"-I{self.m.kernel.srctree}/{PurePosixPath(u.source).parent}"
             sources.append(skeleton.Source(fname, (local, *(f for f in flags if f != local))))
         reps = [skeleton.Replacement(f.object, f.name, f.sympos) for f in self.functions if f.verdict == "replaced"]
-        (src / f"{name}.c").write_text(skeleton.render_registration(
-            name, self.m.kernel.release, self.m.kernel.build_id, reps))
+        (src / f"{name}.c").write_text(
+            skeleton.render_registration(name, self.m.kernel.release, self.m.kernel.build_id, reps)
+        )
         (src / "Kbuild").write_text(skeleton.render_kbuild(name, f"{name}.c", sources))
-        return build_module(self.rt, self.m, src, self.tmp / "kbuild-out", allow_undefined=True,
-                            progress=self.progress)
+        return build_module(self.rt, self.m, src, self.tmp / "kbuild-out", allow_undefined=True, progress=self.progress)
 
     def _klp(self, ko: Path) -> None:
         """Undefined symbols the kernel does not export become .klp.sym relocations."""
         exported = _exported(self.m)
         index = SymbolIndex.open(ko)
-        undefined = sorted({s.name for s in index.symbols if s.name and not s.defined
-                            and s.type != STT_FILE and s.symidx})
+        undefined = sorted(
+            {s.name for s in index.symbols if s.name and not s.defined and s.type != STT_FILE and s.symidx}
+        )
         mapping, unknown = {}, []
         vmlinux = None
         for name in undefined:
@@ -332,8 +378,9 @@ class Build:
             else:
                 mapping[name] = pos
         if unknown:
-            raise Refusal(f"the module needs {_names(unknown)}, which the running kernel neither "
-                          "exports nor has as a symbol")
+            raise Refusal(
+                f"the module needs {_names(unknown)}, which the running kernel neither exports nor has as a symbol"
+            )
         if mapping:
             klp.convert(ko, mapping)
         self.klp_symbols = mapping
@@ -344,14 +391,20 @@ class Build:
         vmlinuz = self.m.file("vmlinuz")
         sympos = "".join(self._sympos_line(f) for f in self.functions if f.verdict == "replaced")
         extra = [ko for u in self.units if u.target.is_module for ko in load_order(self.m, u.target)]
-        boot = boot_test(ko, vmlinuz, check=self.req.check, sympos=sympos,
-                         targets=list(dict.fromkeys(extra)), keep_tmp=self.req.keep_tmp)
+        boot = boot_test(
+            ko,
+            vmlinuz,
+            check=self.req.check,
+            sympos=sympos,
+            targets=list(dict.fromkeys(extra)),
+            keep_tmp=self.req.keep_tmp,
+        )
         self.boot = boot
         if not boot.passed:
             raise Refusal(f"boot test failed: {boot.reason}")
 
     def _sympos_line(self, f: FunctionRecord) -> str:
-        """"obj func sympos [offset from _text]" for the guest to find in /proc/kallsyms."""
+        """ "obj func sympos [offset from _text]" for the guest to find in /proc/kallsyms."""
         line = f"{f.object} {f.name} {f.sympos}"
         unit = next(u for u in self.units if u.tu == f.tu)
         text = unit.resolver.binary.index.address("_text") if not unit.target.is_module else None
@@ -376,17 +429,40 @@ class Build:
         return BuildReport(
             kgenv=ToolInfo(__version__, shlex.join(self._reproducer())),
             env=EnvInfo(m.name, m.image.id, m.kernel.release, m.kernel.build_id, m.kernel.version),
-            fix=FixInfo(req.name, str(req.diff), sha256_file(req.diff) if req.diff.is_file() else "",
-                        tuple(self.diff.paths) if self.diff else (), tuple(u.tu for u in self.units)),
-            result=ResultInfo(outcome, code, reason, str(module) if module else "",
-                              sha256_file(module) if module else "",
-                              tuple(sorted(f"{o}.{n},{p}" for n, (o, p) in self.klp_symbols.items()))),
-            functions=tuple(self.functions), stages=self.stages,
-            boot=BootSummary.of(self.boot) if self.boot is not None else None)
+            fix=FixInfo(
+                req.name,
+                str(req.diff),
+                sha256_file(req.diff) if req.diff.is_file() else "",
+                tuple(self.diff.paths) if self.diff else (),
+                tuple(u.tu for u in self.units),
+            ),
+            result=ResultInfo(
+                outcome,
+                code,
+                reason,
+                str(module) if module else "",
+                sha256_file(module) if module else "",
+                tuple(sorted(f"{o}.{n},{p}" for n, (o, p) in self.klp_symbols.items())),
+            ),
+            functions=tuple(self.functions),
+            stages=self.stages,
+            boot=BootSummary.of(self.boot) if self.boot is not None else None,
+        )
 
     def _reproducer(self) -> list[str]:
-        cmd = ["kgenv", "build", str(self.req.diff), "--env", self.m.name, "--image", self.m.image.id,
-               "-o", str(self.req.outdir), "--name", self.req.name]
+        cmd = [
+            "kgenv",
+            "build",
+            str(self.req.diff),
+            "--env",
+            self.m.name,
+            "--image",
+            self.m.image.id,
+            "-o",
+            str(self.req.outdir),
+            "--name",
+            self.req.name,
+        ]
         for tu in self.req.extra_tus:
             cmd += ["--tu", tu]
         if self.req.boot_test:

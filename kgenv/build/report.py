@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from kgenv.boot.record import Boot
 
 OUTCOMES = ("built", "refused", "error")
-PHASE = "phase_"   # boot phases are flattened into the boot table as phase_<name>
+PHASE = "phase_"  # boot phases are flattened into the boot table as phase_<name>
 
 
 def _is_int(v: object) -> bool:
@@ -110,12 +110,12 @@ class FixInfo(_Flat):
 
 @dataclass(frozen=True)
 class ResultInfo(_Flat):
-    outcome: str                     # built / refused / error
-    exit_code: int                   # 0 / 1 / 2
+    outcome: str  # built / refused / error
+    exit_code: int  # 0 / 1 / 2
     reason: str
-    module: str                      # path as written, "" unless built
+    module: str  # path as written, "" unless built
     module_sha256: str
-    klp_symbols: tuple[str, ...]     # "<obj>.<name>,<sympos>"
+    klp_symbols: tuple[str, ...]  # "<obj>.<name>,<sympos>"
 
 
 @dataclass(frozen=True)
@@ -149,13 +149,19 @@ class BootSummary:
 
     @classmethod
     def of(cls, boot: Boot) -> BootSummary:
-        return cls(boot.result, boot.reason, boot.release, boot.serial_log, boot.timings.get("total"),
-                   dict(boot.phases))
+        return cls(
+            boot.result, boot.reason, boot.release, boot.serial_log, boot.timings.get("total"), dict(boot.phases)
+        )
 
     def to_dict(self) -> dict:
-        return {"result": self.result, "reason": self.reason, "release": self.release,
-                "serial_log": self.serial_log, "seconds": self.seconds,
-                **{f"{PHASE}{k}": v for k, v in self.phases.items()}}
+        return {
+            "result": self.result,
+            "reason": self.reason,
+            "release": self.release,
+            "serial_log": self.serial_log,
+            "seconds": self.seconds,
+            **{f"{PHASE}{k}": v for k, v in self.phases.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: object, where: str) -> BootSummary:
@@ -164,8 +170,11 @@ class BootSummary:
         phase_keys = [k for k in d if k.startswith(PHASE)]
         _no_extra(d, [*plain, "seconds", *phase_keys], where)
         text = {k: _value(d, k, str, where) for k in plain}
-        return cls(**text, seconds=_value(d, "seconds", float | None, where),
-                   phases={k.removeprefix(PHASE): _value(d, k, str, where) for k in phase_keys})
+        return cls(
+            **text,
+            seconds=_value(d, "seconds", float | None, where),
+            phases={k.removeprefix(PHASE): _value(d, k, str, where) for k in phase_keys},
+        )
 
 
 @dataclass(frozen=True)
@@ -177,7 +186,7 @@ class BuildReport:
     fix: FixInfo
     result: ResultInfo
     functions: tuple[FunctionRecord, ...]
-    stages: Mapping[str, float]      # seconds per stage, in the order they ran
+    stages: Mapping[str, float]  # seconds per stage, in the order they ran
     boot: BootSummary | None = None
 
     def __post_init__(self) -> None:
@@ -188,9 +197,14 @@ class BuildReport:
         return [f for f in self.functions if f.verdict == "replaced"]
 
     def to_dict(self) -> dict:
-        out = {"kgenv": self.kgenv.to_dict(), "env": self.env.to_dict(), "fix": self.fix.to_dict(),
-               "result": self.result.to_dict(), "functions": [f.to_dict() for f in self.functions],
-               "stages": dict(self.stages)}
+        out = {
+            "kgenv": self.kgenv.to_dict(),
+            "env": self.env.to_dict(),
+            "fix": self.fix.to_dict(),
+            "result": self.result.to_dict(),
+            "functions": [f.to_dict() for f in self.functions],
+            "stages": dict(self.stages),
+        }
         if self.boot is not None:
             out["boot"] = self.boot.to_dict()
         return out
@@ -215,13 +229,17 @@ class BuildReport:
         result = ResultInfo.from_dict(d["result"], f"{file}: result")
         if result.outcome not in OUTCOMES:
             raise UserError(f"{file}: result.outcome: {result.outcome!r} is not one of {', '.join(OUTCOMES)}")
-        return cls(kgenv=ToolInfo.from_dict(d["kgenv"], f"{file}: kgenv"),
-                   env=EnvInfo.from_dict(d["env"], f"{file}: env"),
-                   fix=FixInfo.from_dict(d["fix"], f"{file}: fix"), result=result,
-                   functions=tuple(FunctionRecord.from_dict(f, f"{file}: functions[{i}]")
-                                   for i, f in enumerate(d["functions"])),
-                   stages=stages,
-                   boot=BootSummary.from_dict(d["boot"], f"{file}: boot") if "boot" in d else None)
+        return cls(
+            kgenv=ToolInfo.from_dict(d["kgenv"], f"{file}: kgenv"),
+            env=EnvInfo.from_dict(d["env"], f"{file}: env"),
+            fix=FixInfo.from_dict(d["fix"], f"{file}: fix"),
+            result=result,
+            functions=tuple(
+                FunctionRecord.from_dict(f, f"{file}: functions[{i}]") for i, f in enumerate(d["functions"])
+            ),
+            stages=stages,
+            boot=BootSummary.from_dict(d["boot"], f"{file}: boot") if "boot" in d else None,
+        )
 
 
 def load(path: Path) -> BuildReport:

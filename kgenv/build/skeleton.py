@@ -44,7 +44,7 @@ def tu_flags(flags: list[str], srctree: str, objtree: str = "") -> tuple[str, ..
     out, it = [], iter(flags)
     base = f"{srctree}/{objtree}".rstrip("/") if objtree and not objtree.startswith("/") else (objtree or srctree)
     for f in it:
-        if f in ("-I", "-D", "-U", "-include"):    # the split form: the value is the next word
+        if f in ("-I", "-D", "-U", "-include"):  # the split form: the value is the next word
             f += next(it, "")
         if not _KEEP_FLAG.match(f) or _SKIP_FLAG.match(f) or f.startswith("-include"):
             continue
@@ -56,19 +56,26 @@ def tu_flags(flags: list[str], srctree: str, objtree: str = "") -> tuple[str, ..
 
 def render_registration(name: str, release: str, build_id: str, reps: list[Replacement]) -> str:
     """The module's registration file from kernel/livepatch/livepatch.c.in."""
-    decls = "\n".join(f"extern void livepatch_{r.old_name}(void);"
-                      for r in sorted(reps, key=lambda r: r.old_name))
+    decls = "\n".join(f"extern void livepatch_{r.old_name}(void);" for r in sorted(reps, key=lambda r: r.old_name))
     funcs, objects = [], []
     for objname in sorted({r.objname for r in reps}, key=lambda o: (o != VMLINUX, o)):
-        rows = "\n".join(f'\t{{ .old_name = "{r.old_name}", .new_func = livepatch_{r.old_name}, '
-                         f".old_sympos = {r.sympos} }},"
-                         for r in sorted(reps, key=lambda r: r.old_name) if r.objname == objname)
+        rows = "\n".join(
+            f'\t{{ .old_name = "{r.old_name}", .new_func = livepatch_{r.old_name}, .old_sympos = {r.sympos} }},'
+            for r in sorted(reps, key=lambda r: r.old_name)
+            if r.objname == objname
+        )
         funcs.append(f"static struct klp_func funcs_{_c_ident(objname)}[] = {{\n{rows}\n\t{{ }}\n}};")
         label = "NULL" if objname == VMLINUX else f'"{objname}"'
         objects.append(f"\t{{ .name = {label}, .funcs = funcs_{_c_ident(objname)} }},")
     text = (TEMPLATES / "livepatch.c.in").read_text()
-    for key, value in (("DECLS", decls), ("FUNCS", "\n\n".join(funcs)), ("OBJECTS", "\n".join(objects)),
-                       ("NAME", name), ("RELEASE", release), ("BUILD_ID", build_id)):
+    for key, value in (
+        ("DECLS", decls),
+        ("FUNCS", "\n\n".join(funcs)),
+        ("OBJECTS", "\n".join(objects)),
+        ("NAME", name),
+        ("RELEASE", release),
+        ("BUILD_ID", build_id),
+    ):
         text = text.replace(f"@{key}@", value)
     return text
 
@@ -76,8 +83,10 @@ def render_registration(name: str, release: str, build_id: str, reps: list[Repla
 def render_kbuild(name: str, registration: str, sources: list[Source]) -> str:
     objs = [registration.removesuffix(".c") + ".o"] + [s.filename.removesuffix(".c") + ".o" for s in sources]
     # the flags are the words gcc got: make must read '$' and '#' in them back as such
-    cflags = [f"CFLAGS_{s.filename.removesuffix('.c')}.o := {' '.join(map(kbuildcmd.make_escape, s.cflags))} "
-              "-Wno-unused-function -Wno-unused-variable" for s in sources]
+    cflags = [
+        f"CFLAGS_{s.filename.removesuffix('.c')}.o := {' '.join(map(kbuildcmd.make_escape, s.cflags))} "
+        "-Wno-unused-function -Wno-unused-variable"
+        for s in sources
+    ]
     text = (TEMPLATES / "Kbuild.in").read_text()
-    return (text.replace("@NAME@", name).replace("@OBJS@", " ".join(objs))
-            .replace("@CFLAGS@", "\n".join(cflags)))
+    return text.replace("@NAME@", name).replace("@OBJS@", " ".join(objs)).replace("@CFLAGS@", "\n".join(cflags))

@@ -13,7 +13,7 @@ from kgenv.errors import ToolError, UserError
 from kgenv.manifest import Manifest
 from kgenv.runtime.base import Mount, Runtime
 
-PY = "/kgenv-py"          # PYTHONPATH in the container: the clang bindings and kgenv
+PY = "/kgenv-py"  # PYTHONPATH in the container: the clang bindings and kgenv
 IN, OUT, OVERLAY = "/kgenv-in", "/kgenv-out", "/kgenv-overlay"
 
 
@@ -32,8 +32,10 @@ def _kgenv_package() -> Path:
 
 def _script(m: Manifest, tu_source: str, overlay: bool) -> str:
     src = f"{m.kernel.srctree}/{tu_source}"
-    run = (f"python3 -m kgenv.build.cfacts --cmd {IN}/tu.cmd --cwd {shlex.quote(m.kernel.objtree or '.')} "
-           f"--source {shlex.quote(src)}")
+    run = (
+        f"python3 -m kgenv.build.cfacts --cmd {IN}/tu.cmd --cwd {shlex.quote(m.kernel.objtree or '.')} "
+        f"--source {shlex.quote(src)}"
+    )
     steps = ["set -e", f"{run} --out {OUT}/original.json"]
     if overlay:
         steps += [f"cp -a {OVERLAY}/. .", f"{run} --out {OUT}/patched.json"]
@@ -41,8 +43,9 @@ def _script(m: Manifest, tu_source: str, overlay: bool) -> str:
     return "\n".join(steps)
 
 
-def read_facts(rt: Runtime, m: Manifest, tu_source: str, overlay: Path | None, cmd_file: Path, workdir: Path,
-               progress=None) -> tuple[dict, dict, bytes]:
+def read_facts(
+    rt: Runtime, m: Manifest, tu_source: str, overlay: Path | None, cmd_file: Path, workdir: Path, progress=None
+) -> tuple[dict, dict, bytes]:
     """(original facts, patched facts, patched text) of one TU, parsed in the env image."""
     p = PurePosixPath(tu_source)
     if p.is_absolute() or ".." in p.parts or p.suffix != ".c":
@@ -54,15 +57,24 @@ def read_facts(rt: Runtime, m: Manifest, tu_source: str, overlay: Path | None, c
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
     shutil.copyfile(cmd_file, inp / "tu.cmd")
-    mounts = [Mount(clang_package(), f"{PY}/clang"), Mount(_kgenv_package(), f"{PY}/kgenv"),
-              Mount(inp.resolve(), IN), Mount(out.resolve(), OUT, read_only=False)]
+    mounts = [
+        Mount(clang_package(), f"{PY}/clang"),
+        Mount(_kgenv_package(), f"{PY}/kgenv"),
+        Mount(inp.resolve(), IN),
+        Mount(out.resolve(), OUT, read_only=False),
+    ]
     if overlay:
         mounts.append(Mount(overlay.resolve(), OVERLAY))
     if progress:
         progress.step(f"read the declarations of {tu_source} with libclang")
-    r = rt.run(m.image.id, ["bash", "-c", _script(m, tu_source, overlay is not None)], mounts,
-               env={"PYTHONPATH": PY, "PYTHONDONTWRITEBYTECODE": "1"}, workdir=m.kernel.srctree,
-               progress=progress)
+    r = rt.run(
+        m.image.id,
+        ["bash", "-c", _script(m, tu_source, overlay is not None)],
+        mounts,
+        env={"PYTHONPATH": PY, "PYTHONDONTWRITEBYTECODE": "1"},
+        workdir=m.kernel.srctree,
+        progress=progress,
+    )
     if r.exit_code:
         raise ToolError(f"reading {tu_source} with libclang failed in env {m.name}:\n{r.output[-1500:]}")
     original = json.loads((out / "original.json").read_text())
@@ -70,8 +82,17 @@ def read_facts(rt: Runtime, m: Manifest, tu_source: str, overlay: Path | None, c
     return original, patched, (out / "patched.c").read_bytes()
 
 
-def generate_source(rt: Runtime, m: Manifest, tu_source: str, overlay: Path | None, cmd_file: Path, keep: set[str],
-                    present: Callable[[str, str], bool], workdir: Path, progress=None) -> gensrc.Generated:
+def generate_source(
+    rt: Runtime,
+    m: Manifest,
+    tu_source: str,
+    overlay: Path | None,
+    cmd_file: Path,
+    keep: set[str],
+    present: Callable[[str, str], bool],
+    workdir: Path,
+    progress=None,
+) -> gensrc.Generated:
     """The reviewable livepatch C of `tu_source` (patched by `overlay`) replacing the functions in keep.
 
     The facts JSON and the generated text are left in workdir (for --keep-tmp); the result carries

@@ -56,8 +56,7 @@ def shipped_modules(m: Manifest) -> dict[str, Path]:
     order = root / "modules.order"
     if not order.is_file():
         raise ToolError(f"{order}: missing; fetch the env's kernel again (kgenv envs restore {m.name})")
-    return {Path(line).name.removesuffix(".ko").replace("-", "_"): root / line
-            for line in order.read_text().split()}
+    return {Path(line).name.removesuffix(".ko").replace("-", "_"): root / line for line in order.read_text().split()}
 
 
 def _depends(ko: Path) -> list[str]:
@@ -75,12 +74,13 @@ def load_order(m: Manifest, target: Target) -> list[Path]:
     shipped, out, seen = shipped_modules(m), [], set()
 
     def visit(name: str) -> None:
-        if name in seen or name not in shipped:   # built in, or already placed
+        if name in seen or name not in shipped:  # built in, or already placed
             return
         seen.add(name)
         for dep in _depends(shipped[name]):
             visit(dep)
         out.append(shipped[name])
+
     visit(target.objname)
     return out
 
@@ -129,7 +129,7 @@ class Resolver:
             found, status = self.mapper.resolve(sym)
             if status == OK and found is not None:
                 return found
-        if not syms and elsewhere:   # not in the object at all: a global only a declaration names
+        if not syms and elsewhere:  # not in the object at all: a global only a declaration names
             glob = [s for s in self.binary.lookup(name) if s.bind != STB_LOCAL]
             return glob[0] if len(glob) == 1 else None
         return None

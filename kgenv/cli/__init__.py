@@ -22,8 +22,14 @@ class Kgenv(click.Group):
     """The group whose main() is the one error boundary, for the console script and CliRunner alike."""
 
     # click types main() as two overloads keyed on standalone_mode; this one always returns a code
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
-             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> int:
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> int:
         """Exit codes come from here, never from click's own handling (standalone_mode is ignored)."""
         try:
             rc = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
@@ -47,8 +53,15 @@ def cli() -> None:
     """Build live kernel patches in the toolchain that built the running kernel, and prove it."""
 
 
-for command in (snapshot_command, envs_group, verify_command, boot_test_command, build_command, farm_group,
-                audit_command):
+for command in (
+    snapshot_command,
+    envs_group,
+    verify_command,
+    boot_test_command,
+    build_command,
+    farm_group,
+    audit_command,
+):
     cli.add_command(command)
 
 

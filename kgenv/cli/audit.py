@@ -47,24 +47,39 @@ def _fleet(rt: Runtime, toolchain, cc, tus, sample_n, seed, jobs, progress, keep
 @click.command("audit")
 @click.option("--env", "env", metavar="NAME", help="The env (shipped kernel) to audit against.")
 @click.option("--all", "all_envs", is_flag=True, help="Every env in envs/, one row per kernel.")
-@click.option("--toolchain", metavar="SPEC",
-              help="env (default), host, image:ID, or debian:SUITE/COMPILER (e.g. debian:trixie/gcc-14).")
-@click.option("--cc", metavar="PKG",
-              help="A Debian compiler package (gcc-11) installed into a derivative of the env image.")
+@click.option(
+    "--toolchain",
+    metavar="SPEC",
+    help="env (default), host, image:ID, or debian:SUITE/COMPILER (e.g. debian:trixie/gcc-14).",
+)
+@click.option(
+    "--cc", metavar="PKG", help="A Debian compiler package (gcc-11) installed into a derivative of the env image."
+)
 @click.option("--tu", "tus", multiple=True, metavar="PATH", help="A TU to rebuild (fs/namei.o); repeatable.")
-@click.option("--sample", "sample_n", type=int, default=DEFAULT_SAMPLE, show_default=True,
-              help="Without --tu: how many built-in TUs to sample from the shipped vmlinux.")
+@click.option(
+    "--sample",
+    "sample_n",
+    type=int,
+    default=DEFAULT_SAMPLE,
+    show_default=True,
+    help="Without --tu: how many built-in TUs to sample from the shipped vmlinux.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Sample seed: same seed, same TUs.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("-o", "output", type=click.Path(path_type=Path), help="Write the report to FILE (atomically).")
-@click.option("--from-json", "from_json", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Re-render a saved JSON report in --format instead of auditing.")
+@click.option(
+    "--from-json",
+    "from_json",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Re-render a saved JSON report in --format instead of auditing.",
+)
 @click.option("-j", "jobs", type=int, help="Parallel compile jobs (default: all cores).")
 @click.option("-v", "--verbose", is_flag=True, help="Progress even when the report goes to stdout as data.")
 @click.option("--keep-tmp", is_flag=True, help="Keep the rebuilt objects (and a host tree).")
-def audit_command(env, all_envs, toolchain, cc, tus, sample_n, seed, fmt, as_json, output, from_json, jobs,
-                  verbose, keep_tmp):
+def audit_command(
+    env, all_envs, toolchain, cc, tus, sample_n, seed, fmt, as_json, output, from_json, jobs, verbose, keep_tmp
+):
     """Rebuild TUs of a shipped kernel with a candidate toolchain and compare every function.
 
     Exit 0: the candidate reproduces the kernel; 1: mismatch; 2: error.

@@ -19,8 +19,10 @@ from kgenv.runtime.base import Runtime
 
 def _summary(report: BuildReport) -> str:
     res, env = report.result, report.env
-    lines = [f"{res.outcome.upper()}: {report.fix.name} for {env.kernel_release} "
-             f"(env {env.name}, image {env.image_id[7:19]})"]
+    lines = [
+        f"{res.outcome.upper()}: {report.fix.name} for {env.kernel_release} "
+        f"(env {env.name}, image {env.image_id[7:19]})"
+    ]
     if res.reason:
         lines.append(f"  reason: {res.reason}")
     for f in report.functions:
@@ -31,8 +33,7 @@ def _summary(report: BuildReport) -> str:
     if report.boot is not None:
         lines.append(f"  boot test: {report.boot.result} in {report.boot.seconds} s")
     total = sum(report.stages.values())
-    lines.append("  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.stages.items())
-                 + f" (total {total:.1f}s)")
+    lines.append("  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.stages.items()) + f" (total {total:.1f}s)")
     return "\n".join(lines)
 
 
@@ -40,8 +41,10 @@ def _runtime(name: str, m: Manifest) -> Runtime:
     """Docker, or this machine itself once its toolchain fingerprint equals the manifest's."""
     if name == "host":
         from kgenv.runtime.host import HostRuntime
+
         return HostRuntime(m)
     from kgenv.runtime.docker import runtime
+
     return runtime()
 
 
@@ -51,19 +54,31 @@ def _runtime(name: str, m: Manifest) -> Runtime:
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path), metavar="OUTDIR")
 @click.option("--name", help="Patch name (livepatch-<name>.ko); default from the diff's file name.")
 @click.option("--image", metavar="ID", help="Require the env's image to be exactly this ID.")
-@click.option("--tu", "tus", multiple=True, metavar="PATH.o",
-              help="Also rebuild this translation unit (for header changes).")
+@click.option(
+    "--tu", "tus", multiple=True, metavar="PATH.o", help="Also rebuild this translation unit (for header changes)."
+)
 @click.option("--boot-test", is_flag=True, help="Boot the shipped kernel in QEMU and prove the module.")
-@click.option("--check", type=click.Path(path_type=Path), metavar="SCRIPT",
-              help="Guest shell snippet: exit 0 when the fix is in effect (with --boot-test).")
-@click.option("--runtime", "runtime_name", type=click.Choice(["docker", "host"]), default="docker",
-              show_default=True, help="host: this machine is the env's build root (fingerprint-checked).")
+@click.option(
+    "--check",
+    type=click.Path(path_type=Path),
+    metavar="SCRIPT",
+    help="Guest shell snippet: exit 0 when the fix is in effect (with --boot-test).",
+)
+@click.option(
+    "--runtime",
+    "runtime_name",
+    type=click.Choice(["docker", "host"]),
+    default="docker",
+    show_default=True,
+    help="host: this machine is the env's build root (fingerprint-checked).",
+)
 @click.option("-j", "--jobs", default=2, show_default=True, help="Parallel compiles.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary.")
 @click.option("-v", "--verbose", is_flag=True)
 @click.option("--keep-tmp", is_flag=True, help="Keep the work directory and print its path.")
-def build_command(diff, env_name, outdir, name, image, tus, boot_test, check, runtime_name, jobs, as_json,
-                  verbose, keep_tmp):
+def build_command(
+    diff, env_name, outdir, name, image, tus, boot_test, check, runtime_name, jobs, as_json, verbose, keep_tmp
+):
     """Build a livepatch module for FIX.DIFF in env NAME's image; verify it before hand-off."""
     if not diff.is_file():
         raise UserError(f"{diff}: no such diff file")
@@ -74,10 +89,17 @@ def build_command(diff, env_name, outdir, name, image, tus, boot_test, check, ru
     m = manifest.load(env_name)
     if image and image != m.image.id and f"sha256:{image}" != m.image.id:
         raise UserError(f"env {env_name}: image is {m.image.id}, not {image}")
-    req = pipeline.Request(diff=diff, env=m, outdir=outdir,
-                           name=pipeline.check_name(name or pipeline.default_name(diff)),
-                           extra_tus=tuple(tus), keep_tmp=keep_tmp, jobs=jobs,
-                           boot_test=boot_test, check=check)
+    req = pipeline.Request(
+        diff=diff,
+        env=m,
+        outdir=outdir,
+        name=pipeline.check_name(name or pipeline.default_name(diff)),
+        extra_tus=tuple(tus),
+        keep_tmp=keep_tmp,
+        jobs=jobs,
+        boot_test=boot_test,
+        check=check,
+    )
     b = pipeline.Build(req, _runtime(runtime_name, m), Progress(quiet=as_json and not verbose))
     if keep_tmp:
         click.echo(f"work directory: {b.tmp}", err=True)

@@ -22,9 +22,22 @@ def envs_group() -> None:
 def envs_list(as_json: bool) -> None:
     rows = [manifest.load(n) for n in manifest.names()]
     if as_json:
-        click.echo(json.dumps({"envs": {m.name: {"release": m.kernel.release, "image": m.image.id,
-                                                 "compiler": m.fingerprint["cc_version_text"]} for m in rows}},
-                              indent=2, sort_keys=True))
+        click.echo(
+            json.dumps(
+                {
+                    "envs": {
+                        m.name: {
+                            "release": m.kernel.release,
+                            "image": m.image.id,
+                            "compiler": m.fingerprint["cc_version_text"],
+                        }
+                        for m in rows
+                    }
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return
     for m in rows:
         click.echo(f"{m.name:32} {m.kernel.release:24} {m.image.id[7:19]}  {m.fingerprint['cc_version_text']}")
@@ -44,8 +57,13 @@ def envs_verify(name: str, as_json: bool) -> None:
     m = manifest.load(name)
     checks = lifecycle.verify_image(runtime(), m, progress_for(as_json))
     if as_json:
-        click.echo(json.dumps({"env": m.name, "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}},
-                              indent=2, sort_keys=True))
+        click.echo(
+            json.dumps(
+                {"env": m.name, "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}},
+                indent=2,
+                sort_keys=True,
+            )
+        )
     else:
         for c in checks:
             click.echo(f"{'ok  ' if c.ok else 'FAIL'} {c.name:10} {c.detail}")

@@ -20,8 +20,7 @@ def _env_binary(name: str) -> str:
     return str(manifest.load(name).file("vmlinux"))
 
 
-def _open_source(env: str | None, binary: str | None, kallsyms: str | None,
-                 kcore: str | None) -> Binary:
+def _open_source(env: str | None, binary: str | None, kallsyms: str | None, kcore: str | None) -> Binary:
     if kallsyms or kcore:
         if not (kallsyms and kcore):
             raise UserError("--kallsyms and --kcore go together")
@@ -40,8 +39,7 @@ def _table(report: Report, verbose: int) -> str:
             continue
         detail = v.reason or v.trace or v.note
         if v.difference and v.verdict != IDENTICAL:
-            detail += f" @+{v.difference.offset:#x}: {v.difference.object_insn} | " \
-                      f"{v.difference.binary_insn}"
+            detail += f" @+{v.difference.offset:#x}: {v.difference.object_insn} | {v.difference.binary_insn}"
         if v.candidates:
             detail += " candidates: " + ", ".join(v.candidates[:6])
         rows.append(f"{v.verdict:<16} {v.name:<44} {Path(v.tu).name:<28} {detail}")
@@ -56,8 +54,7 @@ def _table(report: Report, verbose: int) -> str:
 @click.option("--binary", metavar="PATH", help="A vmlinux with symbols, or a .ko.")
 @click.option("--kallsyms", metavar="PATH", help="Live system: /proc/kallsyms (with --kcore).")
 @click.option("--kcore", metavar="PATH", help="Live system: /proc/kcore (read-only).")
-@click.option("--function", "functions", multiple=True, metavar="NAME",
-              help="Only these functions (repeatable).")
+@click.option("--function", "functions", multiple=True, metavar="NAME", help="Only these functions (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-v", "--verbose", count=True, help="Also list identical functions.")
 @click.argument("objects", nargs=-1, required=True, metavar="OBJ...")

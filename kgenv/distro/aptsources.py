@@ -30,8 +30,14 @@ def _deb822(text: str) -> list[Source]:
         if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes") == "no":
             continue
         for uri in fields.get("uris", "").split():
-            out.append(Source(uri.rstrip("/"), tuple(fields.get("suites", "").split()),
-                              tuple(fields.get("components", "").split()), fields.get("signed-by", "")))
+            out.append(
+                Source(
+                    uri.rstrip("/"),
+                    tuple(fields.get("suites", "").split()),
+                    tuple(fields.get("components", "").split()),
+                    fields.get("signed-by", ""),
+                )
+            )
     return out
 
 

@@ -9,11 +9,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kgenv.distro import aptsources
+from kgenv.distro.debversion import sort_key
 from kgenv.errors import ToolError, UserError
 from kgenv.fsutil import cache_dir, sha256_file, write_atomic
 from kgenv.progress import QUIET, Progress
-from kgenv.distro import aptsources
-from kgenv.distro.debversion import sort_key
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 ARCH = "amd64"
@@ -80,8 +80,11 @@ class Archive:
 
     def suites(self) -> list[tuple[str, str]]:
         """(base URI, suite) for the release, its updates and its security suite."""
-        return [(self.mirror, self.line), (self.mirror, f"{self.line}-updates"),
-                (self.security, f"{self.line}-security")]
+        return [
+            (self.mirror, self.line),
+            (self.mirror, f"{self.line}-updates"),
+            (self.security, f"{self.line}-security"),
+        ]
 
     def sources_lines(self) -> list[str]:
         """One-line apt sources for this release (what mmdebstrap gets)."""
@@ -104,8 +107,7 @@ class Archive:
     def _check_signature(data: bytes, what: str) -> None:
         if not KEYRING.exists():
             raise ToolError(f"{KEYRING}: missing; install debian-archive-keyring to verify {what}")
-        r = subprocess.run(["gpgv", "--keyring", str(KEYRING), "-"], input=data,
-                           capture_output=True)
+        r = subprocess.run(["gpgv", "--keyring", str(KEYRING), "-"], input=data, capture_output=True)
         if r.returncode != 0:
             raise ToolError(f"{what}: signature check failed: {r.stderr.decode(errors='replace').strip()[-200:]}")
 
@@ -114,8 +116,14 @@ class Archive:
         if release is None:
             return ""
         want = f"main/binary-{ARCH}/Packages.xz"
-        digest = next((ln.split()[0] for ln in release.decode().split("SHA256:", 1)[1].splitlines()
-                       if ln.strip().endswith(" " + want)), None)
+        digest = next(
+            (
+                ln.split()[0]
+                for ln in release.decode().split("SHA256:", 1)[1].splitlines()
+                if ln.strip().endswith(" " + want)
+            ),
+            None,
+        )
         if digest is None:
             raise ToolError(f"{base}/dists/{suite}/InRelease: lists no {want}")
         cached = cache_dir() / "index" / f"{digest}.Packages"
@@ -133,9 +141,17 @@ class Archive:
             return self._index
         for base, suite in self.suites():
             for f in _stanzas(self._packages_text(base, suite)):
-                pkg = Package(f["Package"], f["Version"], f["Filename"], f.get("SHA256", ""),
-                              int(f.get("Size", 0)), base, suite, f.get("Depends", ""),
-                              f.get("Source", "").split(" ")[0] or f["Package"])
+                pkg = Package(
+                    f["Package"],
+                    f["Version"],
+                    f["Filename"],
+                    f.get("SHA256", ""),
+                    int(f.get("Size", 0)),
+                    base,
+                    suite,
+                    f.get("Depends", ""),
+                    f.get("Source", "").split(" ")[0] or f["Package"],
+                )
                 self._index.setdefault(pkg.name, []).append(pkg)
         for versions in self._index.values():
             versions.sort(key=lambda p: sort_key(p.version))
@@ -188,8 +204,9 @@ def extract_deb(deb: Path, dest: Path, members: list[str] | None = None) -> Path
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     deb_tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
-    r = subprocess.run(["tar", "-x", "-C", str(dest), "--wildcards", *(members or [])],
-                       stdin=deb_tar.stdout, capture_output=True)
+    r = subprocess.run(
+        ["tar", "-x", "-C", str(dest), "--wildcards", *(members or [])], stdin=deb_tar.stdout, capture_output=True
+    )
     deb_tar.wait()
     if deb_tar.returncode or r.returncode:
         shutil.rmtree(dest, ignore_errors=True)

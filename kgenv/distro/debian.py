@@ -4,11 +4,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kgenv.distro.archive import Archive, Package, extract_deb
+from kgenv.distro.debversion import sort_key
 from kgenv.errors import ToolError, UserError
 from kgenv.fsutil import cache_dir
 from kgenv.progress import QUIET, Progress
-from kgenv.distro.archive import Archive, Package, extract_deb
-from kgenv.distro.debversion import sort_key
 
 FLAVOUR = "amd64"
 # Which release line ships which kernel series; an ABI names its series.
@@ -104,8 +104,12 @@ def _complete(archive: Archive, image: Package, abi: str, line: str) -> KernelPa
     if m is None:
         raise UserError(f"{abi}: not a kernel ABI like 6.1.0-57-{FLAVOUR}")
     found: list[Package] = []
-    for name in (f"linux-image-{abi}-dbg", f"linux-headers-{abi}",
-                 f"linux-headers-{abi.removesuffix('-' + FLAVOUR)}-common", f"linux-source-{m.group(1)}"):
+    for name in (
+        f"linux-image-{abi}-dbg",
+        f"linux-headers-{abi}",
+        f"linux-headers-{abi.removesuffix('-' + FLAVOUR)}-common",
+        f"linux-source-{m.group(1)}",
+    ):
         pkg = _same_version(archive, name, image.version)
         if pkg is None:
             return None
@@ -131,17 +135,22 @@ def resolve(spec: str, archive: Archive | None = None) -> KernelPackages:
     for abi, image in candidates:
         if kp := _complete(archive, image, abi, line):
             return kp
-    raise UserError(f"{spec}: no kernel in {line} at {archive.mirror} has image, -dbg, headers and "
-                    f"source packages of one version")
+    raise UserError(
+        f"{spec}: no kernel in {line} at {archive.mirror} has image, -dbg, headers and source packages of one version"
+    )
 
 
 def fetch(kp: KernelPackages, archive: Archive | None = None, progress: Progress = QUIET) -> KernelFiles:
     """Download (checksummed) and unpack the kernel's packages into the cache."""
     archive = archive or Archive(kp.line, progress=progress)
     root = cache_dir() / "kernels" / f"{kp.abi}_{kp.version}"
-    parts = {"image": (kp.image, None), "dbg": (kp.dbg, ["./usr/lib/debug/boot/*"]),
-             "headers": (kp.headers, None), "headers-common": (kp.headers_common, None),
-             "source": (kp.source, None)}
+    parts = {
+        "image": (kp.image, None),
+        "dbg": (kp.dbg, ["./usr/lib/debug/boot/*"]),
+        "headers": (kp.headers, None),
+        "headers-common": (kp.headers_common, None),
+        "source": (kp.source, None),
+    }
     for sub, (pkg, members) in parts.items():
         if not (root / sub / ".kgenv-extracted").exists():
             deb = archive.download(pkg)

@@ -29,10 +29,10 @@ def decode(code: bytes, address: int = 0) -> list[Insn]:
     code = bytes(code)
     while pos < len(code):
         for _addr, size, mnem, ops in _CS.disasm_lite(code[pos:], address + pos):
-            out.append(Insn(pos, size, mnem, ops, code[pos:pos + size]))
+            out.append(Insn(pos, size, mnem, ops, code[pos : pos + size]))
             pos += size
         if pos < len(code):  # capstone stopped at an invalid byte: record it and go on
-            out.append(Insn(pos, 1, "(bad)", "", code[pos:pos + 1]))
+            out.append(Insn(pos, 1, "(bad)", "", code[pos : pos + 1]))
             pos += 1
     return out
 

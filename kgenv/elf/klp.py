@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kgenv.elf.reader import (
-    SHF_ALLOC, SHN_UNDEF, SHN_XINDEX, SHT_RELA, SHT_SYMTAB, ElfFile, signed_length,
+    SHF_ALLOC,
+    SHN_UNDEF,
+    SHN_XINDEX,
+    SHT_RELA,
+    SHT_SYMTAB,
+    ElfFile,
+    signed_length,
 )
 from kgenv.errors import UserError
 
@@ -22,7 +28,7 @@ _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
 _RELA = struct.Struct("<QQq")
-_MAX_SECTIONS = 0xFF00   # beyond this ELF needs extended numbering, which we do not write
+_MAX_SECTIONS = 0xFF00  # beyond this ELF needs extended numbering, which we do not write
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,7 @@ class KlpResult:
     moved: int
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "symbols": list(self.symbols),
-                "sections": list(self.sections), "moved": self.moved}
+        return {"path": self.path, "symbols": list(self.symbols), "sections": list(self.sections), "moved": self.moved}
 
 
 class _Image:
@@ -58,8 +63,9 @@ class _Image:
         self.elf = _parse(path, data)
         self.data = bytearray(data)
         self.ehdr = list(_EHDR.unpack_from(data, 0))
-        self.shdrs = [list(_SHDR.unpack_from(data, self.elf.shoff + i * _SHDR.size))
-                      for i in range(len(self.elf.sections))]
+        self.shdrs = [
+            list(_SHDR.unpack_from(data, self.elf.shoff + i * _SHDR.size)) for i in range(len(self.elf.sections))
+        ]
         self.names = [s.name for s in self.elf.sections]
 
     def error(self, what: str) -> UserError:
@@ -91,8 +97,9 @@ def _parse(path: str, data: bytes) -> ElfFile:
     return elf
 
 
-def convert(path: str | os.PathLike, symbols: dict[str, tuple[str, int]],
-            out: str | os.PathLike | None = None) -> KlpResult:
+def convert(
+    path: str | os.PathLike, symbols: dict[str, tuple[str, int]], out: str | os.PathLike | None = None
+) -> KlpResult:
     """Rename the given undefined symbols to livepatch symbols and move their relocations.
 
     `symbols` maps a symbol name to (objname, sympos); the result is written atomically to `out`
@@ -158,8 +165,7 @@ def _convert_symbols(img: _Image, symtab: int, targets: dict[str, KlpTarget]) ->
         if name not in targets:
             continue
         if shndx != SHN_UNDEF:
-            raise img.error(f"symbol {name} is defined here; only references can become "
-                            "livepatch symbols")
+            raise img.error(f"symbol {name} is defined here; only references can become livepatch symbols")
         new_name = len(strtab)
         strtab += targets[name].symbol_name(name).encode() + b"\0"
         _SYM.pack_into(img.data, off, new_name, info, other, SHN_LIVEPATCH, value, size)
@@ -201,8 +207,10 @@ def _split_relocations(img: _Image, symtab: int, objnames: dict[int, str]) -> li
             templates.setdefault(key, sh)
         if moved:
             _rewrite_in_place(img, i, keep)
-    return [(f".klp.rela.{obj}.{img.names[info]}", templates[(obj, info)], groups[(obj, info)])
-            for obj, info in sorted(groups)]
+    return [
+        (f".klp.rela.{obj}.{img.names[info]}", templates[(obj, info)], groups[(obj, info)])
+        for obj, info in sorted(groups)
+    ]
 
 
 def _patches_alloc(img: _Image, sh: list) -> bool:
@@ -216,7 +224,7 @@ def _partition(img: _Image, i: int, objnames: dict[int, str]):
         raise img.error(f"garbled relocation section {img.names[i]}")
     keep, moved = [], []
     for k in range(0, len(raw), _RELA.size):
-        entry = raw[k:k + _RELA.size]
+        entry = raw[k : k + _RELA.size]
         sym = _RELA.unpack(entry)[1] >> 32
         if sym in objnames:
             moved.append((objnames[sym], entry))
@@ -229,7 +237,7 @@ def _rewrite_in_place(img: _Image, i: int, keep: list[bytes]) -> None:
     """The kept entries shrink the section where it is; zero the freed tail."""
     sh = img.shdrs[i]
     blob = b"".join(keep)
-    img.data[sh[4]:sh[4] + sh[5]] = blob + bytes(sh[5] - len(blob))
+    img.data[sh[4] : sh[4] + sh[5]] = blob + bytes(sh[5] - len(blob))
     sh[5] = len(blob)
 
 
@@ -244,8 +252,9 @@ def _finish(img: _Image, klp: list) -> None:
         shstr += name.encode() + b"\0"
         off = img.append(b"".join(entries))
         flags = template[2] | SHF_ALLOC | SHF_RELA_LIVEPATCH | SHF_INFO_LINK
-        img.shdrs.append([name_off, SHT_RELA, flags, 0, off, 24 * len(entries),
-                          template[6], template[7], 8, _RELA.size])
+        img.shdrs.append(
+            [name_off, SHT_RELA, flags, 0, off, 24 * len(entries), template[6], template[7], 8, _RELA.size]
+        )
     if klp:
         _move_section(img, shstrndx, bytes(shstr))
     table = b"".join(_SHDR.pack(*sh) for sh in img.shdrs)

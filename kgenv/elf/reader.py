@@ -58,7 +58,7 @@ class Segment:
 def signed_length(data: bytes | mmap.mmap, path: str) -> int:
     """Length of a module without its appended signature (the whole length if unsigned)."""
     end = len(data)
-    if end < len(MODULE_SIG_MAGIC) or data[end - len(MODULE_SIG_MAGIC):end] != MODULE_SIG_MAGIC:
+    if end < len(MODULE_SIG_MAGIC) or data[end - len(MODULE_SIG_MAGIC) : end] != MODULE_SIG_MAGIC:
         return end
     info_end = end - len(MODULE_SIG_MAGIC)
     if info_end < _MODSIG.size:
@@ -108,8 +108,22 @@ class ElfFile:
         if ident[4] != 2 or ident[5] != 1:
             raise self.error("not a 64-bit little-endian ELF file")
         h = _EHDR.unpack_from(self.data, 0)
-        (_, self.type, self.machine, _, self.entry, self.phoff, self.shoff, _, _,
-         self.phentsize, self.phnum, self.shentsize, self.shnum, self.shstrndx) = h
+        (
+            _,
+            self.type,
+            self.machine,
+            _,
+            self.entry,
+            self.phoff,
+            self.shoff,
+            _,
+            _,
+            self.phentsize,
+            self.phnum,
+            self.shentsize,
+            self.shnum,
+            self.shstrndx,
+        ) = h
         if self.machine != EM_X86_64:
             raise self.error(f"not an x86-64 ELF file (machine {self.machine})")
 
@@ -162,7 +176,7 @@ class ElfFile:
         """A view of file bytes; raises UserError when the range lies outside the file."""
         if offset < 0 or length < 0 or offset + length > self.size:
             raise self.error(f"truncated ({what} at {offset:#x}+{length:#x} past end of file)")
-        return memoryview(self.data)[offset:offset + length]
+        return memoryview(self.data)[offset : offset + length]
 
     def cstring(self, table_off: int, table_size: int, index: int) -> str:
         """A NUL-terminated name from a string table section."""

@@ -16,17 +16,40 @@ R_X86_64_GOTPCRELX, R_X86_64_REX_GOTPCRELX = 41, 42
 
 # bytes each relocation type overwrites at its site
 WIDTH = {
-    R_X86_64_64: 8, R_X86_64_PC64: 8, R_X86_64_PC32: 4, R_X86_64_PLT32: 4, R_X86_64_32: 4,
-    R_X86_64_32S: 4, R_X86_64_GOTPCREL: 4, R_X86_64_GOTPCRELX: 4, R_X86_64_REX_GOTPCRELX: 4,
-    R_X86_64_16: 2, R_X86_64_PC16: 2, R_X86_64_8: 1, R_X86_64_PC8: 1,
+    R_X86_64_64: 8,
+    R_X86_64_PC64: 8,
+    R_X86_64_PC32: 4,
+    R_X86_64_PLT32: 4,
+    R_X86_64_32: 4,
+    R_X86_64_32S: 4,
+    R_X86_64_GOTPCREL: 4,
+    R_X86_64_GOTPCRELX: 4,
+    R_X86_64_REX_GOTPCRELX: 4,
+    R_X86_64_16: 2,
+    R_X86_64_PC16: 2,
+    R_X86_64_8: 1,
+    R_X86_64_PC8: 1,
 }
-PC_RELATIVE = {R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_PC64, R_X86_64_PC16, R_X86_64_PC8,
-               R_X86_64_GOTPCREL, R_X86_64_GOTPCRELX, R_X86_64_REX_GOTPCRELX}
+PC_RELATIVE = {
+    R_X86_64_PC32,
+    R_X86_64_PLT32,
+    R_X86_64_PC64,
+    R_X86_64_PC16,
+    R_X86_64_PC8,
+    R_X86_64_GOTPCREL,
+    R_X86_64_GOTPCRELX,
+    R_X86_64_REX_GOTPCRELX,
+}
 SIGNED = PC_RELATIVE | {R_X86_64_32S}
-TYPE_NAMES = {R_X86_64_64: "R_X86_64_64", R_X86_64_PC32: "R_X86_64_PC32",
-              R_X86_64_PLT32: "R_X86_64_PLT32", R_X86_64_32: "R_X86_64_32",
-              R_X86_64_32S: "R_X86_64_32S", R_X86_64_PC64: "R_X86_64_PC64",
-              R_X86_64_GOTPCREL: "R_X86_64_GOTPCREL"}
+TYPE_NAMES = {
+    R_X86_64_64: "R_X86_64_64",
+    R_X86_64_PC32: "R_X86_64_PC32",
+    R_X86_64_PLT32: "R_X86_64_PLT32",
+    R_X86_64_32: "R_X86_64_32",
+    R_X86_64_32S: "R_X86_64_32S",
+    R_X86_64_PC64: "R_X86_64_PC64",
+    R_X86_64_GOTPCREL: "R_X86_64_GOTPCREL",
+}
 
 
 class Reloc(NamedTuple):
@@ -56,8 +79,7 @@ def relocations(elf: ElfFile, target_shndx: int) -> list[Reloc]:
     out: list[Reloc] = []
     for sec in rela_sections(elf).get(target_shndx, []):
         raw = elf.bytes_at(sec.offset, sec.size - sec.size % _RELA.size, f"section {sec.name}")
-        out.extend(Reloc(off, info & 0xFFFFFFFF, info >> 32, add)
-                   for off, info, add in _RELA.iter_unpack(raw))
+        out.extend(Reloc(off, info & 0xFFFFFFFF, info >> 32, add) for off, info, add in _RELA.iter_unpack(raw))
     out.sort(key=lambda r: r.offset)
     return out
 
@@ -65,4 +87,4 @@ def relocations(elf: ElfFile, target_shndx: int) -> list[Reloc]:
 def decode_value(data: bytes | memoryview, pos: int, rtype: int) -> int:
     """The value a relocation of this type would have stored at `pos` (sign as the type says)."""
     width = WIDTH.get(rtype, 4)
-    return int.from_bytes(bytes(data[pos:pos + width]), "little", signed=rtype in SIGNED)
+    return int.from_bytes(bytes(data[pos : pos + width]), "little", signed=rtype in SIGNED)

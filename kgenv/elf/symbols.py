@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from kgenv.elf.reader import (
-    SHN_ABS, SHN_LORESERVE, SHN_UNDEF, SHT_NOBITS, SHT_SYMTAB, ElfFile, Section, open_elf,
+    SHN_ABS,
+    SHN_LORESERVE,
+    SHN_UNDEF,
+    SHT_NOBITS,
+    SHT_SYMTAB,
+    ElfFile,
+    Section,
+    open_elf,
 )
 
 STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE = 0, 1, 2, 3, 4
@@ -20,7 +27,7 @@ _SYM = struct.Struct("<IBBHQQ")
 class Symbol(NamedTuple):
     """One symbol-table entry, with the context a verifier needs (a tuple: cheap to build 100 k)."""
 
-    symidx: int        # its index in the symbol table (NamedTuple already has an index() method)
+    symidx: int  # its index in the symbol table (NamedTuple already has an index() method)
     name: str
     value: int
     size: int
@@ -28,9 +35,9 @@ class Symbol(NamedTuple):
     bind: int
     shndx: int
     section: str
-    file: str          # the STT_FILE name the symbol belongs to ("" for globals of a linked file)
-    file_group: int    # symtab index of that STT_FILE entry (-1 if none): one group per linked TU
-    sympos: int = 0    # 1-based position among same-named functions (kallsyms order), 0 if not a function
+    file: str  # the STT_FILE name the symbol belongs to ("" for globals of a linked file)
+    file_group: int  # symtab index of that STT_FILE entry (-1 if none): one group per linked TU
+    sympos: int = 0  # 1-based position among same-named functions (kallsyms order), 0 if not a function
 
     @property
     def is_func(self) -> bool:
@@ -59,7 +66,7 @@ class SymbolIndex:
         self._load()
 
     @classmethod
-    def open(cls, path: str | Path) -> "SymbolIndex":
+    def open(cls, path: str | Path) -> SymbolIndex:
         return cls(open_elf(path))
 
     def _symtab(self) -> Section | None:
@@ -94,7 +101,7 @@ class SymbolIndex:
                 end = strtab.find(b"\0", e[0])
                 if e[0] >= len(strtab) or end < 0:
                     raise self.elf.error(f"garbled symbol name (entry {i})")
-                raw = strtab[e[0]:end]
+                raw = strtab[e[0] : end]
             out.append(raw.decode() if raw.isascii() else raw.decode("utf-8", "replace"))
         return out
 
@@ -118,8 +125,7 @@ class SymbolIndex:
                 secname = "*ABS*" if shndx == SHN_ABS else ("*COM*" if shndx < SHN_LORESERVE + 0x100 else "")
             if typ == STT_SECTION and not name:
                 name = secname
-            sym = Symbol(i, name, value, size, typ, bind, shndx, secname, file_name, file_group,
-                         sympos.get(i, 0))
+            sym = Symbol(i, name, value, size, typ, bind, shndx, secname, file_name, file_group, sympos.get(i, 0))
             symbols.append(sym)
             if name and typ != STT_SECTION and typ != STT_FILE:
                 if name in by_name:
@@ -128,7 +134,7 @@ class SymbolIndex:
                     by_name[name] = [sym]
                 if typ == STT_FUNC and shndx != SHN_UNDEF:
                     functions.setdefault(name, []).append(sym)
-        for name, funcs in functions.items():
+        for funcs in functions.values():
             if len(funcs) > 1:
                 funcs.sort(key=lambda s: s.sympos)
 
@@ -223,9 +229,14 @@ class SymbolIndex:
 
     def _section_sorted(self, shndx: int):
         if shndx not in self._sorted:
-            syms = sorted((s for s in self.symbols if s.shndx == shndx and s.name
-                           and s.type in (STT_FUNC, STT_OBJECT, STT_NOTYPE)),
-                          key=lambda s: (s.value, -s.size))
+            syms = sorted(
+                (
+                    s
+                    for s in self.symbols
+                    if s.shndx == shndx and s.name and s.type in (STT_FUNC, STT_OBJECT, STT_NOTYPE)
+                ),
+                key=lambda s: (s.value, -s.size),
+            )
             self._sorted[shndx] = ([s.value for s in syms], syms)
         return self._sorted[shndx]
 
@@ -235,7 +246,7 @@ class SymbolIndex:
 
     def _group(self, group: int) -> list[Symbol]:
         out = []
-        for s in self.symbols[group + 1:]:
+        for s in self.symbols[group + 1 :]:
             if s.type == STT_FILE or s.file_group != group:
                 break
             out.append(s)

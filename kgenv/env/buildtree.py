@@ -16,9 +16,9 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
 
-from kgenv.errors import RefusedError, UserError
 from kgenv.env.fingerprint import read_config, read_defines, read_vmlinux
 from kgenv.env.toolchain import CompilerId
+from kgenv.errors import RefusedError, UserError
 
 LINUX_ELFNOTE_BUILD_SALT = 0x100  # include/linux/build-salt.h
 # "Linux version R (user@host) (compiler, linker) #1 SMP ..." (the compiler part has parentheses)
@@ -27,12 +27,12 @@ BANNER_RE = re.compile(r"^Linux version (\S+) \(([^)]*)\) \((.*)\) (#\S+.*)$")
 
 @dataclass(frozen=True)
 class BuildTree:
-    root: Path                   # BUILD_DIR, resolved
-    source: Path                 # the source tree on this machine, resolved
-    source_link: str             # text of the `source` symlink ("" for an in-tree build)
+    root: Path  # BUILD_DIR, resolved
+    source: Path  # the source tree on this machine, resolved
+    source_link: str  # text of the `source` symlink ("" for an in-tree build)
     config: Path
     vmlinux: Path
-    generated: Path              # include/generated
+    generated: Path  # include/generated
     symvers: Path
     bzimage: Path | None
     kernelvariables: Path | None  # Debian's record of its make line, when the build dir has one
@@ -81,13 +81,16 @@ def open_tree(path: Path) -> BuildTree:
         raise UserError(f"{generated}: not a directory")
     kv = member(root, ".kernelvariables")
     return BuildTree(
-        root=root, source=source, source_link=text,
+        root=root,
+        source=source,
+        source_link=text,
         config=required_member(root, ".config", "the build's kernel config"),
         vmlinux=required_member(root, "vmlinux", "the linked kernel with symbols"),
         generated=generated,
         symvers=required_member(root, "Module.symvers", "the build's module symbol versions"),
         bzimage=member(root, "arch/x86/boot/bzImage"),
-        kernelvariables=kv if kv and kv.is_file() else None)
+        kernelvariables=kv if kv and kv.is_file() else None,
+    )
 
 
 def _autoconf_defines(config: dict[str, str]) -> dict[str, str]:
@@ -148,7 +151,7 @@ def embedded_config(path: Path) -> str | None:
         if end < 0:
             return None
         try:
-            return gzip.decompress(m[start + 8:end]).decode(errors="replace")
+            return gzip.decompress(m[start + 8 : end]).decode(errors="replace")
         except (OSError, EOFError, zlib.error):
             return None
 
@@ -160,7 +163,7 @@ def bzimage_version(path: Path) -> str:
     if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
         raise UserError(f"{path}: not an x86 boot image (no HdrS setup header)")
     offset = struct.unpack_from("<H", head, 0x20E)[0] + 0x200
-    return head[offset:offset + 256].split(b"\0", 1)[0].decode(errors="replace")
+    return head[offset : offset + 256].split(b"\0", 1)[0].decode(errors="replace")
 
 
 def _compiler_of_comment(comment: str) -> CompilerId | None:
@@ -175,11 +178,15 @@ def check(tree: BuildTree) -> dict:
     if not binary["build_id"]:
         raise RefusedError(f"{where}: no GNU build-id note; the env could not be tied to this binary")
     release = binary["banner"].split()[2]
-    uts = {**read_defines(tree.generated / "utsrelease.h"), **read_defines(tree.generated / "compile.h"),
-           **read_defines(tree.generated / "utsversion.h")}
+    uts = {
+        **read_defines(tree.generated / "utsrelease.h"),
+        **read_defines(tree.generated / "compile.h"),
+        **read_defines(tree.generated / "utsversion.h"),
+    }
     if uts.get("UTS_RELEASE", release) != release:
-        raise RefusedError(f"{where}: banner release {release} is not {uts['UTS_RELEASE']} of "
-                           f"{tree.generated / 'utsrelease.h'}")
+        raise RefusedError(
+            f"{where}: banner release {release} is not {uts['UTS_RELEASE']} of {tree.generated / 'utsrelease.h'}"
+        )
     config = read_config(tree.config)
     cc_text = config["CC_VERSION_TEXT"]
     cc = CompilerId.parse(cc_text)
@@ -187,11 +194,15 @@ def check(tree: BuildTree) -> dict:
     if built_by is None:
         raise RefusedError(f"{where}: no GCC line in .comment; cannot tell which compiler built it")
     if diff := cc.differences(built_by):
-        raise RefusedError(f"{tree.config}: CONFIG_CC_VERSION_TEXT {cc_text!r} is not the compiler of {where} "
-                           f"({binary['comment']!r}: {'; '.join(diff)})")
+        raise RefusedError(
+            f"{tree.config}: CONFIG_CC_VERSION_TEXT {cc_text!r} is not the compiler of {where} "
+            f"({binary['comment']!r}: {'; '.join(diff)})"
+        )
     if "LINUX_COMPILE_BY" in uts and "UTS_VERSION" in uts:
-        want = (f"Linux version {release} ({uts['LINUX_COMPILE_BY']}@{uts['LINUX_COMPILE_HOST']}) "
-                f"({uts.get('LINUX_COMPILER', cc_text)}) {uts['UTS_VERSION']}")
+        want = (
+            f"Linux version {release} ({uts['LINUX_COMPILE_BY']}@{uts['LINUX_COMPILE_HOST']}) "
+            f"({uts.get('LINUX_COMPILER', cc_text)}) {uts['UTS_VERSION']}"
+        )
         if binary["banner"] != want:
             raise RefusedError(f"{where}: banner {binary['banner']!r} is not what {tree.generated} says ({want!r})")
     notes, symtab = _notes(tree.vmlinux)
@@ -200,11 +211,15 @@ def check(tree: BuildTree) -> dict:
     salt = notes.get(("Linux", LINUX_ELFNOTE_BUILD_SALT))
     salt_text = salt.rstrip(b"\0").decode(errors="replace") if salt is not None else None
     if salt_text is not None and salt_text != config.get("BUILD_SALT", ""):
-        raise RefusedError(f"{tree.config}: CONFIG_BUILD_SALT {config.get('BUILD_SALT', '')!r} is not the salt "
-                           f"{salt_text!r} in {where}")
+        raise RefusedError(
+            f"{tree.config}: CONFIG_BUILD_SALT {config.get('BUILD_SALT', '')!r} is not the salt "
+            f"{salt_text!r} in {where}"
+        )
     if differ := config_vs_autoconf(tree.config, tree.generated):
-        raise RefusedError(f"{tree.config}: differs from the autoconf.h the kernel was compiled with "
-                           f"({len(differ)} options, e.g. {', '.join(differ[:5])})")
+        raise RefusedError(
+            f"{tree.config}: differs from the autoconf.h the kernel was compiled with "
+            f"({len(differ)} options, e.g. {', '.join(differ[:5])})"
+        )
     embedded = embedded_config(tree.vmlinux)
     if embedded is not None and embedded != tree.config.read_text(errors="replace"):
         raise RefusedError(f"{tree.config}: differs from the config embedded in {where} (CONFIG_IKCONFIG)")

@@ -12,8 +12,16 @@ from elftools.elf.elffile import ELFFile
 
 from kgenv.errors import UserError
 
-CONFIG_KEYS = ("CC_VERSION_TEXT", "GCC_VERSION", "CLANG_VERSION", "LD_VERSION", "AS_VERSION",
-               "LLD_VERSION", "PAHOLE_VERSION", "BUILD_SALT")
+CONFIG_KEYS = (
+    "CC_VERSION_TEXT",
+    "GCC_VERSION",
+    "CLANG_VERSION",
+    "LD_VERSION",
+    "AS_VERSION",
+    "LLD_VERSION",
+    "PAHOLE_VERSION",
+    "BUILD_SALT",
+)
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,7 @@ class Fingerprint:
     uts_version: str
     producer: str  # DW_AT_producer of the first C unit: gcc's own record of the flags
     srctree: str
-    objtree: str   # relative to srctree (the O= directory), "" for in-tree builds
+    objtree: str  # relative to srctree (the O= directory), "" for in-tree builds
     make: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -100,8 +108,7 @@ def _first_units(elf) -> tuple[str, str, str, str]:
     producer, c_dir, abs_name, abs_dir = "", "", "", ""
     for i, cu in enumerate(elf.get_dwarf_info(relocate_dwarf_sections=False).iter_CUs()):
         attrs = cu.get_top_DIE().attributes
-        val = {k: (a.value.decode(errors="replace") if isinstance(a.value, bytes) else "")
-               for k, a in attrs.items()}
+        val = {k: (a.value.decode(errors="replace") if isinstance(a.value, bytes) else "") for k, a in attrs.items()}
         if not producer and val.get("DW_AT_producer", "").startswith("GNU C"):
             producer, c_dir = val["DW_AT_producer"], val.get("DW_AT_comp_dir", "")
         if not abs_dir and val.get("DW_AT_name", "").startswith("/"):
@@ -124,12 +131,25 @@ def read_vmlinux(path: Path) -> dict:
         # C units with a relative comp_dir beside absolute assembler units: the build mapped
         # the source prefix away for C only, i.e. through KCFLAGS (it affects debug info only).
         mapped = srctree if c_dir and not c_dir.startswith("/") else ""
-        return {"banner": _banner(f, path), "comment": comment, "build_id": _build_id(elf),
-                "producer": producer, "srctree": srctree, "objtree": objtree, "mapped_prefix": mapped}
+        return {
+            "banner": _banner(f, path),
+            "comment": comment,
+            "build_id": _build_id(elf),
+            "producer": producer,
+            "srctree": srctree,
+            "objtree": objtree,
+            "mapped_prefix": mapped,
+        }
 
 
-def make_variables(cfg: dict[str, str], compile_h: dict[str, str], uts: dict[str, str],
-                   release: str, mapped_prefix: str, kernelvariables: Path | None = None) -> dict[str, str]:
+def make_variables(
+    cfg: dict[str, str],
+    compile_h: dict[str, str],
+    uts: dict[str, str],
+    release: str,
+    mapped_prefix: str,
+    kernelvariables: Path | None = None,
+) -> dict[str, str]:
     """The make-line variables a faithful rebuild passes (they never reach .config)."""
     cc = cfg["CC_VERSION_TEXT"].split(" ", 1)[0]
     out = {"ARCH": "x86", "KERNELRELEASE": release, "CC": cc, "HOSTCC": cc}
@@ -155,8 +175,7 @@ def fingerprint(vmlinux: Path, config: Path, generated: Path, kernelvariables: P
     cfg = read_config(config)
     binary = read_vmlinux(vmlinux)
     compile_h = read_defines(generated / "compile.h")
-    uts = {**read_defines(generated / "utsversion.h"), **read_defines(generated / "utsrelease.h"),
-           **compile_h}
+    uts = {**read_defines(generated / "utsversion.h"), **read_defines(generated / "utsrelease.h"), **compile_h}
     release = uts.get("UTS_RELEASE") or binary["banner"].split()[2]
     if release != binary["banner"].split()[2]:
         raise UserError(f"{vmlinux}: banner release {binary['banner'].split()[2]} is not {release} of {generated}")
@@ -164,12 +183,21 @@ def fingerprint(vmlinux: Path, config: Path, generated: Path, kernelvariables: P
         uts["UTS_VERSION"] = re.sub(r"^.*?\) (#.*)$", r"\1", binary["banner"])
     srctree = binary["srctree"]
     return Fingerprint(
-        release=release, banner=binary["banner"], comment=binary["comment"], build_id=binary["build_id"],
-        cc_version_text=cfg["CC_VERSION_TEXT"], config={k: cfg.get(k, "") for k in CONFIG_KEYS},
-        compile_by=compile_h.get("LINUX_COMPILE_BY", ""), compile_host=compile_h.get("LINUX_COMPILE_HOST", ""),
-        linux_compiler=compile_h.get("LINUX_COMPILER", ""), uts_version=uts["UTS_VERSION"],
-        producer=binary["producer"], srctree=srctree, objtree=binary["objtree"],
-        make=make_variables(cfg, compile_h, uts, release, binary["mapped_prefix"], kernelvariables))
+        release=release,
+        banner=binary["banner"],
+        comment=binary["comment"],
+        build_id=binary["build_id"],
+        cc_version_text=cfg["CC_VERSION_TEXT"],
+        config={k: cfg.get(k, "") for k in CONFIG_KEYS},
+        compile_by=compile_h.get("LINUX_COMPILE_BY", ""),
+        compile_host=compile_h.get("LINUX_COMPILE_HOST", ""),
+        linux_compiler=compile_h.get("LINUX_COMPILER", ""),
+        uts_version=uts["UTS_VERSION"],
+        producer=binary["producer"],
+        srctree=srctree,
+        objtree=binary["objtree"],
+        make=make_variables(cfg, compile_h, uts, release, binary["mapped_prefix"], kernelvariables),
+    )
 
 
 def config_sha256(path: Path) -> str:

@@ -26,8 +26,8 @@ KCFLAGS_MARK = "-DKGENV_KCFLAGS_MARK"
 
 @dataclass(frozen=True)
 class CmdDiff:
-    file: str        # relative to the O= dir
-    kernel: bool     # a compile of kernel code (host tools and scripts are not)
+    file: str  # relative to the O= dir
+    kernel: bool  # a compile of kernel code (host tools and scripts are not)
     detail: str
 
 
@@ -95,13 +95,13 @@ def tokens(cmd: str) -> list[str]:
     lex.whitespace_split, lex.commenters = True, ""
     try:
         return list(lex)
-    except ValueError:      # unbalanced quotes: no shell ran it, but compare what is there
+    except ValueError:  # unbalanced quotes: no shell ran it, but compare what is there
         return text.split()
 
 
 def first_command(words: list[str]) -> list[str]:
     """The words before the first `;`."""
-    return words[:words.index(";")] if ";" in words else words
+    return words[: words.index(";")] if ";" in words else words
 
 
 def is_kernel_compile(words: list[str]) -> bool:
@@ -125,7 +125,7 @@ def srctree(text: str) -> str:
         return ""
     target, source = m.groups()
     rel = os.path.join(os.path.dirname(target), os.path.basename(source))
-    return source[:-len(rel) - 1] if source.endswith("/" + rel) else ""
+    return source[: -len(rel) - 1] if source.endswith("/" + rel) else ""
 
 
 def kernel_cc(cmds: dict[str, str]) -> str:
@@ -139,7 +139,7 @@ def kernel_cc(cmds: dict[str, str]) -> str:
 
 def _strip_wrappers(words: list[str]) -> list[str]:
     wrappers, _ = compiler(words)
-    return words[len(wrappers):]
+    return words[len(wrappers) :]
 
 
 def first_difference(vendor: list[str], env: list[str]) -> str:
@@ -150,9 +150,11 @@ def first_difference(vendor: list[str], env: list[str]) -> str:
     j = 0
     while j < min(len(vendor), len(env)) - i and vendor[-1 - j] == env[-1 - j]:
         j += 1
-    extra, missing = vendor[i:len(vendor) - j], env[i:len(env) - j]
-    return (f"the vendor's command has {' '.join(extra) or 'nothing'} where the env's has "
-            f"{' '.join(missing) or 'nothing'} (after {' '.join(vendor[max(0, i - 2):i]) or 'the start'})")
+    extra, missing = vendor[i : len(vendor) - j], env[i : len(env) - j]
+    return (
+        f"the vendor's command has {' '.join(extra) or 'nothing'} where the env's has "
+        f"{' '.join(missing) or 'nothing'} (after {' '.join(vendor[max(0, i - 2) : i]) or 'the start'})"
+    )
 
 
 def compare(vendor: dict[str, str], env: dict[str, str]) -> tuple[int, list[CmdDiff]]:
@@ -176,10 +178,12 @@ def derive_kcflags(vendor: str, marked: str, where: str) -> str:
     if m.count(KCFLAGS_MARK) != 1:
         raise RefusedError(f"{where}: the env's rebuild does not show where KCFLAGS go")
     at = m.index(KCFLAGS_MARK)
-    prefix, suffix = m[:at], m[at + 1:]
-    if len(v) < len(prefix) + len(suffix) or v[:len(prefix)] != prefix or v[len(v) - len(suffix):] != suffix:
+    prefix, suffix = m[:at], m[at + 1 :]
+    if len(v) < len(prefix) + len(suffix) or v[: len(prefix)] != prefix or v[len(v) - len(suffix) :] != suffix:
         bare = prefix + suffix
-        raise RefusedError(f"{where}: compiler flags differ beyond KCFLAGS: {first_difference(v, bare)}; "
-                           "pass the make-line variables with --make VAR=VALUE")
+        raise RefusedError(
+            f"{where}: compiler flags differ beyond KCFLAGS: {first_difference(v, bare)}; "
+            "pass the make-line variables with --make VAR=VALUE"
+        )
     # the value goes on make's command line, where '$' and '#' need make's escapes again
-    return make_escape(shlex.join(v[len(prefix):len(v) - len(suffix)]))
+    return make_escape(shlex.join(v[len(prefix) : len(v) - len(suffix)]))

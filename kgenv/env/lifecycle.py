@@ -30,17 +30,19 @@ PROBE = "int kgenv_probe(int x) { return x + 1; }\n"
 
 def _probe_script(m: Manifest) -> str:
     cc = m.make.get("CC", "gcc")
-    return "\n".join([
-        f"echo CC=$({shlex.quote(cc)} --version | head -n1)",
-        "echo LD=$(ld --version | head -n1)",
-        "echo PAHOLE=$(pahole --version 2>/dev/null)",
-        f"printf %s {shlex.quote(PROBE)} > /tmp/probe.c",
-        f"{shlex.quote(cc)} -O2 -c /tmp/probe.c -o /tmp/probe.o",
-        "echo COMMENT=$(readelf -p .comment /tmp/probe.o | sed -n 's/^ *\\[ *[0-9a-f]*\\] *//p' | head -n1)",
-        f"cd {shlex.quote(m.kernel.srctree)}",
-        f"{tree.config_stable(m.make, m.kernel.objtree)} >/dev/null 2>&1"
-        " && echo OLDDEFCONFIG=unchanged || echo OLDDEFCONFIG=changed",
-    ])
+    return "\n".join(
+        [
+            f"echo CC=$({shlex.quote(cc)} --version | head -n1)",
+            "echo LD=$(ld --version | head -n1)",
+            "echo PAHOLE=$(pahole --version 2>/dev/null)",
+            f"printf %s {shlex.quote(PROBE)} > /tmp/probe.c",
+            f"{shlex.quote(cc)} -O2 -c /tmp/probe.c -o /tmp/probe.o",
+            "echo COMMENT=$(readelf -p .comment /tmp/probe.o | sed -n 's/^ *\\[ *[0-9a-f]*\\] *//p' | head -n1)",
+            f"cd {shlex.quote(m.kernel.srctree)}",
+            f"{tree.config_stable(m.make, m.kernel.objtree)} >/dev/null 2>&1"
+            " && echo OLDDEFCONFIG=unchanged || echo OLDDEFCONFIG=changed",
+        ]
+    )
 
 
 def verify_image(rt: Runtime, m: Manifest, progress) -> list[Check]:
@@ -54,22 +56,38 @@ def verify_image(rt: Runtime, m: Manifest, progress) -> list[Check]:
     want_pahole = f"v{int(pahole) // 100}.{int(pahole) % 100}" if pahole.isdigit() and int(pahole) else ""
     ld_ver = m.fingerprint.get("linux_compiler", "").rsplit(" ", 1)[-1]
     return [
-        Check("compiler", got.get("CC") == m.fingerprint["cc_version_text"],
-              f"{got.get('CC', '?')!r} (recorded {m.fingerprint['cc_version_text']!r})"),
-        Check("comment", got.get("COMMENT") == m.fingerprint["comment"],
-              f"probe .comment {got.get('COMMENT', '?')!r} (vmlinux {m.fingerprint['comment']!r})"),
+        Check(
+            "compiler",
+            got.get("CC") == m.fingerprint["cc_version_text"],
+            f"{got.get('CC', '?')!r} (recorded {m.fingerprint['cc_version_text']!r})",
+        ),
+        Check(
+            "comment",
+            got.get("COMMENT") == m.fingerprint["comment"],
+            f"probe .comment {got.get('COMMENT', '?')!r} (vmlinux {m.fingerprint['comment']!r})",
+        ),
         Check("binutils", got.get("LD", "").endswith(" " + ld_ver), f"{got.get('LD', '?')!r}"),
-        Check("pahole", not want_pahole or got.get("PAHOLE") == want_pahole,
-              f"{got.get('PAHOLE', '?')!r} (recorded {want_pahole or 'none'})"),
+        Check(
+            "pahole",
+            not want_pahole or got.get("PAHOLE") == want_pahole,
+            f"{got.get('PAHOLE', '?')!r} (recorded {want_pahole or 'none'})",
+        ),
         Check("config", got.get("OLDDEFCONFIG") == "unchanged", f"olddefconfig {got.get('OLDDEFCONFIG', 'failed')}"),
     ]
 
 
 def show(m: Manifest) -> dict:
     """Two levels deep: sections of scalars (packages and files summarised)."""
-    return {"name": m.name, "kernel": asdict(m.kernel), "fingerprint": m.fingerprint, "make": m.make,
-            "toolchain": m.toolchain, "image": asdict(m.image),
-            "files": {k: v.path for k, v in m.files.items()}, "packages": {"count": len(m.packages)}}
+    return {
+        "name": m.name,
+        "kernel": asdict(m.kernel),
+        "fingerprint": m.fingerprint,
+        "make": m.make,
+        "toolchain": m.toolchain,
+        "image": asdict(m.image),
+        "files": {k: v.path for k, v in m.files.items()},
+        "packages": {"count": len(m.packages)},
+    }
 
 
 def restore(rt: Runtime, m: Manifest, progress, keep_tmp: bool = False) -> str:
@@ -89,9 +107,11 @@ def restore(rt: Runtime, m: Manifest, progress, keep_tmp: bool = False) -> str:
     built = build(rt, from_manifest(m, archive.sources_lines(), True, None), progress, keep_tmp)
     if built.id != m.image.id:
         rt.remove(built.id)
-        raise ToolError(f"{m.name}: restored image {built.id[:19]} differs from recorded {m.image.id[:19]} "
-                        f"(rootfs {built.rootfs_sha256[:12]} vs {m.image.rootfs_sha256[:12]}, "
-                        f"tree {built.tree_sha256[:12]} vs {m.image.tree_sha256[:12]})")
+        raise ToolError(
+            f"{m.name}: restored image {built.id[:19]} differs from recorded {m.image.id[:19]} "
+            f"(rootfs {built.rootfs_sha256[:12]} vs {m.image.rootfs_sha256[:12]}, "
+            f"tree {built.tree_sha256[:12]} vs {m.image.tree_sha256[:12]})"
+        )
     _tag(rt, m)
     return built.id
 

@@ -1,8 +1,8 @@
 """A kernel source tree as one deterministic tarball: sorted, fixed mtime/owner/modes, no build outputs."""
 
 import os
-from collections.abc import Set as AbstractSet
 import subprocess
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,13 +74,32 @@ def git_sources(src: Path) -> set[str]:
     nothing the repository configures is executed.
     """
     if not (src / ".git").is_dir() or (src / ".git").is_symlink():
-        raise RefusedError(f"{src}: in-tree build outside a git work tree: cannot tell sources from "
-                           "build outputs (use an O= build, or a git tree)")
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1",
-           "GIT_CONFIG_GLOBAL": os.devnull, "HOME": str(src)}
-    cmd = ["git", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null", "-c", "safe.directory=*",
-           f"--git-dir={src / '.git'}", f"--work-tree={src}",
-           "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+        raise RefusedError(
+            f"{src}: in-tree build outside a git work tree: cannot tell sources from "
+            "build outputs (use an O= build, or a git tree)"
+        )
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "HOME": str(src),
+    }
+    cmd = [
+        "git",
+        "-c",
+        "core.fsmonitor=false",
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "safe.directory=*",
+        f"--git-dir={src / '.git'}",
+        f"--work-tree={src}",
+        "ls-files",
+        "-z",
+        "--cached",
+        "--others",
+        "--exclude-standard",
+    ]
     try:
         r = subprocess.run(cmd, env=env, cwd=src, capture_output=True, check=True)
     except FileNotFoundError:
@@ -145,10 +164,29 @@ def write(src: Path, entries: list[str], dest: Path, epoch: int) -> SourceTarbal
     tmp = dest.with_name(f".{dest.name}.tmp")
     names = "\0".join(["."] + [f"./{e}" for e in entries]) + "\0"
     r = subprocess.run(
-        ["tar", "-C", str(src), "--null", "--no-recursion", "-T", "-", "--format=gnu", "--sort=none",
-         f"--mtime=@{epoch}", "--owner=0", "--group=0", "--numeric-owner", "--mode=u=rwX,go=rX",
-         "--hard-dereference", f"--transform=s,^\\.,{TOP},S", "-cf", str(tmp)],
-        input=names.encode(errors="surrogateescape"), capture_output=True)
+        [
+            "tar",
+            "-C",
+            str(src),
+            "--null",
+            "--no-recursion",
+            "-T",
+            "-",
+            "--format=gnu",
+            "--sort=none",
+            f"--mtime=@{epoch}",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mode=u=rwX,go=rX",
+            "--hard-dereference",
+            f"--transform=s,^\\.,{TOP},S",
+            "-cf",
+            str(tmp),
+        ],
+        input=names.encode(errors="surrogateescape"),
+        capture_output=True,
+    )
     if r.returncode:
         tmp.unlink(missing_ok=True)
         raise ToolError(f"{src}: cannot tar the source tree: {r.stderr.decode(errors='replace').strip()[:200]}")

@@ -5,20 +5,33 @@ from dataclasses import dataclass
 
 from kgenv.distro.archive import Archive, Package
 from kgenv.distro.debversion import split
-from kgenv.errors import UserError
 from kgenv.env.fingerprint import Fingerprint
+from kgenv.errors import UserError
 
 # "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0", "gcc (GCC) 12.2.0", "gcc (GNU) 12.2.0"
 CC_RE = re.compile(r"^(?P<prog>\S+) \((?P<vendor>[^)]*?)(?: (?P<pkgver>\d[^)\s]*))?\) (?P<upstream>\S+)")
 # Packages every env image carries to configure and compile kernel code.
-BUILD_DEPS = ("make", "bc", "bison", "flex", "libelf-dev", "libssl-dev", "libc6-dev", "kmod",
-              "cpio", "xz-utils", "patch", "python3", "openssl")
+BUILD_DEPS = (
+    "make",
+    "bc",
+    "bison",
+    "flex",
+    "libelf-dev",
+    "libssl-dev",
+    "libc6-dev",
+    "kmod",
+    "cpio",
+    "xz-utils",
+    "patch",
+    "python3",
+    "openssl",
+)
 
 
 @dataclass(frozen=True)
 class CompilerId:
     program: str
-    vendor: str    # "Debian", "GCC", "GNU", "Ubuntu 12.3.0-1ubuntu1~22.04" ...
+    vendor: str  # "Debian", "GCC", "GNU", "Ubuntu 12.3.0-1ubuntu1~22.04" ...
     package_version: str  # the distro package release, "" when the string has none
     upstream: str
 

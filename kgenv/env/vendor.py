@@ -33,8 +33,23 @@ from kgenv.runtime.base import Mount, Runtime
 # Debian release of a "+debNNuM" package version.
 DEBIAN_RELEASES = {"10": "buster", "11": "bullseye", "12": "bookworm", "13": "trixie", "14": "forky"}
 # An env's tree must not land on the image's own system directories.
-SYSTEM_DIRS = ("/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr/bin",
-               "/usr/sbin", "/usr/lib", "/usr/include", "/usr/share", "/var/lib")
+SYSTEM_DIRS = (
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/lib",
+    "/usr/include",
+    "/usr/share",
+    "/var/lib",
+)
 RELOCATED_OBJTREE = "kgenv-build"
 
 
@@ -48,8 +63,11 @@ def line_of(cc_version_text: str, line: str | None) -> str:
     m = re.search(r"\+deb(\d+)u", toolchain.CompilerId.parse(cc_version_text).package_version)
     if m and m.group(1) in DEBIAN_RELEASES:
         return DEBIAN_RELEASES[m.group(1)]
-    host = dict(re.findall(r"^(\w+)=\"?([^\"\n]*)\"?$", Path("/etc/os-release").read_text(), re.M)) \
-        if Path("/etc/os-release").exists() else {}
+    host = (
+        dict(re.findall(r"^(\w+)=\"?([^\"\n]*)\"?$", Path("/etc/os-release").read_text(), re.M))
+        if Path("/etc/os-release").exists()
+        else {}
+    )
     if host.get("VERSION_CODENAME") in debian.LINES:
         return host["VERSION_CODENAME"]
     raise UserError(f"{cc_version_text}: cannot tell which Debian release ships this compiler; pass --line")
@@ -59,19 +77,27 @@ def require_exact_compiler(fp: Fingerprint, archive: Archive, vmlinux: Path) -> 
     """Refuse unless the archive has the very compiler build that made the kernel."""
     cc = toolchain.CompilerId.parse(fp.cc_version_text)
     if cc.vendor != "Debian" or not cc.package_version:
-        raise RefusedError(f"{vmlinux}: built by {fp.cc_version_text!r}, not a Debian compiler build; "
-                           f"its exact build cannot come from the {archive.line} archive")
+        raise RefusedError(
+            f"{vmlinux}: built by {fp.cc_version_text!r}, not a Debian compiler build; "
+            f"its exact build cannot come from the {archive.line} archive"
+        )
     name = cc.program if re.fullmatch(r"gcc-\d+", cc.program) else f"gcc-{int(fp.config['GCC_VERSION']) // 10000}"
     have = [p.version for p in archive.index().get(name, [])]
     if cc.package_version not in have:
-        raise RefusedError(f"{name}={cc.package_version}: the compiler build of {vmlinux} is not in "
-                           f"{archive.line} at {archive.mirror} (it has {', '.join(have) or 'no ' + name})")
+        raise RefusedError(
+            f"{name}={cc.package_version}: the compiler build of {vmlinux} is not in "
+            f"{archive.line} at {archive.mirror} (it has {', '.join(have) or 'no ' + name})"
+        )
 
 
 def _safe_srctree(path: str, where: Path) -> str:
     norm = str(PurePosixPath(path))
-    if (not path.startswith("/") or ".." in PurePosixPath(path).parts or norm.count("/") < 2
-            or any(norm == d or norm.startswith(d + "/") for d in SYSTEM_DIRS)):
+    if (
+        not path.startswith("/")
+        or ".." in PurePosixPath(path).parts
+        or norm.count("/") < 2
+        or any(norm == d or norm.startswith(d + "/") for d in SYSTEM_DIRS)
+    ):
         raise RefusedError(f"{where}: source path {path!r} cannot be the tree's place in the env image")
     return norm
 
@@ -125,8 +151,9 @@ def source_tarball(tree: buildtree.BuildTree, store: Path, epoch: int, progress)
         entries = sourcetree.filter_outputs(entries, sourcetree.git_sources(src), src)
     late = sourcetree.modified_after(src, entries, tree.vmlinux.stat().st_mtime)
     if late:
-        raise RefusedError(f"{src / late[0]}: changed after {tree.vmlinux} was linked "
-                           f"({len(late)} build inputs newer than the kernel)")
+        raise RefusedError(
+            f"{src / late[0]}: changed after {tree.vmlinux} was linked ({len(late)} build inputs newer than the kernel)"
+        )
     progress.step(f"tar {len(entries)} source entries")
     tmp = store / ".source.tar"
     tarball = sourcetree.write(src, entries, tmp, epoch)
@@ -157,9 +184,17 @@ def image_cmds(rt: Runtime, image_id: str, srctree: str, objtree: str, script: s
     """
     out_dir = f"{srctree}/{objtree}" if objtree else srctree
     with tempfile.TemporaryDirectory(prefix="kgenv-cmds.", dir=cache_dir()) as tmp:
-        r = rt.run(image_id, ["bash", "-c", f"{script}cd {shlex.quote(out_dir)} && find . -name '.*.cmd' -print0 "
-                                            "| sort -z | xargs -0 -r grep -HZ -E '^(saved)?cmd_' > /kgenv-out/cmds"],
-                   [Mount(Path(tmp), "/kgenv-out", read_only=False)], workdir=srctree)
+        r = rt.run(
+            image_id,
+            [
+                "bash",
+                "-c",
+                f"{script}cd {shlex.quote(out_dir)} && find . -name '.*.cmd' -print0 "
+                "| sort -z | xargs -0 -r grep -HZ -E '^(saved)?cmd_' > /kgenv-out/cmds",
+            ],
+            [Mount(Path(tmp), "/kgenv-out", read_only=False)],
+            workdir=srctree,
+        )
         if r.exit_code:
             return {}
         text = (Path(tmp) / "cmds").read_text(errors="replace")
@@ -189,9 +224,16 @@ def parse_make_vars(items) -> dict[str, str]:
     return out
 
 
-def snapshot_build_dir(build_dir: Path, make_runtime: Callable[[], Runtime], name: str | None, line: str | None,
-                       force: bool, progress: Progress, keep_tmp: bool = False,
-                       make_overrides: dict[str, str] | None = None) -> Manifest:
+def snapshot_build_dir(
+    build_dir: Path,
+    make_runtime: Callable[[], Runtime],
+    name: str | None,
+    line: str | None,
+    force: bool,
+    progress: Progress,
+    keep_tmp: bool = False,
+    make_overrides: dict[str, str] | None = None,
+) -> Manifest:
     """The env of a finished build dir. The runtime is made only after every check of the input,
     so bad input never needs an engine."""
     tree = buildtree.open_tree(build_dir)
@@ -219,16 +261,35 @@ def snapshot_build_dir(build_dir: Path, make_runtime: Callable[[], Runtime], nam
     epoch = int(tree.vmlinux.stat().st_mtime)
     source = source_tarball(tree, store, epoch, progress)
     progress.step("copy the build's files into the cache")
-    files = {"source": FileRef(str(source.path.relative_to(cache_dir())), source.sha256,
-                               f"tree:{tree.source}" + (f"@{source.git_head}" if source.git_head else ""))}
-    for role, path in (("vmlinux", tree.vmlinux), ("config", tree.config), ("symvers", tree.symvers),
-                       ("vmlinuz", tree.bzimage)):
+    files = {
+        "source": FileRef(
+            str(source.path.relative_to(cache_dir())),
+            source.sha256,
+            f"tree:{tree.source}" + (f"@{source.git_head}" if source.git_head else ""),
+        )
+    }
+    for role, path in (
+        ("vmlinux", tree.vmlinux),
+        ("config", tree.config),
+        ("symvers", tree.symvers),
+        ("vmlinuz", tree.bzimage),
+    ):
         if path:
             files[role] = _ref(*_store(path, store, role), path)
-    kernel = Kernel(distro="vendor", line=line, release=fp.release, version=kernel_version(tree.source),
-                    build_id=fp.build_id, banner=fp.banner, srctree=srctree, objtree=objtree,
-                    source_package=files["source"].package, source_sha256=source.sha256,
-                    config_sha256=config_sha256(tree.config), source_date_epoch=epoch)
+    kernel = Kernel(
+        distro="vendor",
+        line=line,
+        release=fp.release,
+        version=kernel_version(tree.source),
+        build_id=fp.build_id,
+        banner=fp.banner,
+        srctree=srctree,
+        objtree=objtree,
+        source_package=files["source"].package,
+        source_sha256=source.sha256,
+        config_sha256=config_sha256(tree.config),
+        source_date_epoch=epoch,
+    )
     draft = new_draft(name, kernel, fp, make, pins, files, {"build_dir": str(tree.root)})
     shared = shared_packages(draft, archive)
     if shared:
@@ -248,15 +309,27 @@ def shared_packages(draft: Manifest, archive: Archive) -> tuple[str, dict[str, s
             m = manifest.load(other)
         except UserError:
             continue
-        if (m.name != draft.name and m.image.suite == draft.image.suite and m.image.include == draft.image.include
-                and m.toolchain == draft.toolchain and m.packages
-                and all(any(p.version == v for p in index.get(n, [])) for n, v in m.packages.items())):
+        if (
+            m.name != draft.name
+            and m.image.suite == draft.image.suite
+            and m.image.include == draft.image.include
+            and m.toolchain == draft.toolchain
+            and m.packages
+            and all(any(p.version == v for p in index.get(n, [])) for n, v in m.packages.items())
+        ):
             return m.name, dict(m.packages)
     return None
 
 
-def build_checked(rt: Runtime, draft: Manifest, archive: Archive, tree: buildtree.BuildTree,
-                  vendor_cmds: dict[str, str], progress, keep_tmp: bool) -> tuple[Built, Manifest]:
+def build_checked(
+    rt: Runtime,
+    draft: Manifest,
+    archive: Archive,
+    tree: buildtree.BuildTree,
+    vendor_cmds: dict[str, str],
+    progress,
+    keep_tmp: bool,
+) -> tuple[Built, Manifest]:
     """Build the image; then the build's .cmd files must match the image's for the same targets.
 
     A kernel-compile difference is read as KCFLAGS (derive_kcflags) and the image rebuilt
@@ -264,8 +337,9 @@ def build_checked(rt: Runtime, draft: Manifest, archive: Archive, tree: buildtre
     HOSTCFLAGS) never reach kernel code and are only reported. A refused or failed image is removed.
     """
     for attempt in (1, 2):
-        built = build(rt, from_manifest(draft, archive.sources_lines(), bool(draft.packages), tree.generated),
-                      progress, keep_tmp)
+        built = build(
+            rt, from_manifest(draft, archive.sources_lines(), bool(draft.packages), tree.generated), progress, keep_tmp
+        )
         try:
             note, kcflags = _check_cmds(rt, built, draft, tree, vendor_cmds, progress, last=attempt == 2)
         except BaseException:
@@ -280,8 +354,15 @@ def build_checked(rt: Runtime, draft: Manifest, archive: Archive, tree: buildtre
     raise AssertionError("unreachable")
 
 
-def _check_cmds(rt: Runtime, built: Built, draft: Manifest, tree: buildtree.BuildTree, vendor_cmds: dict[str, str],
-                progress, last: bool) -> tuple[str, str | None]:
+def _check_cmds(
+    rt: Runtime,
+    built: Built,
+    draft: Manifest,
+    tree: buildtree.BuildTree,
+    vendor_cmds: dict[str, str],
+    progress,
+    last: bool,
+) -> tuple[str, str | None]:
     """(note for the manifest, None) when the commands match; ("", KCFLAGS) when KCFLAGS explain them."""
     k = draft.kernel
     if not vendor_cmds:
@@ -292,8 +373,9 @@ def _check_cmds(rt: Runtime, built: Built, draft: Manifest, tree: buildtree.Buil
     kernel = [d for d in diffs if d.kernel]
     if not kernel:
         if diffs:
-            progress.step(f"host-tool commands differ (no effect on kernel code), "
-                          f"e.g. {diffs[0].file}: {diffs[0].detail}")
+            progress.step(
+                f"host-tool commands differ (no effect on kernel code), e.g. {diffs[0].file}: {diffs[0].detail}"
+            )
         return f"{n} compared, {len(diffs)} host-tool differences", None
     first = kernel[0]
     where = str(tree.root / first.file)

@@ -8,15 +8,15 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from kgenv import manifest
-from kgenv.progress import QUIET, Progress
 from kgenv.farm.job import LOG, Job
 from kgenv.farm.store import Attempt
+from kgenv.progress import QUIET, Progress
 
 # How long an interrupted kgenv build gets to remove its containers before it is killed.
 STOP_GRACE = 30.0
@@ -55,7 +55,7 @@ class Engine:
 
 
 def now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def kgenv_command() -> list[str]:
@@ -75,8 +75,9 @@ class LocalEngine(Engine):
 
     def argv(self, task: Task) -> list[str]:
         fix = task.job.fix
-        return self.command + task.job.build_args(str(fix.diff), str(fix.check) if fix.check else None,
-                                                  str(task.out), self.cores)
+        return self.command + task.job.build_args(
+            str(fix.diff), str(fix.check) if fix.check else None, str(task.out), self.cores
+        )
 
     def execute(self, tasks, finished, progress=QUIET):
         pending = deque(tasks)
@@ -94,8 +95,12 @@ class LocalEngine(Engine):
                         continue
                     del running[slot]
                     free.append(slot)
-                    finished(task, Attempt(proc.returncode, f"local-{slot}", self.name,
-                                           round(time.monotonic() - t0, 3), now_utc()))
+                    finished(
+                        task,
+                        Attempt(
+                            proc.returncode, f"local-{slot}", self.name, round(time.monotonic() - t0, 3), now_utc()
+                        ),
+                    )
                 if running:
                     progress.tick("running: " + ", ".join(t.job.id for t, _, _ in running.values()))
                     time.sleep(0.1)
@@ -108,8 +113,14 @@ class LocalEngine(Engine):
         env = {**os.environ, "CI": "true", "KGENV_ENVS": str(manifest.envs_dir().resolve())}
         with open(task.log, "wb") as log:
             # Own session: a terminal's Ctrl-C reaches the farm, which then stops each build in order.
-            return subprocess.Popen(self.argv(task), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            return subprocess.Popen(
+                self.argv(task),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:

@@ -19,8 +19,11 @@ RUN_AS_MODULE = re.compile(r"-m (kgenv(?:\.\w+)+)")
 def module_file(name: str, pkg: Path = PKG) -> Path | None:
     """The source file of kgenv module `name` (a package's __init__.py), or None."""
     parts = name.split(".")[1:]
-    candidates = [pkg / "__init__.py"] if not parts else [pkg.joinpath(*parts[:-1], parts[-1] + ".py"),
-                                                          pkg.joinpath(*parts, "__init__.py")]
+    candidates = (
+        [pkg / "__init__.py"]
+        if not parts
+        else [pkg.joinpath(*parts[:-1], parts[-1] + ".py"), pkg.joinpath(*parts, "__init__.py")]
+    )
     for f in candidates:
         if f.is_file():
             return f

@@ -21,22 +21,27 @@ LOG = "build.log"
 
 @dataclass(frozen=True)
 class Job:
-    kernel: str      # env name
-    image_id: str    # the env image the build runs in
+    kernel: str  # env name
+    image_id: str  # the env image the build runs in
     release: str
     fix: Fix
     boot_test: bool
-    kgenv: str       # kgenv_identity() of the builder
+    kgenv: str  # kgenv_identity() of the builder
 
     @property
     def id(self) -> str:
         return f"{self.kernel}/{self.fix.name}"
 
     def key_inputs(self) -> dict:
-        return {"image_id": self.image_id, "diff_sha256": self.fix.diff_sha256,
-                "check_sha256": self.fix.check_sha256 if self.boot_test else "",
-                "kgenv": self.kgenv, "boot_test": self.boot_test, "name": self.fix.name,
-                "tus": list(self.fix.tus)}
+        return {
+            "image_id": self.image_id,
+            "diff_sha256": self.fix.diff_sha256,
+            "check_sha256": self.fix.check_sha256 if self.boot_test else "",
+            "kgenv": self.kgenv,
+            "boot_test": self.boot_test,
+            "name": self.fix.name,
+            "tus": list(self.fix.tus),
+        }
 
     @property
     def key(self) -> str:
@@ -44,8 +49,20 @@ class Job:
 
     def build_args(self, diff: str, check: str | None, outdir: str, cores: int = 1) -> list[str]:
         """The `kgenv build` arguments (after the program), with files named as the runner sees them."""
-        args = ["build", diff, "--env", self.kernel, "--image", self.image_id, "-o", outdir,
-                "--name", self.fix.name, "-j", str(cores)]
+        args = [
+            "build",
+            diff,
+            "--env",
+            self.kernel,
+            "--image",
+            self.image_id,
+            "-o",
+            outdir,
+            "--name",
+            self.fix.name,
+            "-j",
+            str(cores),
+        ]
         for tu in self.fix.tus:
             args += ["--tu", tu]
         if self.boot_test:
@@ -83,7 +100,7 @@ def read_outcome(outdir: Path, exit_code: int, log: Path | None = None) -> Outco
     module, sha = Path(report.result.module).name, report.result.module_sha256
     if report.boot is not None and report.boot.result == "fail":
         return Outcome(BOOT_FAILED, report.boot.reason or reason or "boot test failed", exit_code)
-    want = {BUILT: 0, REFUSED: 1, ERROR: 2}[outcome]   # load() accepts no other outcome
+    want = {BUILT: 0, REFUSED: 1, ERROR: 2}[outcome]  # load() accepts no other outcome
     if want != exit_code:
         return Outcome(ERROR, f"report.json says {outcome} but kgenv build exited {exit_code}", exit_code)
     if outcome == BUILT and not (module and (outdir / module).is_file()):

@@ -76,26 +76,38 @@ class Matrix:
         return next((c for c in self.cells if c.kernel == kernel and c.fix == fix), None)
 
     def counts(self) -> dict[str, int]:
-        out = {"jobs": len(self.cells), "as_expected": sum(c.as_expected for c in self.cells),
-               "cached": sum(c.cached for c in self.cells)}
+        out = {
+            "jobs": len(self.cells),
+            "as_expected": sum(c.as_expected for c in self.cells),
+            "cached": sum(c.cached for c in self.cells),
+        }
         for c in self.cells:
             out[c.outcome] = out.get(c.outcome, 0) + 1
         return out
 
     def to_dict(self) -> dict:
         """farm: scalars; kernels, fixes, jobs: lists of flat records."""
-        return {"farm": {**self.farm, **{f"count_{k}": v for k, v in sorted(self.counts().items())},
-                         "exit_code": self.exit_code},
-                "kernels": [asdict(k) for k in self.kernels], "fixes": [asdict(f) for f in self.fixes],
-                "jobs": [asdict(c) for c in self.cells]}
+        return {
+            "farm": {
+                **self.farm,
+                **{f"count_{k}": v for k, v in sorted(self.counts().items())},
+                "exit_code": self.exit_code,
+            },
+            "kernels": [asdict(k) for k in self.kernels],
+            "fixes": [asdict(f) for f in self.fixes],
+            "jobs": [asdict(c) for c in self.cells],
+        }
 
 
 def load(path: Path) -> Matrix:
     try:
         d = json.loads(Path(path).read_text())
-        return Matrix({k: v for k, v in d["farm"].items() if not k.startswith("count_") and k != "exit_code"},
-                      tuple(_rec(KernelRow, r) for r in d["kernels"]), tuple(_rec(FixRow, r) for r in d["fixes"]),
-                      tuple(_rec(Cell, r) for r in d["jobs"]))
+        return Matrix(
+            {k: v for k, v in d["farm"].items() if not k.startswith("count_") and k != "exit_code"},
+            tuple(_rec(KernelRow, r) for r in d["kernels"]),
+            tuple(_rec(FixRow, r) for r in d["fixes"]),
+            tuple(_rec(Cell, r) for r in d["jobs"]),
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a kgenv farm matrix ({e})") from None
 

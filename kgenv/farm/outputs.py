@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from kgenv.farm.job import BOOT_FAILED, BUILT, ERROR, NOT_RUN, REFUSED
+from kgenv.farm.matrix import FILE, Cell, Matrix
 from kgenv.fsutil import write_atomic
 from kgenv.report import junit
 from kgenv.report.html import Raw, esc, page, tag
-from kgenv.farm.job import BOOT_FAILED, BUILT, ERROR, NOT_RUN, REFUSED
-from kgenv.farm.matrix import FILE, Cell, Matrix
 
 JUNIT = "matrix.junit.xml"
 HTML = "matrix.html"
@@ -25,11 +25,17 @@ def write(m: Matrix, outdir: Path) -> None:
 
 # -- JUnit ------------------------------------------------------------------------------------
 
+
 def junit_xml(m: Matrix, outdir: Path) -> str:
-    suites = [junit.Suite(k.env, tuple(_case(c, outdir) for c in m.cells if c.kernel == k.env),
-                          timestamp=m.farm.get("started", "")[:19],
-                          properties={"release": k.release, "image_id": k.image_id, "build_id": k.build_id})
-              for k in m.kernels]
+    suites = [
+        junit.Suite(
+            k.env,
+            tuple(_case(c, outdir) for c in m.cells if c.kernel == k.env),
+            timestamp=m.farm.get("started", "")[:19],
+            properties={"release": k.release, "image_id": k.image_id, "build_id": k.build_id},
+        )
+        for k in m.kernels
+    ]
     return junit.to_xml(suites, name=f"kgenv farm {Path(m.farm.get('plan', '')).name}")
 
 
@@ -38,11 +44,23 @@ def _case(c: Cell, outdir: Path) -> junit.Case:
     failed = not c.as_expected
     broken = c.outcome in (ERROR, NOT_RUN)
     return junit.Case(
-        name=c.fix, classname=f"kgenv.farm.{c.kernel}", time=c.seconds,
-        failure=message if failed and not broken else None, error=message if broken else None,
-        kind=c.outcome, details=_log_tail(outdir, c) if failed else "",
-        properties={"outcome": c.outcome, "key": c.key, "worker": c.worker, "cached": str(c.cached).lower(),
-                    "module_sha256": c.module_sha256, "report": c.report, "log": c.log})
+        name=c.fix,
+        classname=f"kgenv.farm.{c.kernel}",
+        time=c.seconds,
+        failure=message if failed and not broken else None,
+        error=message if broken else None,
+        kind=c.outcome,
+        details=_log_tail(outdir, c) if failed else "",
+        properties={
+            "outcome": c.outcome,
+            "key": c.key,
+            "worker": c.worker,
+            "cached": str(c.cached).lower(),
+            "module_sha256": c.module_sha256,
+            "report": c.report,
+            "log": c.log,
+        },
+    )
 
 
 def _log_tail(outdir: Path, c: Cell) -> str:
@@ -65,18 +83,36 @@ def html(m: Matrix) -> str:
     """Kernels × fixes, each cell coloured by outcome and linking the job's report (or log)."""
     n = m.counts()
     fixes = [f.name for f in m.fixes]
-    rows = [[Raw(f"{esc(k.env)}<br><small class=\"muted mono\">{esc(k.image_id[7:19])}</small>")] +
-            [_cell(m.cell(k.env, f)) for f in fixes] for k in m.kernels]
-    summary = (f"{n['jobs']} jobs: {n['as_expected']} as expected, {n['jobs'] - n['as_expected']} not; "
-               f"{n['cached']} from the cache; engine {m.farm.get('engine', '')}; exit code {m.exit_code}")
-    headers = ["kernel"] + [Raw(f"{esc(f.name)}<br><small class=\"muted\">expect {esc(f.expected)}</small>")
-                            for f in m.fixes]
-    legend = tag("p", [tag("span", Raw(f'<span class="badge" style="background:{c}">{esc(o)}</span>'))
-                       for o, c in COLOURS.items()] + ["a red outline: not the expected outcome"], class_="legend")
-    body = [tag("h1", "kgenv farm matrix"), tag("p", summary),
-            tag("p", f"plan {m.farm.get('plan', '')} (sha256 {m.farm.get('plan_sha256', '')[:12]}), "
-                     f"kgenv {m.farm.get('kgenv', '')}, started {m.farm.get('started', '')}", class_="muted"),
-            legend, _table(headers, rows)]
+    rows = [
+        [Raw(f'{esc(k.env)}<br><small class="muted mono">{esc(k.image_id[7:19])}</small>')]
+        + [_cell(m.cell(k.env, f)) for f in fixes]
+        for k in m.kernels
+    ]
+    summary = (
+        f"{n['jobs']} jobs: {n['as_expected']} as expected, {n['jobs'] - n['as_expected']} not; "
+        f"{n['cached']} from the cache; engine {m.farm.get('engine', '')}; exit code {m.exit_code}"
+    )
+    headers = ["kernel"] + [
+        Raw(f'{esc(f.name)}<br><small class="muted">expect {esc(f.expected)}</small>') for f in m.fixes
+    ]
+    legend = tag(
+        "p",
+        [tag("span", Raw(f'<span class="badge" style="background:{c}">{esc(o)}</span>')) for o, c in COLOURS.items()]
+        + ["a red outline: not the expected outcome"],
+        class_="legend",
+    )
+    body = [
+        tag("h1", "kgenv farm matrix"),
+        tag("p", summary),
+        tag(
+            "p",
+            f"plan {m.farm.get('plan', '')} (sha256 {m.farm.get('plan_sha256', '')[:12]}), "
+            f"kgenv {m.farm.get('kgenv', '')}, started {m.farm.get('started', '')}",
+            class_="muted",
+        ),
+        legend,
+        _table(headers, rows),
+    ]
     return page("kgenv farm matrix", body, CSS)
 
 
@@ -92,8 +128,11 @@ def _cell(c: Cell | None) -> Raw:
         return tag("td", "")
     colour = COLOURS.get(c.outcome, "#59636e")
     took = f"{c.seconds:.1f} s" if c.seconds < 10 else f"{c.seconds:.0f} s"
-    label = [esc(c.outcome if c.as_expected else f"{c.outcome} (expected {c.expected})"), Raw("<br>"),
-             tag("small", took + (" · cached" if c.cached else "") + (f" · {c.worker}" if c.worker else ""))]
+    label = [
+        esc(c.outcome if c.as_expected else f"{c.outcome} (expected {c.expected})"),
+        Raw("<br>"),
+        tag("small", took + (" · cached" if c.cached else "") + (f" · {c.worker}" if c.worker else "")),
+    ]
     link = c.report or c.log
     inner = tag("a", label, href=link or None, title=c.reason or c.outcome)
     cls = "cell" + ("" if c.as_expected else " unexpected")

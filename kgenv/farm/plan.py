@@ -168,8 +168,11 @@ def _from_fixture(stem, path: Path, where: str) -> dict:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{expect}: not valid TOML ({e})") from None
     check = base.with_name(base.name + ".check")
-    return {"diff": str(base.with_name(base.name + ".diff")), "expected": outcome,
-            **({"check": str(check)} if check.is_file() else {})}
+    return {
+        "diff": str(base.with_name(base.name + ".diff")),
+        "expected": outcome,
+        **({"check": str(check)} if check.is_file() else {}),
+    }
 
 
 def _file(value, path: Path, where: str) -> Path:

@@ -26,11 +26,18 @@ def statement(job: Job, env: Manifest, outdir: Path, module: str, attempt: Attem
     reproducer = build_report.load(outdir / REPORT).kgenv.reproducer
     finished = datetime.fromisoformat(attempt.finished)
     deps = [
-        {"name": "env-image", "uri": f"docker-image-id:{env.image.id}", "digest": _digest(env.image.id),
-         "annotations": {"env": env.name, "manifest_tag": env.image.tag}},
+        {
+            "name": "env-image",
+            "uri": f"docker-image-id:{env.image.id}",
+            "digest": _digest(env.image.id),
+            "annotations": {"env": env.name, "manifest_tag": env.image.tag},
+        },
         {"name": env.kernel.source_package, "digest": _digest(env.kernel.source_sha256)},
-        {"name": "kernel-config", "digest": _digest(env.kernel.config_sha256),
-         "annotations": {"release": env.kernel.release, "build_id": env.kernel.build_id}},
+        {
+            "name": "kernel-config",
+            "digest": _digest(env.kernel.config_sha256),
+            "annotations": {"release": env.kernel.release, "build_id": env.kernel.build_id},
+        },
         {"name": job.fix.diff.name, "digest": _digest(job.fix.diff_sha256)},
     ]
     if job.boot_test and job.fix.check:
@@ -42,17 +49,25 @@ def statement(job: Job, env: Manifest, outdir: Path, module: str, attempt: Attem
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": {"fix": job.fix.name, "diff": job.fix.diff.name, "env": job.kernel,
-                                       "boot_test": job.boot_test},
+                "externalParameters": {
+                    "fix": job.fix.name,
+                    "diff": job.fix.diff.name,
+                    "env": job.kernel,
+                    "boot_test": job.boot_test,
+                },
                 "internalParameters": {"kgenv": job.kgenv, "job_key": job.key},
                 "resolvedDependencies": deps,
             },
             "runDetails": {
-                "builder": {"id": f"urn:kgenv:farm:{attempt.engine}",
-                            "version": {"kgenv": job.kgenv, "reproducer": reproducer}},
-                "metadata": {"invocationId": f"{job.key}@{attempt.worker}",
-                             "startedOn": _utc(finished - timedelta(seconds=attempt.seconds)),
-                             "finishedOn": _utc(finished)},
+                "builder": {
+                    "id": f"urn:kgenv:farm:{attempt.engine}",
+                    "version": {"kgenv": job.kgenv, "reproducer": reproducer},
+                },
+                "metadata": {
+                    "invocationId": f"{job.key}@{attempt.worker}",
+                    "startedOn": _utc(finished - timedelta(seconds=attempt.seconds)),
+                    "finishedOn": _utc(finished),
+                },
                 "byproducts": [{"name": REPORT, "digest": _digest(sha256_file(outdir / REPORT))}],
             },
         },

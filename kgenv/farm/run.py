@@ -49,8 +49,9 @@ class Farm:
                 self.cells[job.id] = self._place(job, self.store.path(job.key), True)
             else:
                 todo.append(Task(job, self.store.workdir(job.key)))
-        self.progress.step(f"{len(jobs)} jobs: {len(jobs) - len(todo)} cached, {len(todo)} to run "
-                           f"on {self.engine.name}")
+        self.progress.step(
+            f"{len(jobs)} jobs: {len(jobs) - len(todo)} cached, {len(todo)} to run on {self.engine.name}"
+        )
         interrupted = False
         try:
             self.engine.execute(todo, self._finished, self.progress)
@@ -70,13 +71,18 @@ class Farm:
     # -- jobs --------------------------------------------------------------------------------
 
     def _envs(self) -> list[Manifest]:
-        return [kernels.ensure(name, spec, self.rt, self.progress)
-                for name, spec in kernels.env_names(self.plan.kernels, self.progress)]
+        return [
+            kernels.ensure(name, spec, self.rt, self.progress)
+            for name, spec in kernels.env_names(self.plan.kernels, self.progress)
+        ]
 
     def _jobs(self) -> list[Job]:
         ident = kgenv_identity()
-        return [Job(m.name, m.image.id, m.kernel.release, fix, self.plan.options.boot_test, ident)
-                for m in self.envs for fix in self.plan.fixes]
+        return [
+            Job(m.name, m.image.id, m.kernel.release, fix, self.plan.options.boot_test, ident)
+            for m in self.envs
+            for fix in self.plan.fixes
+        ]
 
     def _finished(self, task: Task, attempt: Attempt) -> None:
         """One run ended: verdicts go into the store, failures straight into OUTDIR (to be redone)."""
@@ -98,8 +104,10 @@ class Farm:
         self.cells[job.id] = cell
         done = len(self.cells)
         note = "" if cell.as_expected else f" (expected {cell.expected})"
-        self.progress.step(f"[{done}] {job.id}: {cell.outcome}{note} in {attempt.seconds:.1f}s "
-                           f"on {attempt.worker}" + (f": {cell.reason[:160]}" if cell.reason else ""))
+        self.progress.step(
+            f"[{done}] {job.id}: {cell.outcome}{note} in {attempt.seconds:.1f}s "
+            f"on {attempt.worker}" + (f": {cell.reason[:160]}" if cell.reason else "")
+        )
 
     def _env(self, job: Job) -> Manifest:
         return next(m for m in self.envs if m.name == job.kernel)
@@ -122,8 +130,15 @@ class Farm:
             dest = self.outdir / c.dir / "signed" / c.module
             self.progress.step(f"sign {job.id}")
             sha = sign(self.rt, self._env(job), module, dest, key)
-            signature = {"signature": {"module": c.module, "module_sha256": c.module_sha256, "signed_sha256": sha,
-                                       "hash": key.hash, "cert_sha256": key.cert_sha256}}
+            signature = {
+                "signature": {
+                    "module": c.module,
+                    "module_sha256": c.module_sha256,
+                    "signed_sha256": sha,
+                    "hash": key.hash,
+                    "cert_sha256": key.cert_sha256,
+                }
+            }
             (dest.parent / "signature.json").write_text(json.dumps(signature, indent=1, sort_keys=True))
             self.cells[job.id] = Cell(**{**c.__dict__, "signed": f"{c.dir}/signed/{c.module}"})
 
@@ -131,30 +146,73 @@ class Farm:
 
     def _matrix(self, jobs: list[Job], started: str, seconds: float, interrupted: bool) -> Matrix:
         cells = tuple(self.cells.get(j.id) or _not_run(j) for j in jobs)
-        farm = {"plan": str(self.plan.path), "plan_sha256": self.plan.sha256, "engine": self.engine.name,
-                "kgenv": kgenv_identity(), "boot_test": self.plan.options.boot_test, "started": started,
-                "seconds": round(seconds, 3), "interrupted": interrupted,
-                "signed_with_cert_sha256": self.signing.cert_sha256 if self.signing else ""}
+        farm = {
+            "plan": str(self.plan.path),
+            "plan_sha256": self.plan.sha256,
+            "engine": self.engine.name,
+            "kgenv": kgenv_identity(),
+            "boot_test": self.plan.options.boot_test,
+            "started": started,
+            "seconds": round(seconds, 3),
+            "interrupted": interrupted,
+            "signed_with_cert_sha256": self.signing.cert_sha256 if self.signing else "",
+        }
         rows = tuple(KernelRow(m.name, m.kernel.release, m.image.id, m.kernel.build_id) for m in self.envs)
-        return Matrix(farm, rows,
-                      tuple(FixRow(f.name, f.expected, str(f.diff), f.diff_sha256, f.check_sha256)
-                            for f in self.plan.fixes), cells)
+        return Matrix(
+            farm,
+            rows,
+            tuple(FixRow(f.name, f.expected, str(f.diff), f.diff_sha256, f.check_sha256) for f in self.plan.fixes),
+            cells,
+        )
 
 
 def _cell(job: Job, o: Outcome, a: Attempt, cached: bool, rel: str, src: Path) -> Cell:
     def has(name: str) -> str:
         return f"{rel}/{name}" if (src / name).exists() else ""
 
-    return Cell(kernel=job.kernel, fix=job.fix.name, expected=job.fix.expected, outcome=o.outcome,
-                as_expected=o.outcome == job.fix.expected, reason=o.reason, key=job.key, cached=cached,
-                engine=a.engine, worker=a.worker, seconds=a.seconds, exit_code=o.exit_code, module=o.module,
-                module_sha256=o.module_sha256, dir=rel, report=has(REPORT), log=has(LOG),
-                provenance=has(provenance.FILE))
+    return Cell(
+        kernel=job.kernel,
+        fix=job.fix.name,
+        expected=job.fix.expected,
+        outcome=o.outcome,
+        as_expected=o.outcome == job.fix.expected,
+        reason=o.reason,
+        key=job.key,
+        cached=cached,
+        engine=a.engine,
+        worker=a.worker,
+        seconds=a.seconds,
+        exit_code=o.exit_code,
+        module=o.module,
+        module_sha256=o.module_sha256,
+        dir=rel,
+        report=has(REPORT),
+        log=has(LOG),
+        provenance=has(provenance.FILE),
+    )
 
 
 def _not_run(job: Job) -> Cell:
-    return Cell(job.kernel, job.fix.name, job.fix.expected, NOT_RUN, False, "interrupted before it finished",
-                job.key, False, "", "", 0.0, -1, "", "", "", "", "", "")
+    return Cell(
+        job.kernel,
+        job.fix.name,
+        job.fix.expected,
+        NOT_RUN,
+        False,
+        "interrupted before it finished",
+        job.key,
+        False,
+        "",
+        "",
+        0.0,
+        -1,
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+    )
 
 
 def _read_only(entry: Path) -> None:

@@ -23,7 +23,7 @@ KEY_DIR = "/run/kgenv-sign"
 
 @dataclass(frozen=True)
 class SigningKey:
-    key: Path   # PEM private key
+    key: Path  # PEM private key
     cert: Path  # X.509 certificate, PEM or DER
     hash: str = "sha256"
 
@@ -47,12 +47,16 @@ def sign_file(m: Manifest) -> str:
 def sign(rt: Runtime, m: Manifest, module: Path, dest: Path, key: SigningKey) -> str:
     """Write a signed copy of `module` to dest; return its sha256. The input is left as it was."""
     with tempfile.TemporaryDirectory(prefix="kgenv-sign-") as out:
-        mounts = [Mount(Path(key.key).resolve(), f"{KEY_DIR}/key.pem"),
-                  Mount(Path(key.cert).resolve(), f"{KEY_DIR}/cert"),
-                  Mount(module.resolve(), "/in/module.ko"),
-                  Mount(Path(out), "/out", read_only=False)]
-        script = (f"cp /in/module.ko /out/module.ko && {shlex.quote(sign_file(m))} {key.hash} "
-                  f"{KEY_DIR}/key.pem {KEY_DIR}/cert /out/module.ko")
+        mounts = [
+            Mount(Path(key.key).resolve(), f"{KEY_DIR}/key.pem"),
+            Mount(Path(key.cert).resolve(), f"{KEY_DIR}/cert"),
+            Mount(module.resolve(), "/in/module.ko"),
+            Mount(Path(out), "/out", read_only=False),
+        ]
+        script = (
+            f"cp /in/module.ko /out/module.ko && {shlex.quote(sign_file(m))} {key.hash} "
+            f"{KEY_DIR}/key.pem {KEY_DIR}/cert /out/module.ko"
+        )
         env = {"KBUILD_SIGN_PIN": os.environ["KBUILD_SIGN_PIN"]} if "KBUILD_SIGN_PIN" in os.environ else {}
         r = rt.run(m.image.id, ["bash", "-c", script], mounts=mounts, env=env)
         signed = Path(out) / "module.ko"
@@ -60,4 +64,3 @@ def sign(rt: Runtime, m: Manifest, module: Path, dest: Path, key: SigningKey) ->
             raise ToolError(f"{module}: sign-file failed (exit {r.exit_code}): {r.output.strip()[-300:]}")
         write_atomic(dest, signed.read_bytes())
     return sha256_file(dest)
-

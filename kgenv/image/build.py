@@ -44,26 +44,41 @@ class Built:
 def from_manifest(m: Manifest, sources: list[str], exact: bool, shipped_generated: Path | None) -> ImageInputs:
     """Image inputs from a manifest; exact=True pins every recorded package (restore)."""
     return ImageInputs(
-        name=m.name, suite=m.image.suite, sources=sources,
-        include=m.image.include.split(","), pins=dict(m.packages) if exact else dict(m.toolchain),
-        epoch=m.kernel.source_date_epoch, source_tarball=m.file("source"),
-        config=m.file("config"), symvers=m.file("symvers"),
-        shipped_generated=shipped_generated, srctree=m.kernel.srctree, objtree=m.kernel.objtree,
-        make=m.make, expect_packages=dict(m.packages) if exact else None)
+        name=m.name,
+        suite=m.image.suite,
+        sources=sources,
+        include=m.image.include.split(","),
+        pins=dict(m.packages) if exact else dict(m.toolchain),
+        epoch=m.kernel.source_date_epoch,
+        source_tarball=m.file("source"),
+        config=m.file("config"),
+        symvers=m.file("symvers"),
+        shipped_generated=shipped_generated,
+        srctree=m.kernel.srctree,
+        objtree=m.kernel.objtree,
+        make=m.make,
+        expect_packages=dict(m.packages) if exact else None,
+    )
 
 
 def _env(inp: ImageInputs) -> dict[str, str]:
-    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": "C.UTF-8", "SOURCE_DATE_EPOCH": str(inp.epoch),
-            "KGENV_SRCTREE": inp.srctree, "KGENV_OBJTREE": inp.objtree}
+    return {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "SOURCE_DATE_EPOCH": str(inp.epoch),
+        "KGENV_SRCTREE": inp.srctree,
+        "KGENV_OBJTREE": inp.objtree,
+    }
 
 
 def _check_packages(got: dict[str, str], want: dict[str, str]) -> None:
     diff = sorted(set(got.items()) ^ set(want.items()))
     if diff:
         names = sorted({n for n, _ in diff})[:8]
-        raise ToolError("rootfs differs from the manifest: " + ", ".join(
-            f"{n}={want.get(n, '-')} (got {got.get(n, '-')})" for n in names))
+        raise ToolError(
+            "rootfs differs from the manifest: "
+            + ", ".join(f"{n}={want.get(n, '-')} (got {got.get(n, '-')})" for n in names)
+        )
 
 
 def build(rt: Runtime, inp: ImageInputs, progress, keep_tmp: bool = False) -> Built:
@@ -72,8 +87,9 @@ def build(rt: Runtime, inp: ImageInputs, progress, keep_tmp: bool = False) -> Bu
     base_id = None
     try:
         rootfs_tar = work / "rootfs.tar"
-        packages = rootfs.build(rootfs_tar, inp.suite, inp.sources, inp.include, inp.pins,
-                                inp.epoch, work / "apt", progress)
+        packages = rootfs.build(
+            rootfs_tar, inp.suite, inp.sources, inp.include, inp.pins, inp.epoch, work / "apt", progress
+        )
         if inp.expect_packages is not None:
             _check_packages(packages, inp.expect_packages)
         labels = {"org.kgenv.env": inp.name}
@@ -90,8 +106,7 @@ def build(rt: Runtime, inp: ImageInputs, progress, keep_tmp: bool = False) -> Bu
         tree_tar = work / "tree.tar"
         tree.layer(stage, tree_tar, inp.epoch)
         progress.step("load env image")
-        image_id = rt.load_archive(work / "env.tar", [rootfs_tar, tree_tar], inp.epoch, _env(inp), labels,
-                                   inp.srctree)
+        image_id = rt.load_archive(work / "env.tar", [rootfs_tar, tree_tar], inp.epoch, _env(inp), labels, inp.srctree)
         return Built(image_id, base_id, sha256_file(rootfs_tar), sha256_file(tree_tar), packages)
     finally:
         if base_id:

@@ -26,8 +26,10 @@ def with_packages(rt: Runtime, m: Manifest, packages: list[str], progress: Progr
         return found
     if progress:
         progress.step(f"derive {m.name} + {' '.join(packages)}")
-    script = ("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-              f"--no-install-recommends {shlex.join(packages)} && rm -rf /var/lib/apt/lists/*")
+    script = (
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+        f"--no-install-recommends {shlex.join(packages)} && rm -rf /var/lib/apt/lists/*"
+    )
     repo, _, name = tag.rpartition(":")
     r, image_id = rt.commit_run(m.image.id, ["bash", "-c", script], repo, name)
     if image_id is None:

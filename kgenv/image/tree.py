@@ -24,10 +24,12 @@ def make_command(fp_make: dict[str, str], objtree: str, *targets: str, jobs: int
 def config_stable(fp_make: dict[str, str], objtree: str) -> str:
     """A shell snippet: run olddefconfig; exit 0 if the config is unchanged, CONFIG_CHANGED (with the diff) if not."""
     o = shlex.quote(objtree or ".")
-    return (f"(cp {o}/.config /tmp/recorded.config && "
-            f"{shlex.join(make_command(fp_make, objtree, 'olddefconfig', jobs=1))} >/tmp/olddefconfig.log 2>&1 && "
-            f"if ! cmp -s /tmp/recorded.config {o}/.config; then "
-            f"diff /tmp/recorded.config {o}/.config | head -20; exit {CONFIG_CHANGED}; fi)")
+    return (
+        f"(cp {o}/.config /tmp/recorded.config && "
+        f"{shlex.join(make_command(fp_make, objtree, 'olddefconfig', jobs=1))} >/tmp/olddefconfig.log 2>&1 && "
+        f"if ! cmp -s /tmp/recorded.config {o}/.config; then "
+        f"diff /tmp/recorded.config {o}/.config | head -20; exit {CONFIG_CHANGED}; fi)"
+    )
 
 
 def unpack_source(tarball: Path, stage: Path, srctree: str) -> Path:
@@ -45,17 +47,31 @@ def unpack_source(tarball: Path, stage: Path, srctree: str) -> Path:
     return dest
 
 
-def prepare(rt: Runtime, base_image: str, tree: Path, srctree: str, objtree: str, config: Path,
-            symvers: Path | None, fp_make: dict[str, str], progress) -> None:
+def prepare(
+    rt: Runtime,
+    base_image: str,
+    tree: Path,
+    srctree: str,
+    objtree: str,
+    config: Path,
+    symvers: Path | None,
+    fp_make: dict[str, str],
+    progress,
+) -> None:
     """Run olddefconfig and modules_prepare in the base image, with no network."""
     out = tree / objtree
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config, out / ".config")
-    script = "set -e\n" + config_stable(fp_make, objtree) + "\n" + shlex.join(
-        make_command(fp_make, objtree, "modules_prepare"))
+    script = (
+        "set -e\n"
+        + config_stable(fp_make, objtree)
+        + "\n"
+        + shlex.join(make_command(fp_make, objtree, "modules_prepare"))
+    )
     progress.step("prepare kernel tree (olddefconfig, modules_prepare)")
-    r = rt.run(base_image, ["bash", "-c", script], [Mount(tree, srctree, read_only=False)],
-               workdir=srctree, progress=progress)
+    r = rt.run(
+        base_image, ["bash", "-c", script], [Mount(tree, srctree, read_only=False)], workdir=srctree, progress=progress
+    )
     if r.exit_code == CONFIG_CHANGED:
         raise RefusedError(f"{config}: olddefconfig changes the recorded config in this toolchain:\n{r.output[-1500:]}")
     if r.exit_code:
@@ -77,8 +93,23 @@ def check_generated(tree_out: Path, shipped: Path) -> list[str]:
 def layer(stage: Path, dest: Path, epoch: int) -> None:
     """A deterministic tar of everything under stage: sorted, fixed owner and mtime."""
     tops = sorted(p.name for p in stage.iterdir())
-    r = subprocess.run(["tar", "-C", str(stage), "--sort=name", f"--mtime=@{epoch}", "--owner=0",
-                        "--group=0", "--numeric-owner", "--format=gnu", "-cf", str(dest), *tops],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            "tar",
+            "-C",
+            str(stage),
+            "--sort=name",
+            f"--mtime=@{epoch}",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--format=gnu",
+            "-cf",
+            str(dest),
+            *tops,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode:
         raise ToolError(f"{dest}: cannot write tree layer: {r.stderr.strip()[:200]}")

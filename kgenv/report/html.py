@@ -50,18 +50,33 @@ tr.same td{color:#59636e}tr.first td{background:#ffebe9;font-weight:600}
 
 def page(title: str, body, css: str = "") -> str:
     """A whole HTML5 document with the shared style inlined."""
-    return ("<!DOCTYPE html>\n" + tag("html", [
-        Raw('<head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'),
-        tag("title", title), Raw(f"<style>{CSS}{css}</style></head>"),
-        tag("body", body)], lang="en") + "\n")
+    return (
+        "<!DOCTYPE html>\n"
+        + tag(
+            "html",
+            [
+                Raw('<head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'),
+                tag("title", title),
+                Raw(f"<style>{CSS}{css}</style></head>"),
+                tag("body", body),
+            ],
+            lang="en",
+        )
+        + "\n"
+    )
 
 
 def badge(text: str, good: bool | None) -> Raw:
     return tag("span", text, class_="badge " + ("ok" if good else "warn" if good is None else "bad"))
 
 
-def table(headers: list[str], rows: list[list], row_classes: list[str] | None = None,
-          numeric: Collection[int] = frozenset(), class_: str | None = None) -> Raw:
+def table(
+    headers: list[str],
+    rows: list[list],
+    row_classes: list[str] | None = None,
+    numeric: Collection[int] = frozenset(),
+    class_: str | None = None,
+) -> Raw:
     """A table; cells are escaped text or Raw; columns in `numeric` are right-aligned."""
     head = tag("tr", [tag("th", h) for h in headers])
     body = []
@@ -78,18 +93,29 @@ class Series:
     values: tuple[float, ...]
 
 
-def stacked_bars(labels: list[str], series: list[Series], title: str = "", width: int = 900,
-                 bar: int = 18, gap: int = 6, label_width: int = 260) -> Raw:
+def stacked_bars(
+    labels: list[str],
+    series: list[Series],
+    title: str = "",
+    width: int = 900,
+    bar: int = 18,
+    gap: int = 6,
+    label_width: int = 260,
+) -> Raw:
     """A horizontal stacked bar per label (e.g. identical vs differing functions per TU), as inline SVG."""
     totals = [sum(s.values[i] for s in series) for i in range(len(labels))]
     top = max(totals or [0]) or 1
     plot = width - label_width - 60
     legend_h = 26
     height = legend_h + len(labels) * (bar + gap) + 10
-    out = [Raw(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-               f'viewBox="0 0 {width} {height}" role="img" font-family="system-ui,sans-serif" font-size="12">'),
-           tag("title", title or "chart")]
-    lx = label_width   # the legend's cursor
+    out = [
+        Raw(
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" font-family="system-ui,sans-serif" font-size="12">'
+        ),
+        tag("title", title or "chart"),
+    ]
+    lx = label_width  # the legend's cursor
     for s in series:
         out.append(Raw(f'<rect x="{lx}" y="4" width="12" height="12" fill="{esc(s.color)}"/>'))
         out.append(Raw(f'<text x="{lx + 16}" y="14">{esc(s.name)}</text>'))
@@ -101,8 +127,12 @@ def stacked_bars(labels: list[str], series: list[Series], title: str = "", width
         for s in series:
             w = plot * s.values[i] / top
             if w > 0:
-                out.append(Raw(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar}" fill="{esc(s.color)}">'
-                               f'<title>{esc(label)}: {esc(s.values[i])} {esc(s.name)}</title></rect>'))
+                out.append(
+                    Raw(
+                        f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar}" fill="{esc(s.color)}">'
+                        f"<title>{esc(label)}: {esc(s.values[i])} {esc(s.name)}</title></rect>"
+                    )
+                )
             x += w
         out.append(Raw(f'<text x="{x + 6:.1f}" y="{y + bar - 5}" fill="#59636e">{esc(_num(totals[i]))}</text>'))
     out.append(Raw("</svg>"))
@@ -113,8 +143,9 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.1f}"
 
 
-def side_by_side(left_title: str, right_title: str, rows: list[tuple[str, str, str]],
-                 offsets: list[str] | None = None) -> Raw:
+def side_by_side(
+    left_title: str, right_title: str, rows: list[tuple[str, str, str]], offsets: list[str] | None = None
+) -> Raw:
     """Two code columns aligned by row; each row is (left, right, css class: same|first|'')."""
     headers = (["offset"] if offsets else []) + [left_title, right_title]
     cells = [([offsets[i]] if offsets else []) + [r[0], r[1]] for i, r in enumerate(rows)]

@@ -30,8 +30,8 @@ class Case:
     failure: str | None = None
     error: str | None = None
     skipped: str | None = None
-    details: str = ""        # the body of the failure/error element
-    kind: str = ""           # its type attribute
+    details: str = ""  # the body of the failure/error element
+    kind: str = ""  # its type attribute
     stdout: str = ""
     properties: dict[str, str] = field(default_factory=dict)
 
@@ -40,15 +40,17 @@ class Case:
 class Suite:
     name: str
     cases: tuple[Case, ...]
-    timestamp: str = ""      # ISO 8601, e.g. 2024-01-01T12:00:00
+    timestamp: str = ""  # ISO 8601, e.g. 2024-01-01T12:00:00
     hostname: str = ""
     properties: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
-        return {"tests": len(self.cases), "failures": sum(c.failure is not None for c in self.cases),
-                "errors": sum(c.error is not None and c.failure is None for c in self.cases),
-                "skipped": sum(c.skipped is not None and c.failure is None and c.error is None
-                               for c in self.cases)}
+        return {
+            "tests": len(self.cases),
+            "failures": sum(c.failure is not None for c in self.cases),
+            "errors": sum(c.error is not None and c.failure is None for c in self.cases),
+            "skipped": sum(c.skipped is not None and c.failure is None and c.error is None for c in self.cases),
+        }
 
 
 def _props(parent: ET.Element, props: dict[str, str]) -> None:

@@ -29,8 +29,16 @@ class Runtime(Protocol):
 
     name: str
 
-    def run(self, image: str, command: list[str], mounts: Sequence[Mount] = (), env: dict[str, str] | None = None,
-            workdir: str = "/", network: bool = False, progress: Progress | None = None) -> RunResult:
+    def run(
+        self,
+        image: str,
+        command: list[str],
+        mounts: Sequence[Mount] = (),
+        env: dict[str, str] | None = None,
+        workdir: str = "/",
+        network: bool = False,
+        progress: Progress | None = None,
+    ) -> RunResult:
         """Run command in a throwaway container of image (no network unless asked), output merged."""
         ...
 
@@ -42,8 +50,9 @@ class Runtime(Protocol):
         """Load a docker-archive tar holding one image; its ID."""
         ...
 
-    def load_archive(self, dest: Path, layers: list[Path], epoch: int, env: dict[str, str],
-                     labels: dict[str, str], workdir: str) -> str:
+    def load_archive(
+        self, dest: Path, layers: list[Path], epoch: int, env: dict[str, str], labels: dict[str, str], workdir: str
+    ) -> str:
         """Write a reproducible archive of the layers at dest, load it, return the image ID."""
         ...
 

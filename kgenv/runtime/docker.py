@@ -57,8 +57,9 @@ class DockerRuntime:
             raise ToolError(f"{archive}: expected one image, got {len(images)}")
         return images[0].id
 
-    def load_archive(self, dest: Path, layers: list[Path], epoch: int, env: dict[str, str],
-                     labels: dict[str, str], workdir: str) -> str:
+    def load_archive(
+        self, dest: Path, layers: list[Path], epoch: int, env: dict[str, str], labels: dict[str, str], workdir: str
+    ) -> str:
         """Write a reproducible docker-archive of the layers, load it, return the image ID."""
         from kgenv.runtime import dockerarchive
 
@@ -107,13 +108,23 @@ class DockerRuntime:
         finally:
             container.remove(force=True)
 
-    def run(self, image: str, command: list[str], mounts: Sequence[Mount] = (), env: dict[str, str] | None = None,
-            workdir: str = "/", network: bool = False, progress: Progress | None = None) -> RunResult:
+    def run(
+        self,
+        image: str,
+        command: list[str],
+        mounts: Sequence[Mount] = (),
+        env: dict[str, str] | None = None,
+        workdir: str = "/",
+        network: bool = False,
+        progress: Progress | None = None,
+    ) -> RunResult:
         container = self.client.containers.create(
-            image, command, environment=env or {}, working_dir=workdir,
+            image,
+            command,
+            environment=env or {},
+            working_dir=workdir,
             network_mode=None if network else "none",
-            volumes={str(m.host): {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
-                     for m in mounts},
+            volumes={str(m.host): {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in mounts},
         )
         lines = []
         try:

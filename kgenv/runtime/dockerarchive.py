@@ -14,21 +14,27 @@ def _canonical(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def image_config(diff_ids: list[str], epoch: int, env: dict[str, str], labels: dict[str, str],
-                 workdir: str) -> bytes:
+def image_config(diff_ids: list[str], epoch: int, env: dict[str, str], labels: dict[str, str], workdir: str) -> bytes:
     """The image config; its sha256 is the image ID, so nothing in it may vary between runs."""
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-    return _canonical({
-        "architecture": "amd64", "os": "linux", "created": created,
-        "config": {"Env": [f"{k}={v}" for k, v in env.items()], "Labels": labels,
-                   "WorkingDir": workdir, "Cmd": ["/bin/bash"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [{"created": created, "created_by": "kgenv"} for _ in diff_ids],
-    })
+    return _canonical(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "created": created,
+            "config": {
+                "Env": [f"{k}={v}" for k, v in env.items()],
+                "Labels": labels,
+                "WorkingDir": workdir,
+                "Cmd": ["/bin/bash"],
+            },
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": [{"created": created, "created_by": "kgenv"} for _ in diff_ids],
+        }
+    )
 
 
-def write(dest: Path, layers: list[Path], epoch: int, env: dict[str, str], labels: dict[str, str],
-          workdir: str) -> str:
+def write(dest: Path, layers: list[Path], epoch: int, env: dict[str, str], labels: dict[str, str], workdir: str) -> str:
     """Write dest (a docker-archive tar) and return the image ID it will load as."""
     diff_ids = [f"sha256:{sha256_file(p)}" for p in layers]
     config = image_config(diff_ids, epoch, env, labels, workdir)
@@ -37,7 +43,7 @@ def write(dest: Path, layers: list[Path], epoch: int, env: dict[str, str], label
     manifest = _canonical([{"Config": f"{image_id}.json", "RepoTags": None, "Layers": names}])
     with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
         _add_bytes(tar, f"{image_id}.json", config, epoch)
-        for layer, name in zip(layers, names):
+        for layer, name in zip(layers, names, strict=True):
             info = tar.gettarinfo(str(layer), arcname=name)
             info.mtime, info.uid, info.gid, info.uname, info.gname = epoch, 0, 0, "", ""
             with open(layer, "rb") as f:

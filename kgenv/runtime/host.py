@@ -60,8 +60,16 @@ class HostRuntime:
         """The host stands for the env's image and no other."""
         return self.m.image.id if ref in (self.m.image.id, self.m.image.tag) else None
 
-    def run(self, image: str, command: list[str], mounts: Sequence[Mount] = (), env: dict[str, str] | None = None,
-            workdir: str = "/", network: bool = False, progress: Progress | None = None) -> RunResult:
+    def run(
+        self,
+        image: str,
+        command: list[str],
+        mounts: Sequence[Mount] = (),
+        env: dict[str, str] | None = None,
+        workdir: str = "/",
+        network: bool = False,
+        progress: Progress | None = None,
+    ) -> RunResult:
         if self.image_id(image) is None:
             raise UserError(f"host runtime: runs env {self.m.name}'s image only, not {image[:19]}")
         with self._lock, tempfile.TemporaryDirectory(prefix="kgenv-host-") as tmp:
@@ -79,14 +87,17 @@ class HostRuntime:
     # -- what only an image store can do ----------------------------------------------------
 
     def _cannot(self, what: str) -> NoReturn:
-        raise UserError(f"host runtime: cannot {what}: this machine is env {self.m.name}'s build root, "
-                        "not an image store (use --runtime docker)")
+        raise UserError(
+            f"host runtime: cannot {what}: this machine is env {self.m.name}'s build root, "
+            "not an image store (use --runtime docker)"
+        )
 
     def load(self, archive: Path) -> str:
         self._cannot(f"load {archive}")
 
-    def load_archive(self, dest: Path, layers: list[Path], epoch: int, env: dict[str, str],
-                     labels: dict[str, str], workdir: str) -> str:
+    def load_archive(
+        self, dest: Path, layers: list[Path], epoch: int, env: dict[str, str], labels: dict[str, str], workdir: str
+    ) -> str:
         self._cannot("load an image")
 
     def tag(self, image_id: str, repo: str, tag: str) -> None:
@@ -147,9 +158,11 @@ class HostRuntime:
             elif stat[0] != "d":
                 broken.append(rel)
         if broken:
-            raise ToolError(f"host runtime: a run changed the env tree {self.tree} in ways it cannot undo: "
-                            + ", ".join(broken[:8]) + (" ..." if len(broken) > 8 else ""))
-
+            raise ToolError(
+                f"host runtime: a run changed the env tree {self.tree} in ways it cannot undo: "
+                + ", ".join(broken[:8])
+                + (" ..." if len(broken) > 8 else "")
+            )
 
     def _pristine_copy(self, rel: str) -> Path | None:
         if self.objtree == "." or not (rel + "/").startswith(self.objtree + "/"):
@@ -188,6 +201,7 @@ def tree_index(tree: Path) -> dict[str, tuple]:
 
 # -- mounts as symlinks ----------------------------------------------------------------------
 
+
 def mount_links(root: Path, mounts: Sequence[Mount]) -> Callable[[str], str]:
     """Symlink each target under root; return a function that rewrites targets' names in strings."""
     prefixes = {}
@@ -205,18 +219,20 @@ def mount_links(root: Path, mounts: Sequence[Mount]) -> Callable[[str], str]:
         prefixes[str(prefix)] = str(root / prefix.relative_to("/"))
     if not prefixes:
         return lambda s: s
-    pattern = re.compile("|".join(re.escape(p) + r"(?![A-Za-z0-9._-])" for p in sorted(prefixes, key=len,
-                                                                                        reverse=True)))
+    pattern = re.compile(
+        "|".join(re.escape(p) + r"(?![A-Za-z0-9._-])" for p in sorted(prefixes, key=len, reverse=True))
+    )
     return lambda s: pattern.sub(lambda m: prefixes[m.group(0)], s)
 
 
 def _run(argv: list[str], env: dict[str, str], workdir: str, progress: Progress | None) -> RunResult:
     try:
-        proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     except OSError as e:
         raise ToolError(f"host runtime: cannot run {argv[0]}: {e.strerror}") from None
-    assert proc.stdout is not None       # stdout=PIPE
+    assert proc.stdout is not None  # stdout=PIPE
     lines = []
     for raw in proc.stdout:
         line = raw.decode(errors="replace").rstrip("\n")
@@ -227,6 +243,7 @@ def _run(argv: list[str], env: dict[str, str], workdir: str, progress: Progress 
 
 
 # -- the fingerprint -------------------------------------------------------------------------
+
 
 def _sh(script: str) -> str:
     r = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
@@ -247,8 +264,10 @@ def fingerprint_differences(m: Manifest) -> list[str]:
         out.append(f"{cc} --version says {got or 'nothing'!r} (recorded {fp['cc_version_text']!r})")
     with tempfile.TemporaryDirectory(prefix="kgenv-probe-") as d:
         (Path(d) / "p.c").write_text(PROBE)
-        comment = _sh(f"cd {d} && {shlex.quote(cc)} -O2 -c p.c -o p.o && readelf -p .comment p.o "
-                      "| sed -n 's/^ *\\[ *[0-9a-f]*\\] *//p' | head -n1")
+        comment = _sh(
+            f"cd {d} && {shlex.quote(cc)} -O2 -c p.c -o p.o && readelf -p .comment p.o "
+            "| sed -n 's/^ *\\[ *[0-9a-f]*\\] *//p' | head -n1"
+        )
     if comment != fp["comment"]:
         out.append(f"a probe object's .comment is {comment or 'missing'!r} (vmlinux {fp['comment']!r})")
     ld = fp.get("linux_compiler", "").rsplit(" ", 1)[-1]

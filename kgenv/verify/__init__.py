@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from kgenv.elf.symbols import STB_GLOBAL, STB_WEAK, Symbol
 from kgenv.verify import ftrace
@@ -13,8 +13,19 @@ from kgenv.verify.mapping import AMBIGUOUS, MISSING, Mapper, ObjectFile
 from kgenv.verify.patchsites import function_masks, patch_sites
 from kgenv.verify.reasons import classify
 from kgenv.verify.records import (
-    AMBIGUOUS as V_AMBIGUOUS, DIFFERS, IDENTICAL, MISSING as V_MISSING, NOT_TRACEABLE,
-    WEAK_OVERRIDDEN, Difference, FunctionVerdict, Summary,
+    AMBIGUOUS as V_AMBIGUOUS,
+)
+from kgenv.verify.records import (
+    DIFFERS,
+    IDENTICAL,
+    NOT_TRACEABLE,
+    WEAK_OVERRIDDEN,
+    Difference,
+    FunctionVerdict,
+    Summary,
+)
+from kgenv.verify.records import (
+    MISSING as V_MISSING,
 )
 from kgenv.verify.sources import Binary, LiveBinary, base_name, open_binary
 
@@ -40,31 +51,50 @@ class _Work:
             raise RuntimeError(f"{self.obj.path}: {self.osym.name}: checked before it was resolved")
         return self.bsym
 
-    def verdict(self, verdict: str, *, reason: str = "", candidates: tuple[str, ...] = (),
-                trace: str = "", note: str = "", difference: Difference | None = None
-                ) -> FunctionVerdict:
+    def verdict(
+        self,
+        verdict: str,
+        *,
+        reason: str = "",
+        candidates: tuple[str, ...] = (),
+        trace: str = "",
+        note: str = "",
+        difference: Difference | None = None,
+    ) -> FunctionVerdict:
         b, c = self.bsym, self.code
         return FunctionVerdict(
-            name=self.osym.name, tu=self.obj.tu, verdict=verdict, size=self.osym.size,
-            binding=self.osym.binding, section=self.osym.section,
-            address=b.value if b is not None else None, sympos=b.sympos if b is not None else 0,
+            name=self.osym.name,
+            tu=self.obj.tu,
+            verdict=verdict,
+            size=self.osym.size,
+            binding=self.osym.binding,
+            section=self.osym.section,
+            address=b.value if b is not None else None,
+            sympos=b.sympos if b is not None else 0,
             code_identical=c.identical if c is not None else False,
             relocs_checked=c.relocs_checked if c is not None else 0,
-            data_refs=c.data_refs if c is not None else 0, masked=c.masked if c is not None else (),
-            reason=reason, candidates=candidates, trace=trace, note=note, difference=difference)
+            data_refs=c.data_refs if c is not None else 0,
+            masked=c.masked if c is not None else (),
+            reason=reason,
+            candidates=candidates,
+            trace=trace,
+            note=note,
+            difference=difference,
+        )
 
 
 def _resolve(w: _Work) -> FunctionVerdict | None:
     """Find the binary's copy: missing (inlined/renamed) or ambiguous stop here."""
     bsym, status = w.mapper.resolve(w.osym)
     if status == MISSING:
-        return w.verdict(V_MISSING, candidates=tuple(_clone_candidates(w)),
-                         note="not in the binary: inlined, renamed or discarded")
+        return w.verdict(
+            V_MISSING, candidates=tuple(_clone_candidates(w)), note="not in the binary: inlined, renamed or discarded"
+        )
     if status == AMBIGUOUS:
-        copies = tuple(f"{s.name} sympos={s.sympos} file={s.file or '?'}"
-                       for s in w.mapper.binary.functions(w.osym.name))
-        return w.verdict(V_AMBIGUOUS, candidates=copies,
-                         note="several copies and the object's TU cannot be pinned")
+        copies = tuple(
+            f"{s.name} sympos={s.sympos} file={s.file or '?'}" for s in w.mapper.binary.functions(w.osym.name)
+        )
+        return w.verdict(V_AMBIGUOUS, candidates=copies, note="several copies and the object's TU cannot be pinned")
     w.bsym = bsym
     return None
 
@@ -101,8 +131,7 @@ def _code(w: _Work) -> FunctionVerdict | None:
     if w.code.identical:
         return None
     ocode = bytes(w.obj.index.code(w.osym))
-    bcode = w.mapper.binary.code(bsym, max(bsym.size, 1) if w.mapper.binary.kind != "live"
-                                 else w.osym.size) or b""
+    bcode = w.mapper.binary.code(bsym, max(bsym.size, 1) if w.mapper.binary.kind != "live" else w.osym.size) or b""
     reason, diff = classify(ocode, bcode, w.code, w.osym.value, bsym.value)
     return w.verdict(DIFFERS, reason=reason, difference=diff)
 
@@ -136,13 +165,15 @@ class Report:
 
     def to_dict(self) -> dict:
         # Two levels deep: summary and per-TU counts are tables of scalars, functions a list of flat records.
-        return {"binary": self.binary, "summary": self.summary.to_dict(),
-                "tus": {k: dict(v) for k, v in self.summary.by_tu.items()},
-                "functions": [v.to_dict() for v in self.verdicts]}
+        return {
+            "binary": self.binary,
+            "summary": self.summary.to_dict(),
+            "tus": {k: dict(v) for k, v in self.summary.by_tu.items()},
+            "functions": [v.to_dict() for v in self.verdicts],
+        }
 
 
-def verify_object(obj: ObjectFile, binary: Binary, only: set[str] | None = None
-                  ) -> list[FunctionVerdict]:
+def verify_object(obj: ObjectFile, binary: Binary, only: set[str] | None = None) -> list[FunctionVerdict]:
     """Run the checks over every function of one rebuilt object."""
     mapper = Mapper(obj, binary)
     comparer = LinkedComparer(mapper) if binary.linked else ModuleComparer(mapper)
@@ -160,8 +191,7 @@ def verify_object(obj: ObjectFile, binary: Binary, only: set[str] | None = None
     return out
 
 
-def verify(objects: list[str | Path | ObjectFile], binary: Binary | str | Path,
-           only: set[str] | None = None) -> Report:
+def verify(objects: list[str | Path | ObjectFile], binary: Binary | str | Path, only: set[str] | None = None) -> Report:
     """Verify rebuilt objects against a binary (a path to a vmlinux/.ko, or an opened Binary)."""
     if not isinstance(binary, Binary):
         binary = open_binary(binary)

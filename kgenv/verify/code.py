@@ -19,10 +19,10 @@ ENDBR64 = b"\xf3\x0f\x1e\xfa"
 class TargetMismatch:
     """A relocation whose target differs between the object and the binary."""
 
-    offset: int          # from the function start
-    wanted: str          # what the object's relocation names
-    found: str           # what the binary encodes there
-    code: bool           # target is code (a call/jump), not data
+    offset: int  # from the function start
+    wanted: str  # what the object's relocation names
+    found: str  # what the binary encodes there
+    code: bool  # target is code (a call/jump), not data
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class CodeResult:
     """Outcome of comparing one function's code."""
 
     identical: bool
-    first_byte: int = -1               # first differing byte (masked compare), -1 if none
+    first_byte: int = -1  # first differing byte (masked compare), -1 if none
     size_differs: bool = False
     target: TargetMismatch | None = None
     relocs_checked: int = 0
@@ -44,13 +44,13 @@ def masked_pair(obj_code: bytes, bin_code: bytes, relocs: list[Reloc], start: in
     for r in relocs:
         o = r.offset - start
         w = WIDTH.get(r.type, 4)
-        a[o:o + w] = bytes(w)
-        b[o:o + w] = bytes(w)
+        a[o : o + w] = bytes(w)
+        b[o : o + w] = bytes(w)
     return a, b
 
 
 def first_difference(a: bytes, b: bytes) -> int:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return min(len(a), len(b)) if len(a) != len(b) else -1
@@ -64,8 +64,9 @@ class LinkedComparer:
         self.obj = mapper.obj
         self.binary = mapper.binary
 
-    def compare(self, osym: Symbol, bsym: Symbol,
-                runtime_masks: dict[int, tuple[int, str]] | None = None) -> CodeResult:
+    def compare(
+        self, osym: Symbol, bsym: Symbol, runtime_masks: dict[int, tuple[int, str]] | None = None
+    ) -> CodeResult:
         size = osym.size
         ocode = bytes(self.obj.index.code(osym))
         bcode = self.binary.code(bsym, size)
@@ -77,8 +78,7 @@ class LinkedComparer:
         size_differs = self.binary.kind != "live" and bsym.size != size
         diff = first_difference(a, b)
         if diff >= 0 or size_differs:
-            return CodeResult(False, max(diff, 0) if diff >= 0 else min(size, bsym.size),
-                              size_differs, masked=masked)
+            return CodeResult(False, max(diff, 0) if diff >= 0 else min(size, bsym.size), size_differs, masked=masked)
         checked = data = 0
         for r in relocs:
             if any(lo <= r.offset - osym.value < hi for lo, hi in patched):
@@ -91,17 +91,18 @@ class LinkedComparer:
         return CodeResult(True, -1, False, None, checked, data, masked)
 
     @staticmethod
-    def _runtime_masks(a: bytearray, b: bytearray, raw: bytes, masks: dict[int, tuple[int, str]]
-                       ) -> tuple[tuple[str, ...], list[tuple[int, int]]]:
+    def _runtime_masks(
+        a: bytearray, b: bytearray, raw: bytes, masks: dict[int, tuple[int, str]]
+    ) -> tuple[tuple[str, ...], list[tuple[int, int]]]:
         """Live images: sites the kernel patched at boot are masked; all but ftrace NOPs reported."""
         out, patched = [], []
         for off, (length, what) in sorted(masks.items()):
-            if a[off:off + length] != b[off:off + length]:
+            if a[off : off + length] != b[off : off + length]:
                 patched.append((off, off + length))
-                if not (what == "__mcount_loc" and raw[off:off + 5] == NOP5):
+                if not (what == "__mcount_loc" and raw[off : off + 5] == NOP5):
                     out.append(f"{off:#x}:{what}")
-            a[off:off + length] = bytes(length)
-            b[off:off + length] = bytes(length)
+            a[off : off + length] = bytes(length)
+            b[off : off + length] = bytes(length)
         return tuple(out), patched
 
     def check_target(self, r: Reloc, osym: Symbol, bsym: Symbol, ocode: bytes, bcode: bytes):
@@ -117,8 +118,7 @@ class LinkedComparer:
         found, status = self.mapper.resolve(tsym)
         code = self._is_code(tsym)
         if status != OK or found is None:
-            return TargetMismatch(off, f"{tsym.name}", f"{self._name_at(actual)} ({status} in binary)",
-                                  code)
+            return TargetMismatch(off, f"{tsym.name}", f"{self._name_at(actual)} ({status} in binary)", code)
         if not _same(found.value, actual, bits):
             return TargetMismatch(off, tsym.name, self._name_at(actual), code)
         return "code" if code else "data-symbol"
@@ -154,7 +154,7 @@ class LinkedComparer:
             start = r.addend + k
             if not 0 <= start < len(data):
                 continue
-            want = data[start:data.find(b"\0", start)]
+            want = data[start : data.find(b"\0", start)]
             addr = (value + site + k if r.type in PC_RELATIVE else value) & _MASK64
             if self.binary.read(addr, len(want) + 1) == want + b"\0":
                 return "data"
@@ -207,8 +207,9 @@ class ModuleComparer:
         self.obj = mapper.obj
         self.binary = mapper.binary
 
-    def compare(self, osym: Symbol, bsym: Symbol,
-                runtime_masks: dict[int, tuple[int, str]] | None = None) -> CodeResult:
+    def compare(
+        self, osym: Symbol, bsym: Symbol, runtime_masks: dict[int, tuple[int, str]] | None = None
+    ) -> CodeResult:
         size = osym.size
         if bsym.size != size:
             return CodeResult(False, min(size, bsym.size), True)
@@ -232,22 +233,28 @@ class ModuleComparer:
                 # the .ko's own link resolved a call/jump within its section: compare where both point
                 want, got = _pointed(self.obj.index, r, osym, ocode), _resolved(self.binary.index, bsym, bcode, off)
                 if want is None or want != got:
-                    return CodeResult(False, off, False, TargetMismatch(
-                        off, _show(("", *(want or ("?",)))), _show(("", *(got or ("?",)))), True), checked, data)
+                    return CodeResult(
+                        False,
+                        off,
+                        False,
+                        TargetMismatch(off, _show(("", *(want or ("?",)))), _show(("", *(got or ("?",)))), True),
+                        checked,
+                        data,
+                    )
                 checked += 1
                 continue
             want = _reloc_key(self.obj.index, r, off, ocode)
             got = _reloc_key(self.binary.index, other, off, bcode) if other else ("no relocation",)
             if other is None or other.type != r.type or want != got:
                 code = want[0] == "code"
-                return CodeResult(False, off, False,
-                                  TargetMismatch(off, _show(want), _show(got), code), checked, data)
+                return CodeResult(False, off, False, TargetMismatch(off, _show(want), _show(got), code), checked, data)
             checked += 1
             data += want[0] == "data"
         if bmap:
             off = min(bmap)
-            return CodeResult(False, off, False, TargetMismatch(off, "no relocation", "relocation",
-                                                                False), checked, data)
+            return CodeResult(
+                False, off, False, TargetMismatch(off, "no relocation", "relocation", False), checked, data
+            )
         return CodeResult(True, -1, False, None, checked, data)
 
 
@@ -271,7 +278,7 @@ def _pointed(index, r: Reloc, osym: Symbol, code: bytes) -> tuple | None:
 
 def _resolved(index, bsym: Symbol, code: bytes, off: int) -> tuple | None:
     """(symbol, offset) a PC-relative field the module's link already filled in reaches."""
-    disp = int.from_bytes(code[off:off + 4], "little", signed=True)
+    disp = int.from_bytes(code[off : off + 4], "little", signed=True)
     target = bsym.value + _insn_end(code, off) + disp
     holder = index.containing(bsym.shndx, target)
     return (holder.name, target - holder.value) if holder is not None else None

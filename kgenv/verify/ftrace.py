@@ -40,7 +40,7 @@ def check(binary: Binary, sym: Symbol) -> TraceResult:
 
 
 def _entry_kind(binary: Binary, sym: Symbol, entry: bytes, delta: int) -> str | None:
-    insn = entry[delta:delta + 5]
+    insn = entry[delta : delta + 5]
     if len(insn) < 5:
         return None
     if insn == NOP5:

@@ -9,7 +9,14 @@ from pathlib import Path
 from kgenv.elf.reader import ET_REL
 from kgenv.elf.relocs import Reloc, relocations
 from kgenv.elf.symbols import (
-    STB_LOCAL, STB_WEAK, STT_FILE, STT_FUNC, STT_NOTYPE, STT_OBJECT, Symbol, SymbolIndex,
+    STB_LOCAL,
+    STB_WEAK,
+    STT_FILE,
+    STT_FUNC,
+    STT_NOTYPE,
+    STT_OBJECT,
+    Symbol,
+    SymbolIndex,
 )
 from kgenv.errors import UserError
 from kgenv.verify.sources import Binary
@@ -32,8 +39,7 @@ class ObjectFile:
 
     def functions(self) -> list[Symbol]:
         """Defined functions with code, in symbol-table order."""
-        return [s for s in self.index.symbols
-                if s.type == STT_FUNC and s.defined and s.size > 0 and s.shndx < 0xFF00]
+        return [s for s in self.index.symbols if s.type == STT_FUNC and s.defined and s.size > 0 and s.shndx < 0xFF00]
 
     def relocs(self, shndx: int) -> tuple[list[int], list[Reloc]]:
         if shndx not in self._relocs:
@@ -68,8 +74,11 @@ class Mapper:
         groups = self.binary.groups_named(self.obj.file) if self.obj.file else []
         if len(groups) <= 1:
             return groups[0] if groups else None
-        mine = {s.name for s in self.obj.index.symbols
-                if s.bind == STB_LOCAL and s.type in (STT_FUNC, STT_OBJECT) and s.name}
+        mine = {
+            s.name
+            for s in self.obj.index.symbols
+            if s.bind == STB_LOCAL and s.type in (STT_FUNC, STT_OBJECT) and s.name
+        }
         scores = sorted(((len(mine & self.binary.group_names(g)), g) for g in groups), reverse=True)
         if scores[0][0] and scores[0][0] > scores[1][0]:
             return scores[0][1]
@@ -83,15 +92,22 @@ class Mapper:
         if shndx not in self._bases:
             self._bases[shndx] = None
             # weak definitions may have been replaced elsewhere: never anchor on them
-            anchors = sorted((s for s in self.obj.index.symbols
-                              if s.shndx == shndx and s.name and s.defined and s.bind != STB_WEAK
-                              and s.type in (STT_FUNC, STT_OBJECT, STT_NOTYPE)),
-                             key=lambda s: s.bind == STB_LOCAL)
+            anchors = sorted(
+                (
+                    s
+                    for s in self.obj.index.symbols
+                    if s.shndx == shndx
+                    and s.name
+                    and s.defined
+                    and s.bind != STB_WEAK
+                    and s.type in (STT_FUNC, STT_OBJECT, STT_NOTYPE)
+                ),
+                key=lambda s: s.bind == STB_LOCAL,
+            )
             for anchor in anchors[:64]:
                 found, status = self._by_name(anchor, use_base=False)
                 if status == OK and found is not None:
-                    self._bases[shndx] = (found.shndx if not self.binary.linked else None,
-                                          found.value - anchor.value)
+                    self._bases[shndx] = (found.shndx if not self.binary.linked else None, found.value - anchor.value)
                     break
         return self._bases[shndx]
 

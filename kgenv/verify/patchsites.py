@@ -48,6 +48,8 @@ def _length(obj: ObjectFile, key, data: bytes, entry: int, how: str, arg: int) -
 
 def function_masks(sites: dict, shndx: int, start: int, size: int) -> dict[int, tuple[int, str]]:
     """The patched sites inside one function, as offsets from its start."""
-    return {off - start: (min(length, start + size - off), table)
-            for (sec, off), (length, table) in sites.items()
-            if sec == shndx and start <= off < start + size}
+    return {
+        off - start: (min(length, start + size - off), table)
+        for (sec, off), (length, table) in sites.items()
+        if sec == shndx and start <= off < start + size
+    }

@@ -7,8 +7,14 @@ import re
 from kgenv.elf.disasm import Insn, decode, insn_at
 from kgenv.verify.code import CodeResult
 from kgenv.verify.records import (
-    COLD_SPLIT, DIFFERENT_CALLEE, DIFFERENT_DATA, INSTRUCTION_SELECTION, LAYOUT_SIZE, PADDING,
-    REGISTER_ALLOCATION, Difference,
+    COLD_SPLIT,
+    DIFFERENT_CALLEE,
+    DIFFERENT_DATA,
+    INSTRUCTION_SELECTION,
+    LAYOUT_SIZE,
+    PADDING,
+    REGISTER_ALLOCATION,
+    Difference,
 )
 from kgenv.verify.sources import base_name
 
@@ -16,8 +22,9 @@ _REG = re.compile(r"\b(?:[re]?[abcd]x|[abcd][lh]|[re]?[sd]il?|[re]?[sb]pl?|r\d+[
 _PADDING = {"nop", "int3", "ud2"}
 
 
-def classify(obj_code: bytes, bin_code: bytes, result: CodeResult, obj_base: int,
-             bin_base: int) -> tuple[str, Difference]:
+def classify(
+    obj_code: bytes, bin_code: bytes, result: CodeResult, obj_base: int, bin_base: int
+) -> tuple[str, Difference]:
     """(reason class, first differing pair) for a failed comparison."""
     if result.target is not None:
         return _target_reason(obj_code, bin_code, result, obj_base, bin_base)
@@ -65,9 +72,9 @@ def _pair(oi: list[Insn], bi: list[Insn], off: int):
 def _only_padding(oi: list[Insn], bi: list[Insn]) -> bool:
     """The shorter side is a prefix of the longer one, which only adds padding."""
     short, long_ = (oi, bi) if len(oi) <= len(bi) else (bi, oi)
-    if [i.raw for i in short] != [i.raw for i in long_[:len(short)]]:
+    if [i.raw for i in short] != [i.raw for i in long_[: len(short)]]:
         return False
-    return all(i.mnemonic.split()[0] in _PADDING for i in long_[len(short):])
+    return all(i.mnemonic.split()[0] in _PADDING for i in long_[len(short) :])
 
 
 def _show(insn: Insn | None) -> str:

@@ -20,8 +20,15 @@ DIFFERENT_CALLEE = "different-callee"
 DIFFERENT_DATA = "different-data-target"
 COLD_SPLIT = "cold-split"
 PADDING = "padding"
-REASONS = (REGISTER_ALLOCATION, INSTRUCTION_SELECTION, LAYOUT_SIZE, DIFFERENT_CALLEE,
-           DIFFERENT_DATA, COLD_SPLIT, PADDING)
+REASONS = (
+    REGISTER_ALLOCATION,
+    INSTRUCTION_SELECTION,
+    LAYOUT_SIZE,
+    DIFFERENT_CALLEE,
+    DIFFERENT_DATA,
+    COLD_SPLIT,
+    PADDING,
+)
 
 
 @dataclass(frozen=True)
@@ -35,8 +42,12 @@ class Difference:
 
     def to_dict(self) -> dict:
         # Flat keys, so a function's record stays one level inside the report.
-        return {"diff_offset": self.offset, "diff_object": self.object_insn,
-                "diff_binary": self.binary_insn, "diff_detail": self.detail}
+        return {
+            "diff_offset": self.offset,
+            "diff_object": self.object_insn,
+            "diff_binary": self.binary_insn,
+            "diff_detail": self.detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -67,13 +78,22 @@ class FunctionVerdict:
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "tu": self.tu, "verdict": self.verdict,
-            "code_identical": self.code_identical, "reason": self.reason,
-            "address": self.address, "size": self.size, "sympos": self.sympos,
-            "section": self.section, "binding": self.binding,
-            "relocs_checked": self.relocs_checked, "data_refs": self.data_refs,
-            "masked": list(self.masked), "candidates": list(self.candidates),
-            "trace": self.trace, "note": self.note,
+            "name": self.name,
+            "tu": self.tu,
+            "verdict": self.verdict,
+            "code_identical": self.code_identical,
+            "reason": self.reason,
+            "address": self.address,
+            "size": self.size,
+            "sympos": self.sympos,
+            "section": self.section,
+            "binding": self.binding,
+            "relocs_checked": self.relocs_checked,
+            "data_refs": self.data_refs,
+            "masked": list(self.masked),
+            "candidates": list(self.candidates),
+            "trace": self.trace,
+            "note": self.note,
             **(self.difference or Difference(-1, "", "")).to_dict(),
         }
 
@@ -88,7 +108,7 @@ class Summary:
     relocs_checked: int = 0
 
     @classmethod
-    def of(cls, verdicts: list[FunctionVerdict]) -> "Summary":
+    def of(cls, verdicts: list[FunctionVerdict]) -> Summary:
         by_verdict = {v: 0 for v in VERDICTS}
         by_tu: dict[str, dict[str, int]] = {}
         for v in verdicts:

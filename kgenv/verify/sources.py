@@ -14,8 +14,15 @@ from kgenv.elf.relocs import R_X86_64_64, Reloc, relocations
 from kgenv.elf.symbols import STB_GLOBAL, STB_LOCAL, STT_FUNC, STT_OBJECT, Symbol, SymbolIndex
 from kgenv.errors import UserError
 
-NOTRACE_SECTIONS = (".init.text", ".exit.text", ".noinstr.text", ".entry.text", ".cpuidle.text",
-                    ".head.text", ".ref.text.unlikely")
+NOTRACE_SECTIONS = (
+    ".init.text",
+    ".exit.text",
+    ".noinstr.text",
+    ".entry.text",
+    ".cpuidle.text",
+    ".head.text",
+    ".ref.text.unlikely",
+)
 # in a linked vmlinux these input sections are folded into .text between marker symbols
 NOTRACE_RANGES = {
     ".noinstr.text": ("__noinstr_text_start", "__noinstr_text_end"),
@@ -189,7 +196,7 @@ class ModuleBinary(ElfBinary):
             rel = relocations(self.index.elf, sym.shndx)
             self._relocs[sym.shndx] = ([r.offset for r in rel], rel)
         offs, rel = self._relocs[sym.shndx]
-        return rel[bisect.bisect_left(offs, sym.value):bisect.bisect_left(offs, sym.value + sym.size)]
+        return rel[bisect.bisect_left(offs, sym.value) : bisect.bisect_left(offs, sym.value + sym.size)]
 
     @cached_property
     def _relocs(self) -> dict[int, tuple[list[int], list[Reloc]]]:
@@ -267,11 +274,21 @@ class _KallsymsIndex:
         self.by_name: dict[str, list[Symbol]] = {}
         self.functions: dict[str, list[Symbol]] = {}
         for i, (addr, typ, name, module) in enumerate(rows):
-            nxt = next((r[0] for r in rows[i + 1:] if r[0] > addr), addr)
+            nxt = next((r[0] for r in rows[i + 1 :] if r[0] > addr), addr)
             func = typ in "tTwW"
             bind = STB_LOCAL if typ.islower() else STB_GLOBAL
-            sym = Symbol(i, name, addr, min(nxt - addr, 1 << 20), STT_FUNC if func else STT_OBJECT,
-                         bind, 1, ".text" if func else ".data", module, -1)
+            sym = Symbol(
+                i,
+                name,
+                addr,
+                min(nxt - addr, 1 << 20),
+                STT_FUNC if func else STT_OBJECT,
+                bind,
+                1,
+                ".text" if func else ".data",
+                module,
+                -1,
+            )
             self.by_name.setdefault(name, []).append(sym)
             if func:
                 funcs = self.functions.setdefault(name, [])
@@ -288,7 +305,7 @@ class _KallsymsIndex:
         return found[0].value if found else None
 
     def groups_named(self, file_name: str) -> list[int]:
-        return []   # kallsyms names no source files
+        return []  # kallsyms names no source files
 
     def file_group_names(self, group: int) -> set[str]:
         return set()

@@ -146,8 +146,10 @@ class BuildbotEngine(Engine):
             if self.master_envs is None:
                 # Workers that already hold the env need no archive; one that lacks it fails its job
                 # with this in its log (the env-download step).
-                progress.step(f"note: the master has no envs/{hexid}.tar for {name}; workers without "
-                              f"the env will fail (pass --master-envs DIR to export it there)")
+                progress.step(
+                    f"note: the master has no envs/{hexid}.tar for {name}; workers without "
+                    f"the env will fail (pass --master-envs DIR to export it there)"
+                )
                 continue
             progress.step(f"export {name} to {self.master_envs}")
             envs.export(self._runtime(), m, self.master_envs / f"{hexid}.tar")
@@ -161,11 +163,18 @@ class BuildbotEngine(Engine):
 
     def _submit(self, t: Task, builderid: int) -> int:
         job, fix = t.job, t.job.fix
-        props = {"kgenv_key": job.key, "kgenv_env": job.kernel, "kgenv_image": job.image_id,
-                 "kgenv_image_hex": job.image_id.removeprefix("sha256:"), "kgenv_fix": fix.name,
-                 "kgenv_boot": "1" if job.boot_test else "0", "kgenv_tus": " ".join(fix.tus),
-                 "kgenv_diff": _b64(fix.diff), "kgenv_check": _b64(fix.check) if job.boot_test and fix.check else "",
-                 "reason": f"kgenv farm {job.id}"}
+        props = {
+            "kgenv_key": job.key,
+            "kgenv_env": job.kernel,
+            "kgenv_image": job.image_id,
+            "kgenv_image_hex": job.image_id.removeprefix("sha256:"),
+            "kgenv_fix": fix.name,
+            "kgenv_boot": "1" if job.boot_test else "0",
+            "kgenv_tus": " ".join(fix.tus),
+            "kgenv_diff": _b64(fix.diff),
+            "kgenv_check": _b64(fix.check) if job.boot_test and fix.check else "",
+            "reason": f"kgenv farm {job.id}",
+        }
         result = self.api.control(f"forceschedulers/{SCHEDULER}", "force", builderid=builderid, **props)
         return int(next(iter(result[1].values())))
 

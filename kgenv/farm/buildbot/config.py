@@ -24,9 +24,9 @@ class MasterSettings:
     www_port: int = 8010
     pb_port: int = 9989
     artifacts_port: int = 8011
-    kgenv: tuple[str, ...] = ("kgenv",)   # how workers run kgenv (worker-env, envs import)
-    build: tuple[str, ...] = ()           # how workers run kgenv build; default: the same as kgenv
-    cores: int = 2                        # kgenv build -j on a worker
+    kgenv: tuple[str, ...] = ("kgenv",)  # how workers run kgenv (worker-env, envs import)
+    build: tuple[str, ...] = ()  # how workers run kgenv build; default: the same as kgenv
+    cores: int = 2  # kgenv build -j on a worker
     title: str = "kgenv farm"
     passwords: dict = field(default_factory=dict)
 
@@ -44,11 +44,20 @@ def write(masterdir: Path, s: MasterSettings, force: bool = False) -> dict:
     for d in (store / "envs", store / "jobs"):
         d.mkdir(parents=True, exist_ok=True)
     host = s.bind if s.bind not in ("0.0.0.0", "::") else "127.0.0.1"
-    data = {"title": s.title, "bind": s.bind, "www_port": s.www_port, "pb_port": s.pb_port,
-            "artifacts_port": s.artifacts_port, "www_url": f"http://{host}:{s.www_port}/",
-            "artifacts_url": f"http://{host}:{s.artifacts_port}/", "store": str(store),
-            "kgenv": list(s.kgenv), "build": list(s.build or s.kgenv), "cores": s.cores,
-            "workers": {w: s.passwords.get(w) or secrets.token_urlsafe(18) for w in s.workers}}
+    data = {
+        "title": s.title,
+        "bind": s.bind,
+        "www_port": s.www_port,
+        "pb_port": s.pb_port,
+        "artifacts_port": s.artifacts_port,
+        "www_url": f"http://{host}:{s.www_port}/",
+        "artifacts_url": f"http://{host}:{s.artifacts_port}/",
+        "store": str(store),
+        "kgenv": list(s.kgenv),
+        "build": list(s.build or s.kgenv),
+        "cores": s.cores,
+        "workers": {w: s.passwords.get(w) or secrets.token_urlsafe(18) for w in s.workers},
+    }
     write_atomic(masterdir / SETTINGS, json.dumps(data, indent=1, sort_keys=True) + "\n")
     os.chmod(masterdir / SETTINGS, 0o600)
     write_atomic(cfg, TEMPLATE.read_text())
@@ -58,11 +67,14 @@ def write(masterdir: Path, s: MasterSettings, force: bool = False) -> dict:
 def next_steps(masterdir: Path, data: dict) -> str:
     """The commands that bring the master and its workers up (printed, never run for the user)."""
     m = shlex.quote(str(masterdir))
-    lines = [f"buildbot create-master {m}   # once: buildbot.tac and the database",
-             f"buildbot start {m}"]
-    for w, password in sorted(data["workers"].items()):
-        lines.append(f"buildbot-worker create-worker WORKDIR/{w} {data['bind']}:{data['pb_port']} {w} "
-                     f"$(jq -r '.workers[\"{w}\"]' {m}/{SETTINGS}) && buildbot-worker start WORKDIR/{w}")
-    lines.append(f"kgenv farm run PLAN.toml --engine buildbot --master {data['www_url']} "
-                 f"--master-envs {shlex.quote(data['store'])}/envs")
+    lines = [f"buildbot create-master {m}   # once: buildbot.tac and the database", f"buildbot start {m}"]
+    for w in sorted(data["workers"]):
+        lines.append(
+            f"buildbot-worker create-worker WORKDIR/{w} {data['bind']}:{data['pb_port']} {w} "
+            f"$(jq -r '.workers[\"{w}\"]' {m}/{SETTINGS}) && buildbot-worker start WORKDIR/{w}"
+        )
+    lines.append(
+        f"kgenv farm run PLAN.toml --engine buildbot --master {data['www_url']} "
+        f"--master-envs {shlex.quote(data['store'])}/envs"
+    )
     return "\n".join(lines)
