@@ -91,19 +91,14 @@ def show(m: Manifest) -> dict:
 
 
 def restore(rt: Runtime, m: Manifest, progress, keep_tmp: bool = False) -> str:
-    """Re-create the image from the manifest alone; it must come back with the recorded ID."""
+    """Bring back what the manifest records: the shipped files in the cache (fetched again and
+    checked when lost) and the image, re-created with the recorded ID when the engine lacks it."""
+    archive = Archive(m.kernel.line, progress=progress)
+    restore_files(m, archive, progress)
     if rt.image_id(m.image.id):
         progress.step(f"{m.image.id[:19]} already present")
         _tag(rt, m)
         return m.image.id
-    line, abi = m.kernel.line, m.kernel.release
-    archive = Archive(line, progress=progress)
-    # Re-fetch (checksummed) the shipped files if the cache lost them.
-    if any(not ref.resolve().exists() for ref in m.files.values()):
-        debian.fetch(debian.resolve(f"{line}:{abi}", archive), archive, progress)
-    for role, ref in m.files.items():
-        if sha256_file(ref.resolve()) != ref.sha256:
-            raise ToolError(f"{ref.resolve()}: sha256 differs from manifest files.{role}")
     built = build(rt, from_manifest(m, archive.sources_lines(), True, None), progress, keep_tmp)
     if built.id != m.image.id:
         rt.remove(built.id)
@@ -114,6 +109,21 @@ def restore(rt: Runtime, m: Manifest, progress, keep_tmp: bool = False) -> str:
         )
     _tag(rt, m)
     return built.id
+
+
+def restore_files(m: Manifest, archive: Archive, progress) -> None:
+    """Every [files.*] in the cache with its recorded sha256; a Debian kernel's are fetched again."""
+    missing = [role for role, ref in m.files.items() if not ref.resolve().exists()]
+    if missing and m.kernel.distro != "debian":
+        raise UserError(
+            f"{m.files[missing[0]].resolve()}: env {m.name}'s files.{missing[0]} is gone from the cache; "
+            f"only a Debian kernel's files can be fetched again (snapshot the build dir again)"
+        )
+    if missing:
+        debian.fetch(debian.resolve(f"{m.kernel.line}:{m.kernel.release}", archive), archive, progress)
+    for role, ref in m.files.items():
+        if sha256_file(ref.resolve()) != ref.sha256:
+            raise ToolError(f"{ref.resolve()}: sha256 differs from manifest files.{role}")
 
 
 def _tag(rt: Runtime, m: Manifest) -> None:
