@@ -19,3 +19,10 @@ class RefusedError(KgenvError):
     """A check said no: the result would not be safe."""
 
     exit_code = 1
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception that is not a KgenvError: a file-system or value problem as such,
+    anything else as an internal error (a bug)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if isinstance(exc, (OSError, ValueError)) else f"internal error: {text}"

@@ -90,9 +90,12 @@ class Manifest:
         cache lost it (callers that can fetch it again use file_ref)."""
         path = self.file_ref(role).resolve()
         if not path.exists():
-            raise UserError(
-                f"{path}: env {self.name}'s files.{role} is not in the cache; run `kgenv envs restore {self.name}`"
+            fix = (
+                f"run `kgenv envs restore {self.name}`"
+                if self.kernel.distro == "debian"
+                else "snapshot its build dir again"
             )
+            raise UserError(f"{path}: env {self.name}'s files.{role} is not in the cache; {fix}")
         return path
 
     def to_toml(self) -> str:

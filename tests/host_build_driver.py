@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from kgenv import manifest
+from kgenv.build.report import BuildReport
 from kgenv.runtime.host import fingerprint_differences, tree_index
 
 
@@ -41,18 +42,18 @@ def main() -> None:
         text=True,
     )
     after = tree_index(Path(m.kernel.srctree))
-    result = (
-        json.loads(r.stdout)["result"]
-        if r.stdout.strip().startswith("{")
-        else {"outcome": "no report", "reason": r.stderr[-2000:]}
-    )
+    if r.stdout.strip().startswith("{"):
+        result = BuildReport.from_dict(json.loads(r.stdout), "kgenv build --json").result
+        outcome, reason = result.outcome, result.reason
+    else:
+        outcome, reason = "no report", r.stderr[-2000:]
     print(
         json.dumps(
             {
                 "differences": differences,
                 "exit_code": r.returncode,
-                "outcome": result["outcome"],
-                "reason": result["reason"],
+                "outcome": outcome,
+                "reason": reason,
                 "tree_unchanged": before == after,
             }
         )

@@ -74,10 +74,10 @@ def test_package_release_is_named_as_such(m):
 
 
 def test_gnu_and_gcc_spellings_are_not_a_difference():
-    found = _by_item(probe._compiler("gcc (GNU) 12.2.0", "gcc (GCC) 12.2.0"))
+    found = _by_item(probe.compiler_findings("gcc (GNU) 12.2.0", "gcc (GCC) 12.2.0"))
     assert all(f.same for f in found.values())
     assert "spell the same" in found["compiler.vendor"].note
-    found = _by_item(probe._compiler("gcc (GNU) 12.2.0", "gcc (GCC) 12.3.0"))
+    found = _by_item(probe.compiler_findings("gcc (GNU) 12.2.0", "gcc (GCC) 12.3.0"))
     assert not found["compiler.version"].same
 
 
@@ -293,3 +293,16 @@ def test_fleet_outputs():
     text = present.fleet_text("gcc-11", rows)
     assert all(name in text for name in ("env-x", "env-y", "env-z"))
     assert "<svg" in present.fleet_html("gcc-11", rows)
+
+
+@pytest.mark.parametrize("text", ["not json", "[]", '{"env": 3}', '{"summary": "x"}'])
+def test_from_json_rejects_what_is_not_a_report_in_one_line(tmp_path, text):
+    from click.testing import CliRunner
+
+    from kgenv.cli import cli
+
+    bad = tmp_path / "r.json"
+    bad.write_text(text)
+    r = CliRunner().invoke(cli, ["audit", "--from-json", str(bad)])
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [r.stderr.strip()] and r.stderr.startswith(f"kgenv: {bad}: not a kgenv audit")

@@ -28,22 +28,53 @@ def test_rejects_a_file_that_is_no_module(not_a_module, tmp_path):
     assert result.stderr.splitlines()[-1].startswith("kgenv: ") and "not a readable kernel module" in result.stderr
 
 
-def test_env_resolves_the_recorded_vmlinuz_and_checks_its_hash(tmp_path, monkeypatch):
-    from types import SimpleNamespace
+def _env_with_vmlinuz(tmp_path, monkeypatch, distro="debian"):
+    """An env manifest in a private envs dir whose vmlinuz lies in a private cache."""
+    from dataclasses import replace
+
+    from sample_manifest import sample
 
     from kgenv import manifest
-    from kgenv.cli import boot as cli_boot
-    from kgenv.errors import ToolError
     from kgenv.fsutil import sha256_file
+    from kgenv.manifest import FileRef
+
+    monkeypatch.setenv("KGENV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KGENV_ENVS", str(tmp_path / "envs"))
+    vmlinuz = tmp_path / "cache" / "kernels" / "vmlinuz"
+    vmlinuz.parent.mkdir(parents=True)
+    vmlinuz.write_bytes(b"kernel image")
+    m = sample()
+    m = replace(
+        m,
+        kernel=replace(m.kernel, distro=distro),
+        files={"vmlinuz": FileRef("kernels/vmlinuz", sha256_file(vmlinuz), "linux-image")},
+    )
+    manifest.save(m)
+    return m, vmlinuz
+
+
+def test_env_vmlinuz_is_checked_by_its_recorded_hash(tmp_path, monkeypatch, not_a_module):
+    from kgenv.env.lifecycle import restore_files
+    from kgenv.errors import ToolError
     from kgenv.progress import QUIET
 
-    vmlinuz = tmp_path / "vmlinuz"
-    vmlinuz.write_bytes(b"kernel image")
-    ref = SimpleNamespace(resolve=lambda: vmlinuz, sha256=sha256_file(vmlinuz))
-    files = {"vmlinuz": ref}
-    env = SimpleNamespace(files=files, file_ref=files.__getitem__, kernel=SimpleNamespace(line="bookworm", release="x"))
-    monkeypatch.setattr(manifest, "load", lambda name: env)
-    assert cli_boot._kernel_of(None, "bookworm-x", QUIET) == vmlinuz
+    m, vmlinuz = _env_with_vmlinuz(tmp_path, monkeypatch)
+    restore_files(m, None, QUIET, ["vmlinuz"])  # as recorded: nothing to fetch, nothing raised
     vmlinuz.write_bytes(b"changed")
-    with pytest.raises(ToolError, match="sha256"):
-        cli_boot._kernel_of(None, "bookworm-x", QUIET)
+    with pytest.raises(ToolError, match="sha256 differs"):
+        restore_files(m, None, QUIET, ["vmlinuz"])
+    r = CliRunner().invoke(cli, ["boot-test", str(not_a_module), "--env", m.name])
+    assert r.exit_code == 2 and "sha256 differs" in r.stderr.splitlines()[-1]
+
+
+def test_a_vendor_envs_lost_file_cannot_be_fetched(tmp_path, monkeypatch):
+    from kgenv.env.lifecycle import restore_files
+    from kgenv.errors import UserError
+    from kgenv.progress import QUIET
+
+    m, vmlinuz = _env_with_vmlinuz(tmp_path, monkeypatch, distro="vendor")
+    vmlinuz.unlink()
+    with pytest.raises(UserError, match="not in the cache; snapshot its build dir again"):
+        restore_files(m, None, QUIET)
+    with pytest.raises(UserError, match=r"records no \[files.vmlinux\]"):
+        restore_files(m, None, QUIET, ["vmlinux"])

@@ -215,7 +215,7 @@ def test_boot_test_without_vmlinuz_is_an_error_report(tmp_path, monkeypatch):
     )
     envs.mkdir()
     manifest.save(m)
-    monkeypatch.setattr(cli_build, "_runtime", lambda name, env: NoEngine())
+    monkeypatch.setattr(cli_build, "make_runtime", lambda name, env: NoEngine())
     diff = tmp_path / "fix.diff"
     diff.write_text("--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -1 +1 @@\n-a\n+b\n")
 

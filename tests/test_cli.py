@@ -27,6 +27,11 @@ def failing(monkeypatch):
         (UserError("envs/x.toml: not valid TOML"), 2, "kgenv: envs/x.toml: not valid TOML"),
         (RefusedError("the fix changes data"), 1, "kgenv: the fix changes data"),
         (RuntimeError("boom"), 2, "kgenv: internal error: RuntimeError: boom (KGENV_DEBUG=1 shows where)"),
+        (
+            PermissionError(13, "Permission denied", "out/report.json"),
+            2,
+            "kgenv: PermissionError: [Errno 13] Permission denied: 'out/report.json' (KGENV_DEBUG=1 shows where)",
+        ),
         (KeyboardInterrupt(), 2, "kgenv: interrupted"),
     ],
 )

@@ -186,8 +186,10 @@ def test_parallelism_is_bounded(farm_dir):
 
 
 DRIVER = """
+import signal
 import sys
 from pathlib import Path
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background parent may have ignored it
 sys.path.insert(0, {tests!r})
 from farm_helpers import make_envs, tiny_engine
 from kgenv.farm import plan

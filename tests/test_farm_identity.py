@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from kgenv.farm.identity import PKG, build_closure
+from kgenv.farm.identity import ENTRY_FILES, PKG, build_closure
 
 
 def _names(files: list[Path], pkg: Path) -> set[str]:
@@ -23,7 +23,11 @@ def test_the_build_closure_of_the_real_package():
     } <= names
     # what a build never runs: scheduling, audit, presenters, snapshots, other commands
     assert not {n for n in names if n.startswith(("farm/", "audit/", "report/"))}
-    assert not names & {"env/vendor.py", "env/debian.py", "cli/audit.py", "cli/farm.py", "cli/__init__.py"}
+    assert not names & {"env/vendor.py", "env/debian.py", "cli/audit.py", "cli/farm.py"}
+
+
+def test_the_entry_files_exist():
+    assert all((PKG / e).is_file() for e in ENTRY_FILES) and ENTRY_FILES
 
 
 def test_closure_follows_imports_packages_and_run_as_module(tmp_path):

@@ -10,6 +10,7 @@ from elftools.elf.elffile import ELFFile
 
 from kgenv.build import cfacts
 from kgenv.build.gensrc import generate
+from kgenv.env import kbuildcmd
 
 HEADER = """\
 #define __init __attribute__((__section__(".init.text"))) __attribute__((__cold__))
@@ -155,7 +156,7 @@ def test_command_parsing(tmp_path):
         "cmd_a.o := gcc -Wp,-MMD,a.d -include x.h -I./inc -isystem /s -DX='\"$$(pound)\"' "
         "-DH=$(pound)1 -std=gnu11 -mcmodel=kernel -fno-PIE -g -c -o a.o a.c ; objtool a.o\n"
     )
-    argv = cfacts.read_command(str(cmd))
+    argv = kbuildcmd.read_command(cmd)
     assert argv[0] == "gcc" and argv[-1] == "a.c" and "objtool" not in argv
     args, source = cfacts.clang_args(argv)
     assert source == "a.c"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kgenv.audit.records import TU_BUILD_FAILED, AuditReport, Candidate
+from kgenv.errors import UserError
 from kgenv.report import html as H
 from kgenv.report.junit import Case, Suite, to_xml
 
@@ -429,4 +430,10 @@ def render_fleet(cand: Candidate | dict, rows: list[FleetRow], fmt: str) -> str:
 
 
 def load(path: Path) -> AuditReport:
-    return AuditReport.from_dict(json.loads(Path(path).read_text()))
+    """A saved JSON report; a one-line UserError for anything that is not one."""
+    try:
+        return AuditReport.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: not a kgenv audit JSON report ({type(e).__name__}: {e})") from None

@@ -62,7 +62,7 @@ def parse(output: str) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
     return facts, drift
 
 
-def _compiler(expected: str, got: str) -> list[Finding]:
+def compiler_findings(expected: str, got: str) -> list[Finding]:
     """Upstream version, package release and vendor compared by meaning, not by spelling."""
     try:
         a = CompilerId.parse(expected)
@@ -136,7 +136,7 @@ def _pahole(m: Manifest, facts: dict[str, str]) -> list[Finding]:
 def findings(m: Manifest, cand: Candidate, output: str) -> list[Finding]:
     """Every fingerprint item, same or not, in a fixed order."""
     facts, drift = parse(output)
-    out = _compiler(m.fingerprint["cc_version_text"], facts.get("CC", ""))
+    out = compiler_findings(m.fingerprint["cc_version_text"], facts.get("CC", ""))
     comment = facts.get("COMMENT", "")
     out.append(
         Finding(

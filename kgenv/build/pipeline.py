@@ -21,11 +21,12 @@ from kgenv.build import diffapply, skeleton
 from kgenv.build.compile import cmd_file, compile_tus
 from kgenv.build.kbuild import build_module
 from kgenv.build.report import BootSummary, BuildReport, EnvInfo, FixInfo, FunctionRecord, ResultInfo, ToolInfo
-from kgenv.build.target import VMLINUX, Resolver, Target, compile_flags, load_order
+from kgenv.build.target import VMLINUX, Resolver, Target, load_order
 from kgenv.build.target import find as find_target
 from kgenv.elf import klp
 from kgenv.elf.symbols import STT_FILE, SymbolIndex
-from kgenv.errors import RefusedError, ToolError, UserError
+from kgenv.env import kbuildcmd
+from kgenv.errors import RefusedError, ToolError, UserError, describe
 from kgenv.fsutil import sha256_file, write_atomic
 from kgenv.manifest import Manifest
 from kgenv.progress import QUIET
@@ -345,7 +346,9 @@ class Build:
             fname = f"{name}-{_slug(u.tu)}.c"
             (src / fname).write_text(u.generated.text)
             flags = skeleton.tu_flags(
-                compile_flags(self.tmp / "patched" / cmd_file(u.tu)), self.m.kernel.srctree, self.m.kernel.objtree
+                kbuildcmd.read_command(self.tmp / "patched" / cmd_file(u.tu)),
+                self.m.kernel.srctree,
+                self.m.kernel.objtree,
             )
             local = f"-I{self.m.kernel.srctree}/{PurePosixPath(u.source).parent}"
             sources.append(skeleton.Source(fname, (local, *(f for f in flags if f != local))))
@@ -476,8 +479,7 @@ def _unexpected(exc: Exception) -> str:
     """One line for an exception no stage anticipated; KGENV_DEBUG=1 also prints where it arose."""
     if os.environ.get("KGENV_DEBUG"):
         traceback.print_exception(exc)
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if isinstance(exc, (OSError, ValueError)) else f"internal error: {text}"
+    return describe(exc)
 
 
 def _first_difference(v) -> str:

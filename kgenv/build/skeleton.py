@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,9 +83,9 @@ def render_registration(name: str, release: str, build_id: str, reps: list[Repla
 
 def render_kbuild(name: str, registration: str, sources: list[Source]) -> str:
     objs = [registration.removesuffix(".c") + ".o"] + [s.filename.removesuffix(".c") + ".o" for s in sources]
-    # the flags are the words gcc got: make must read '$' and '#' in them back as such
+    # the flags are the words gcc got: quoted for the recipe's shell, then '$' and '#' escaped for make
     cflags = [
-        f"CFLAGS_{s.filename.removesuffix('.c')}.o := {' '.join(map(kbuildcmd.make_escape, s.cflags))} "
+        f"CFLAGS_{s.filename.removesuffix('.c')}.o := {kbuildcmd.make_escape(shlex.join(s.cflags))} "
         "-Wno-unused-function -Wno-unused-variable"
         for s in sources
     ]

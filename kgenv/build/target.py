@@ -29,11 +29,6 @@ class Target:
         return self.objname != VMLINUX
 
 
-def compile_flags(cmd_file: Path) -> list[str]:
-    """The gcc argv Kbuild recorded in a TU's .cmd file, make escapes undone (see kbuildcmd)."""
-    return kbuildcmd.read_command(cmd_file)
-
-
 def module_name(flags: list[str]) -> str | None:
     """The module a TU is part of (Kbuild adds -DMODULE only then), else None for built-in code."""
     if "-DMODULE" not in flags:
@@ -87,12 +82,9 @@ def load_order(m: Manifest, target: Target) -> list[Path]:
 
 def find(m: Manifest, cmd_file: Path) -> Target:
     """vmlinux, or the module the TU's compile command names, with its shipped binary."""
-    mod = module_name(compile_flags(cmd_file))
+    mod = module_name(kbuildcmd.read_command(cmd_file))
     if mod is None:
-        ref = m.files.get("vmlinux")
-        if ref is None:
-            raise UserError(f"env {m.name}: its manifest records no vmlinux")
-        return Target(VMLINUX, ref.resolve())
+        return Target(VMLINUX, m.file("vmlinux"))
     ko = shipped_modules(m).get(mod)
     if ko is not None:
         return Target(mod, ko)

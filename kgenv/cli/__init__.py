@@ -15,36 +15,36 @@ from kgenv.cli.envs import envs_group
 from kgenv.cli.farm import farm_group
 from kgenv.cli.snapshot import snapshot_command
 from kgenv.cli.verify import verify_command
-from kgenv.errors import KgenvError
+from kgenv.errors import KgenvError, describe
 
 
 class Kgenv(click.Group):
     """The group whose main() is the one error boundary, for the console script and CliRunner alike."""
 
-    # click types main() as two overloads keyed on standalone_mode; this one always returns a code
-    def main(  # type: ignore[override]
+    # like click.main in standalone mode, it never returns: every outcome is an exit code
+    def main(
         self,
         args: Sequence[str] | None = None,
         prog_name: str | None = None,
         complete_var: str | None = None,
         standalone_mode: bool = True,
         **extra: Any,
-    ) -> int:
+    ) -> NoReturn:
         """Exit codes come from here, never from click's own handling (standalone_mode is ignored)."""
         try:
             rc = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-            return rc if isinstance(rc, int) else 0
         except KgenvError as e:
             fail(str(e), e.exit_code)
         except (click.exceptions.Abort, KeyboardInterrupt):
             fail("interrupted")
         except click.ClickException as e:
             e.show()
-            sys.exit(2)
+            sys.exit(e.exit_code)
         except Exception as e:  # a bug still ends in one line; KGENV_DEBUG=1 shows the traceback
             if os.environ.get("KGENV_DEBUG"):
                 raise
-            fail(f"internal error: {type(e).__name__}: {e} (KGENV_DEBUG=1 shows where)")
+            fail(f"{describe(e)} (KGENV_DEBUG=1 shows where)")
+        sys.exit(rc if isinstance(rc, int) else 0)  # ctx.exit(n) comes back as a return value
 
 
 @click.group(cls=Kgenv, context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,4 +72,4 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def main() -> None:
-    sys.exit(cli.main(prog_name="kgenv"))
+    cli.main(prog_name="kgenv")

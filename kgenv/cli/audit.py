@@ -86,10 +86,7 @@ def audit_command(
     """
     fmt = "json" if as_json else fmt
     if from_json:
-        try:
-            report = load(from_json)
-        except (ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{from_json}: not a kgenv audit JSON report ({e})") from None
+        report = load(from_json)
         _emit(render(report, fmt), output)
         sys.exit(report.exit_code)
     if bool(env) == bool(all_envs):

@@ -10,7 +10,7 @@ import click
 
 from kgenv.boot import DEFAULT_TIMEOUT, Boot, boot_test
 from kgenv.boot.markers import Marker
-from kgenv.errors import ToolError, UserError
+from kgenv.errors import UserError
 from kgenv.progress import Progress
 
 
@@ -26,17 +26,11 @@ def _kernel_of(kernel: Path | None, env: str | None, progress: Progress) -> Path
 def _env_vmlinuz(name: str, progress: Progress) -> Path:
     """The env's vmlinuz from the cache, fetched again if the cache lost it, checked by sha256."""
     from kgenv import manifest  # only --env needs the manifest and archive code
-    from kgenv.distro import debian
-    from kgenv.fsutil import sha256_file
+    from kgenv.env.lifecycle import restore_files
 
     m = manifest.load(name)
-    ref = m.file_ref("vmlinuz")
-    path = ref.resolve()
-    if not path.exists():
-        debian.fetch(debian.resolve(f"{m.kernel.line}:{m.kernel.release}"), progress=progress)
-    if sha256_file(path) != ref.sha256:
-        raise ToolError(f"{path}: sha256 differs from env {name}'s files.vmlinuz")
-    return path
+    restore_files(m, None, progress, ["vmlinuz"])
+    return m.file("vmlinuz")
 
 
 def _on_marker(progress: Progress):

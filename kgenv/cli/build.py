@@ -37,7 +37,7 @@ def _summary(report: BuildReport) -> str:
     return "\n".join(lines)
 
 
-def _runtime(name: str, m: Manifest) -> Runtime:
+def make_runtime(name: str, m: Manifest) -> Runtime:
     """Docker, or this machine itself once its toolchain fingerprint equals the manifest's."""
     if name == "host":
         from kgenv.runtime.host import HostRuntime
@@ -100,7 +100,7 @@ def build_command(
         boot_test=boot_test,
         check=check,
     )
-    b = pipeline.Build(req, _runtime(runtime_name, m), Progress(quiet=as_json and not verbose))
+    b = pipeline.Build(req, make_runtime(runtime_name, m), Progress(quiet=as_json and not verbose))
     if keep_tmp:
         click.echo(f"work directory: {b.tmp}", err=True)
     result = b.run()

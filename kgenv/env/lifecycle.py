@@ -4,6 +4,7 @@ import io
 import json
 import shlex
 import tarfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from kgenv.fsutil import sha256_file
 from kgenv.image import tree
 from kgenv.image.build import build, from_manifest
 from kgenv.manifest import Manifest
+from kgenv.progress import Progress
 from kgenv.runtime.base import Runtime
 
 
@@ -111,19 +113,19 @@ def restore(rt: Runtime, m: Manifest, progress, keep_tmp: bool = False) -> str:
     return built.id
 
 
-def restore_files(m: Manifest, archive: Archive, progress) -> None:
-    """Every [files.*] in the cache with its recorded sha256; a Debian kernel's are fetched again."""
-    missing = [role for role, ref in m.files.items() if not ref.resolve().exists()]
+def restore_files(m: Manifest, archive: Archive | None, progress: Progress, roles: Iterable[str] = ()) -> None:
+    """[files.*] (or just `roles`) in the cache with their recorded sha256; a Debian kernel's lost
+    files are fetched again, a vendor build dir's cannot be."""
+    refs = {role: m.file_ref(role) for role in roles or m.files}
+    missing = [role for role, ref in refs.items() if not ref.resolve().exists()]
     if missing and m.kernel.distro != "debian":
-        raise UserError(
-            f"{m.files[missing[0]].resolve()}: env {m.name}'s files.{missing[0]} is gone from the cache; "
-            f"only a Debian kernel's files can be fetched again (snapshot the build dir again)"
-        )
+        m.file(missing[0])  # raises the one-line error with the way out
     if missing:
+        archive = archive or Archive(m.kernel.line, progress=progress)
         debian.fetch(debian.resolve(f"{m.kernel.line}:{m.kernel.release}", archive), archive, progress)
-    for role, ref in m.files.items():
+    for role, ref in refs.items():
         if sha256_file(ref.resolve()) != ref.sha256:
-            raise ToolError(f"{ref.resolve()}: sha256 differs from manifest files.{role}")
+            raise ToolError(f"{ref.resolve()}: sha256 differs from env {m.name}'s files.{role}")
 
 
 def _tag(rt: Runtime, m: Manifest) -> None:

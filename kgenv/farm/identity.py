@@ -10,8 +10,10 @@ from kgenv import __version__
 
 # Bumped when the farm itself changes what a job produces (its own code is not in the digest).
 FARM_SCHEMA = 1
-# A job runs `kgenv build`: the code it can reach starts at its command.
+# A job runs `python3 -m kgenv build`: the code it can reach starts at its command; the entry
+# point and the CLI's error boundary (which turns outcomes into exit codes) run too.
 BUILD_ENTRY = "kgenv.cli.build"
+ENTRY_FILES = ("__main__.py", "cli/__init__.py")
 PKG = Path(__file__).resolve().parent.parent
 RUN_AS_MODULE = re.compile(r"-m (kgenv(?:\.\w+)+)")
 
@@ -65,6 +67,6 @@ def kgenv_identity() -> str:
     h = hashlib.sha256(f"farm-schema {FARM_SCHEMA}\0".encode())
     kernel = PKG.parent / "kernel"
     templates = sorted(p for p in kernel.rglob("*") if p.is_file()) if kernel.is_dir() else []
-    for f in build_closure() + templates:
+    for f in sorted({*build_closure(), *(PKG / e for e in ENTRY_FILES)}) + templates:
         h.update(str(f.relative_to(PKG.parent)).encode() + b"\0" + f.read_bytes() + b"\0")
     return f"{__version__}+{h.hexdigest()[:12]}"
