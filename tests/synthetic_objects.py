@@ -2,7 +2,8 @@
 
 Shared by test_verify_synthetic.py, test_elf_reader.py and test_fuzz_elf.py (test modules never
 import each other). SHIPPED_A is the shipped TU; REBUILT_A the same TU with one change per verdict
-class; B defines the callees, C overrides the weak hook, UTIL gives two TUs a same-named static.
+class; B defines the callees, C overrides the weak hook, UTIL gives two TUs a same-named static (`lonely`: one
+no function calls).
 """
 
 SHIPPED_A = """
@@ -39,4 +40,5 @@ C = "int hook(int x) { return x * 2; }\n"
 UTIL = """
 static __attribute__((noinline)) int helper(int x) {{ return x * 11; }}
 int use{n}(int x) {{ return helper(x) + {n}; }}
+static __attribute__((used, noinline)) int lonely(int x) {{ return x * 13; }}
 """

@@ -100,9 +100,12 @@ def test_missing_lists_clone_candidates(rebuilt):
 
 def test_two_statics_of_one_name_without_tu_are_ambiguous(kit):
     got = by_name(verify([kit["util1"]], kit["binary"]))
-    assert got["helper"].verdict == AMBIGUOUS
-    assert len(got["helper"].candidates) == 2
+    assert got["lonely"].verdict == AMBIGUOUS  # no caller says which copy is ours
+    assert len(got["lonely"].candidates) == 2
     assert got["use1"].verdict == IDENTICAL
+    # helper is pinned by its caller: the binary's use1 calls this copy, not d2/util.c's
+    assert got["helper"].verdict == IDENTICAL
+    assert got["helper"].address == open_binary(kit["binary"]).functions("helper")[0].value
 
 
 def test_notrace_and_noinstr_are_not_traceable(rebuilt):

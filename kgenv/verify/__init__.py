@@ -18,6 +18,7 @@ from kgenv.verify.records import (
 from kgenv.verify.records import (
     DIFFERS,
     IDENTICAL,
+    MODULO_RELAXATION,
     NOT_TRACEABLE,
     WEAK_OVERRIDDEN,
     Difference,
@@ -62,6 +63,12 @@ class _Work:
         difference: Difference | None = None,
     ) -> FunctionVerdict:
         b, c = self.bsym, self.code
+        if c is not None and c.identical and c.relaxed and not reason:
+            # equal instruction for instruction, each relaxed branch proved to reach the same target
+            reason = MODULO_RELAXATION
+            note = note or f"branches relaxed in the binary: {', '.join(c.relaxed[:4])}" + (
+                f" (+{len(c.relaxed) - 4})" if len(c.relaxed) > 4 else ""
+            )
         return FunctionVerdict(
             name=self.osym.name,
             tu=self.obj.tu,

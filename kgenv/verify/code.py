@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from kgenv.elf.disasm import decode, insn_at
 from kgenv.elf.reader import SHF_MERGE, SHF_STRINGS
-from kgenv.elf.relocs import PC_RELATIVE, WIDTH, Reloc, decode_value
-from kgenv.elf.symbols import STT_FUNC, STT_SECTION, Symbol
+from kgenv.elf.relocs import PC_RELATIVE, R_X86_64_NONE, R_X86_64_PC32, R_X86_64_PLT32, WIDTH, Reloc, decode_value
+from kgenv.elf.symbols import STB_LOCAL, STT_FUNC, STT_SECTION, Symbol, SymbolIndex
 from kgenv.verify.mapping import OK, Mapper
+from kgenv.verify.relax import INTERNAL, Alignment, align, branch_target, displacement_field, same_targets
 
 NOP5 = b"\x0f\x1f\x44\x00\x00"
 ENDBR64 = b"\xf3\x0f\x1e\xfa"
@@ -36,6 +37,12 @@ class CodeResult:
     relocs_checked: int = 0
     data_refs: int = 0
     masked: tuple[str, ...] = ()
+    relaxed: tuple[str, ...] = ()  # branches the binary encodes shorter (equal modulo relaxation)
+
+
+def _effective(relocs: list[Reloc]) -> list[Reloc]:
+    """Relocations that write bytes: R_X86_64_NONE only annotates a site (.reloc), its bytes compare as they are."""
+    return [r for r in relocs if r.type != R_X86_64_NONE]
 
 
 def masked_pair(obj_code: bytes, bin_code: bytes, relocs: list[Reloc], start: int):
@@ -72,13 +79,15 @@ class LinkedComparer:
         bcode = self.binary.code(bsym, size)
         if bcode is None:
             return CodeResult(False, 0, True)
-        relocs = self.obj.relocs_in(osym)
+        relocs = _effective(self.obj.relocs_in(osym))
         a, b = masked_pair(ocode, bcode, relocs, osym.value)
         masked, patched = self._runtime_masks(a, b, bcode, runtime_masks or {})
         size_differs = self.binary.kind != "live" and bsym.size != size
         diff = first_difference(a, b)
         if diff >= 0 or size_differs:
-            return CodeResult(False, max(diff, 0) if diff >= 0 else min(size, bsym.size), size_differs, masked=masked)
+            first = CodeResult(False, max(diff, 0) if diff >= 0 else min(size, bsym.size), size_differs, masked=masked)
+            # live images: kallsyms sizes are guesses and boot patches sit at object offsets; no relaxation there
+            return (self._relaxed(osym, bsym, ocode, relocs) if self.binary.kind != "live" else None) or first
         checked = data = 0
         for r in relocs:
             if any(lo <= r.offset - osym.value < hi for lo, hi in patched):
@@ -89,6 +98,59 @@ class LinkedComparer:
             checked += 1
             data += outcome == "data"
         return CodeResult(True, -1, False, None, checked, data, masked)
+
+    def _relaxed(self, osym: Symbol, bsym: Symbol, ocode: bytes, relocs: list[Reloc]) -> CodeResult | None:
+        """Equal modulo branch relaxation, or None (the plain comparison's result stands)."""
+        bcode = self.binary.code(bsym, bsym.size)
+        if not bcode:
+            return None
+        al = align(ocode, bcode, {r.offset - osym.value: r.width for r in relocs}, {})
+        if isinstance(al, int) or not al.relaxed:
+            return None
+        at = {r.offset - osym.value: r for r in relocs}
+
+        def otarget(insn):
+            f = displacement_field(insn)
+            r = at.get(f) if f is not None else None
+            if f is None or r is None:
+                return (INTERNAL, branch_target(insn))
+            tsym = self.obj.symbol(r.sym)
+            if tsym.type == STT_SECTION:
+                base = self.mapper.base(tsym.shndx)
+                start = base[1] if base is not None else None
+            else:
+                found, status = self.mapper.resolve(tsym)
+                start = found.value if status == OK and found is not None else None
+            if start is None:
+                return ("unresolved", tsym.name)
+            return ("addr", (start + r.addend + insn.offset + insn.size - r.offset + osym.value) & _MASK64)
+
+        def btarget(insn):
+            return ("addr", (bsym.value + (branch_target(insn) or 0)) & _MASK64)
+
+        return _finish_relaxed(
+            al, osym, relocs, otarget, btarget, self._show_key, self._check_mapped(osym, bsym, ocode, bcode, al)
+        )
+
+    def _show_key(self, key: tuple) -> str:
+        if key and key[0] == "addr":
+            return self._name_at(key[1])
+        return " ".join(str(k) for k in key[1:])
+
+    def _check_mapped(self, osym, bsym, ocode, bcode, al: Alignment):
+        def check(r: Reloc, boff: int):
+            inside = _self_target(self.obj.symbol(r.sym), r, osym, ocode, al)
+            if inside is None:
+                return self.check_target(r, osym, bsym, ocode, bcode, boff)
+            # a reference into this very function (a label's address): the target moved with the relaxation
+            k = _reach_k(r, ocode, r.offset - osym.value)
+            value = decode_value(bcode, boff, r.type)
+            got = value + bsym.value + boff + k if r.type in PC_RELATIVE else value
+            if _same(got, bsym.value + inside, 64 if r.width == 8 else 32):
+                return "code"
+            return TargetMismatch(r.offset - osym.value, f"{osym.name}+{inside:#x}", self._name_at(got & _MASK64), True)
+
+        return check
 
     @staticmethod
     def _runtime_masks(
@@ -105,11 +167,15 @@ class LinkedComparer:
             b[off : off + length] = bytes(length)
         return tuple(out), patched
 
-    def check_target(self, r: Reloc, osym: Symbol, bsym: Symbol, ocode: bytes, bcode: bytes):
-        """'code'/'data' when the binary encodes the object's target there, else a TargetMismatch."""
+    def check_target(self, r: Reloc, osym: Symbol, bsym: Symbol, ocode: bytes, bcode: bytes, boff: int | None = None):
+        """'code'/'data' when the binary encodes the object's target there, else a TargetMismatch.
+
+        `boff`: where the site lies in the binary's function when branch relaxation moved it.
+        """
         off = r.offset - osym.value
-        site = bsym.value + off
-        value = decode_value(bcode, off, r.type)
+        boff = off if boff is None else boff
+        site = bsym.value + boff
+        value = decode_value(bcode, boff, r.type)
         actual = value + site - r.addend if r.type in PC_RELATIVE else value - r.addend
         tsym = self.obj.symbol(r.sym)
         bits = 64 if WIDTH.get(r.type, 4) == 8 else 32
@@ -199,89 +265,256 @@ def _family(name: str) -> str:
     return parts[0] if parts else name
 
 
+def _finish_relaxed(al: Alignment, osym: Symbol, relocs: list[Reloc], otarget, btarget, show, check) -> CodeResult:
+    """Branch pairs reach the same places, then every other relocation is checked at its mapped offset."""
+    relaxed = tuple(al.relaxed)
+    bad = same_targets(al, osym.size, otarget, btarget)
+    if bad is not None:
+        a, b = bad
+        miss = TargetMismatch(a.offset, show(otarget(a)), show(btarget(b)), True)
+        return CodeResult(False, a.offset, False, miss, relaxed=relaxed)
+    checked = data = 0
+    for r in relocs:
+        off = r.offset - osym.value
+        if al.in_branch(off):
+            checked += 1  # proved by same_targets
+            continue
+        outcome = check(r, al.to_binary(off))
+        if isinstance(outcome, TargetMismatch):
+            return CodeResult(False, outcome.offset, False, outcome, checked, data, relaxed=relaxed)
+        checked += 1
+        data += outcome == "data"
+    return CodeResult(True, -1, False, None, checked, data, relaxed=relaxed)
+
+
+_CALLS = {R_X86_64_PC32, R_X86_64_PLT32}
+
+
 class ModuleComparer:
-    """Compares against a relocatable module (.ko): sites are compared as relocation entries."""
+    """Compares against a relocatable module (.ko): sites are compared as relocation entries.
+
+    A shipped .ko is an `ld -r` of many objects, so a target is compared by where it resolves in
+    the module: a location `("at", section, S+A)` (a symbol defined in any of its objects, a section
+    symbol + addend, or a call the link already resolved inside a section), an external name
+    `("sym", name, A)` (undefined in the module: vmlinux or another module), or the bytes of a
+    merged string `("string", bytes)`. The object's symbols are placed through the Mapper (locals
+    pinned to the object's TU), so a same-named static of another object is never taken for ours.
+    """
 
     def __init__(self, mapper: Mapper):
         self.mapper = mapper
         self.obj = mapper.obj
         self.binary = mapper.binary
+        if not isinstance(mapper.binary.index, SymbolIndex):
+            raise TypeError(f"{mapper.binary.path}: a module is compared through its ELF symbol table")
+        self.bindex: SymbolIndex = mapper.binary.index
 
     def compare(
         self, osym: Symbol, bsym: Symbol, runtime_masks: dict[int, tuple[int, str]] | None = None
     ) -> CodeResult:
         size = osym.size
-        if bsym.size != size:
-            return CodeResult(False, min(size, bsym.size), True)
         ocode = bytes(self.obj.index.code(osym))
-        bcode = self.binary.code(bsym, size)
+        bcode = self.binary.code(bsym, bsym.size)
         if bcode is None:
             return CodeResult(False, 0, True)
-        orel = self.obj.relocs_in(osym)
-        brel = self.binary.relocs_in(bsym)
-        a, b = masked_pair(ocode, bcode, orel, osym.value)
-        a, b = masked_pair(bytes(a), bytes(b), brel, bsym.value)
-        diff = first_difference(a, b)
-        if diff >= 0:
-            return CodeResult(False, diff)
+        orel = _effective(self.obj.relocs_in(osym))
+        brel = _effective(self.binary.relocs_in(bsym))
+        if bsym.size == size:
+            a, b = masked_pair(ocode, bcode, orel, osym.value)
+            a, b = masked_pair(bytes(a), bytes(b), brel, bsym.value)
+            diff = first_difference(a, b)
+            if diff < 0:
+                bmap = {r.offset - bsym.value: r for r in brel}
+                check = self._checker(osym, bsym, ocode, bcode, bmap)
+                checked = data = 0
+                for r in orel:
+                    outcome = check(r, r.offset - osym.value)
+                    if isinstance(outcome, TargetMismatch):
+                        return CodeResult(False, outcome.offset, False, outcome, checked, data)
+                    checked += 1
+                    data += outcome == "data"
+                if bmap:
+                    return _extra_reloc(min(bmap), checked, data)
+                return CodeResult(True, -1, False, None, checked, data)
+            first = CodeResult(False, diff)
+        else:
+            first = CodeResult(False, min(size, bsym.size), True)
+        return self._relaxed(osym, bsym, ocode, bcode, orel, brel) or first
+
+    def _relaxed(self, osym, bsym, ocode, bcode, orel, brel) -> CodeResult | None:
+        """Equal modulo branch relaxation, or None (the plain comparison's result stands)."""
+        al = align(
+            ocode,
+            bcode,
+            {r.offset - osym.value: r.width for r in orel},
+            {r.offset - bsym.value: r.width for r in brel},
+        )
+        if isinstance(al, int) or not al.relaxed:
+            return None
+        oat = {r.offset - osym.value: r for r in orel}
         bmap = {r.offset - bsym.value: r for r in brel}
-        checked = data = 0
-        for r in orel:
+
+        def otarget(insn):
+            f = displacement_field(insn)
+            r = oat.get(f) if f is not None else None
+            if f is None or r is None:
+                return (INTERNAL, branch_target(insn))
+            return _reach(self._obj_loc(r, f, ocode), insn.offset + insn.size - f)
+
+        def btarget(insn):
+            f = displacement_field(insn)
+            r = bmap.pop(f, None) if f is not None else None
+            if f is None or r is None:
+                return ("at", bsym.shndx, bsym.value + (branch_target(insn) or 0))
+            return _reach(self._bin_loc(r, f, bcode), insn.offset + insn.size - f)
+
+        result = _finish_relaxed(
+            al, osym, orel, otarget, btarget, self._describe, self._checker(osym, bsym, ocode, bcode, bmap, al)
+        )
+        if result.identical and bmap:
+            return _extra_reloc(min(bmap), result.relocs_checked, result.data_refs)
+        return result
+
+    def _checker(
+        self,
+        osym: Symbol,
+        bsym: Symbol,
+        ocode: bytes,
+        bcode: bytes,
+        bmap: dict[int, Reloc],
+        al: Alignment | None = None,
+    ):
+        """A check of one object relocation against the binary's at `boff` (popped from bmap)."""
+
+        def check(r: Reloc, boff: int):
             off = r.offset - osym.value
-            other = bmap.pop(off, None)
-            if other is None and r.type in PC_RELATIVE and WIDTH.get(r.type, 4) == 4:
-                # the .ko's own link resolved a call/jump within its section: compare where both point
-                want, got = _pointed(self.obj.index, r, osym, ocode), _resolved(self.binary.index, bsym, bcode, off)
-                if want is None or want != got:
-                    return CodeResult(
-                        False,
-                        off,
-                        False,
-                        TargetMismatch(off, _show(("", *(want or ("?",)))), _show(("", *(got or ("?",)))), True),
-                        checked,
-                        data,
-                    )
-                checked += 1
-                continue
-            want = _reloc_key(self.obj.index, r, off, ocode)
-            got = _reloc_key(self.binary.index, other, off, bcode) if other else ("no relocation",)
-            if other is None or other.type != r.type or want != got:
-                code = want[0] == "code"
-                return CodeResult(False, off, False, TargetMismatch(off, _show(want), _show(got), code), checked, data)
-            checked += 1
-            data += want[0] == "data"
-        if bmap:
-            off = min(bmap)
-            return CodeResult(
-                False, off, False, TargetMismatch(off, "no relocation", "relocation", False), checked, data
-            )
-        return CodeResult(True, -1, False, None, checked, data)
+            other = bmap.pop(boff, None)
+            inside = _self_target(self.obj.symbol(r.sym), r, osym, ocode, al) if al is not None else None
+            if inside is None:
+                want = self._obj_loc(r, off, ocode)
+            else:  # a reference into this very function: the target moved with the relaxation
+                want = ("at", bsym.shndx, bsym.value + inside - _reach_k(r, ocode, off))
+            if other is None:
+                if r.type not in _CALLS:
+                    got: tuple = ("no relocation",)
+                else:  # the .ko's own link resolved a reference within its section: where does it point?
+                    got = ("at", bsym.shndx, bsym.value + boff + decode_value(bcode, boff, r.type))
+            elif other.type != r.type:
+                got = ("relocation type", other.type)
+            else:
+                got = self._bin_loc(other, boff, bcode)
+            if not self._agrees(want, got):
+                tsym = self.obj.symbol(r.sym)
+                sec = self.obj.index.section_of(tsym)
+                code = tsym.type == STT_FUNC or (sec is not None and sec.is_exec)
+                shown = _show(_reloc_key(self.obj.index, r, off, ocode))
+                return TargetMismatch(off, shown, self._describe(got, other, boff, bcode), code)
+            return "data" if want[0] in ("string", "family") else "code"
+
+        return check
+
+    def _agrees(self, want: tuple, got: tuple) -> bool:
+        if want[0] == "family" and got[0] == "at":
+            secs = self.bindex.elf.sections
+            sec = secs[got[1]] if 0 < got[1] < len(secs) else None
+            return sec is not None and _family(sec.name) == want[1]
+        return want[0] in ("at", "sym", "string") and want == got
+
+    def _obj_loc(self, r: Reloc, off: int, ocode: bytes) -> tuple:
+        """Where an object relocation points, placed in the module (see the class docstring)."""
+        t = self.obj.symbol(r.sym)
+        if t.type == STT_SECTION:
+            sec = self.obj.index.section_of(t)
+            if sec is None:
+                return ("unresolved", t.name)
+            if sec.flags & SHF_MERGE and sec.flags & SHF_STRINGS:
+                return ("string", _string(self.obj.index, sec, r.addend + _reach_k(r, ocode, off)))
+            base = self.mapper.base(t.shndx)
+            if base is not None:
+                return ("at", base[0], base[1] + r.addend)
+            target = r.addend + _reach_k(r, ocode, off)
+            holder = self.obj.index.containing(t.shndx, target)
+            found, status = self.mapper.resolve(holder) if holder is not None else (None, "")
+            if holder is not None and status == OK and found is not None:
+                return ("at", found.shndx, found.value - holder.value + r.addend)
+            return ("family", _family(sec.name))
+        if not t.defined:
+            mine = [c for c in self.binary.lookup(t.name) if c.bind != STB_LOCAL]
+            if len(mine) == 1:
+                return ("at", mine[0].shndx, mine[0].value + r.addend)
+            return ("sym", t.name, r.addend) if not mine else ("unresolved", t.name)
+        found, status = self.mapper.resolve(t)
+        if status == OK and found is not None:
+            return ("at", found.shndx, found.value + r.addend)
+        return ("unresolved", t.name)
+
+    def _bin_loc(self, r: Reloc, off: int, code: bytes) -> tuple:
+        """Where a relocation of the module points (the same forms as _obj_loc)."""
+        index = self.bindex
+        if not 0 <= r.sym < len(index.symbols):
+            return ("bad symbol", r.sym)
+        t = index.symbols[r.sym]
+        if t.type == STT_SECTION:
+            sec = index.section_of(t)
+            if sec is not None and sec.flags & SHF_MERGE and sec.flags & SHF_STRINGS:
+                return ("string", _string(index, sec, r.addend + _reach_k(r, code, off)))
+            return ("at", t.shndx, t.value + r.addend)
+        if not t.defined:
+            return ("sym", t.name, r.addend)
+        return ("at", t.shndx, t.value + r.addend)
+
+    def _describe(self, key: tuple, other: Reloc | None = None, off: int = 0, code: bytes = b"") -> str:
+        """A readable name of a placed target, for messages."""
+        if key and key[0] == "at":
+            holder = self.bindex.containing(key[1], key[2] + 4) or self.bindex.containing(key[1], key[2])
+            if holder is not None:
+                return f"{holder.name}+{key[2] - holder.value:#x}".replace("+-", "-")
+            return f"section {key[1]}+{key[2]:#x}"
+        if key and key[0] == "sym":
+            return f"{key[1]} {key[2]}"
+        if other is not None and key and key[0] != "string":
+            return _show(_reloc_key(self.bindex, other, off, code))
+        return " ".join(str(k) for k in key)
+
+
+def _self_target(tsym: Symbol, r: Reloc, osym: Symbol, ocode: bytes, al: Alignment) -> int | None:
+    """The binary offset a relocation into the function itself reaches after relaxation, else None."""
+    if tsym.shndx != osym.shndx or tsym.type not in (STT_SECTION, STT_FUNC):
+        return None
+    target = tsym.value + r.addend + _reach_k(r, ocode, r.offset - osym.value) - osym.value
+    if not 0 <= target < osym.size or target not in al.omap:
+        return None
+    return al.omap[target]
+
+
+def _reach(loc: tuple, k: int) -> tuple:
+    """A relocation's S+A turned into the place its branch reaches (S + A + field-to-end)."""
+    if loc[0] == "at":
+        return ("at", loc[1], loc[2] + k)
+    if loc[0] == "sym":
+        return ("sym", loc[1], loc[2] + k)
+    return loc
+
+
+def _reach_k(r: Reloc, code: bytes, off: int) -> int:
+    """What a PC-relative field adds to reach its target (field to instruction end); 0 when absolute."""
+    return _insn_end(code, off) - off if r.type in PC_RELATIVE else 0
+
+
+def _string(index, sec, start: int) -> bytes | None:
+    data = bytes(index.elf.section_data(sec))
+    end = data.find(b"\0", start) if 0 <= start < len(data) else -1
+    return data[start:end] if end >= 0 else None
+
+
+def _extra_reloc(off: int, checked: int, data: int) -> CodeResult:
+    miss = TargetMismatch(off, "no relocation", "relocation", False)
+    return CodeResult(False, off, False, miss, checked, data)
 
 
 def _insn_end(code: bytes, off: int) -> int:
     insn = insn_at(decode(code), off)
     return insn.offset + insn.size if insn is not None else off + 4
-
-
-def _pointed(index, r: Reloc, osym: Symbol, code: bytes) -> tuple | None:
-    """(symbol, offset) a PC-relative relocation of the object makes its instruction reach."""
-    if not 0 <= r.sym < len(index.symbols):
-        return None
-    off = r.offset - osym.value
-    t = index.symbols[r.sym]
-    reach = r.addend + _insn_end(code, off) - off
-    if t.type != STT_SECTION:
-        return (t.name, reach)
-    holder = index.containing(t.shndx, reach)
-    return (holder.name, reach - holder.value) if holder is not None else None
-
-
-def _resolved(index, bsym: Symbol, code: bytes, off: int) -> tuple | None:
-    """(symbol, offset) a PC-relative field the module's link already filled in reaches."""
-    disp = int.from_bytes(code[off : off + 4], "little", signed=True)
-    target = bsym.value + _insn_end(code, off) + disp
-    holder = index.containing(bsym.shndx, target)
-    return (holder.name, target - holder.value) if holder is not None else None
 
 
 def _reloc_key(index, r: Reloc, off: int, code: bytes) -> tuple:

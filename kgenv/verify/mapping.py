@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 
 from kgenv.elf.reader import ET_REL
-from kgenv.elf.relocs import Reloc, relocations
+from kgenv.elf.relocs import R_X86_64_32, R_X86_64_32S, R_X86_64_PC32, R_X86_64_PLT32, Reloc, relocations
 from kgenv.elf.symbols import (
     STB_LOCAL,
     STB_WEAK,
@@ -15,6 +15,7 @@ from kgenv.elf.symbols import (
     STT_FUNC,
     STT_NOTYPE,
     STT_OBJECT,
+    STT_SECTION,
     Symbol,
     SymbolIndex,
 )
@@ -22,6 +23,8 @@ from kgenv.errors import UserError
 from kgenv.verify.sources import Binary
 
 OK, MISSING, AMBIGUOUS = "ok", "missing", "ambiguous"
+# relocation types a static is reached by, and what the field adds to S + A to reach it
+_REACH = {R_X86_64_PC32: 4, R_X86_64_PLT32: 4, R_X86_64_32S: 0, R_X86_64_32: 0}
 
 
 class ObjectFile:
@@ -67,6 +70,7 @@ class Mapper:
         self.obj = obj
         self.binary = binary
         self._bases: dict[int, tuple | None] = {}
+        self._pinning: set[int] = set()  # statics being pinned by reference (guards against cycles)
 
     @cached_property
     def tu_group(self) -> int | None:
@@ -147,4 +151,66 @@ class Mapper:
             return None, MISSING  # our TU has no copy: a same-named static elsewhere is not ours
         if len(cands) == 1:
             return cands[0], OK
+        if use_base and sym.defined and sym.type == STT_FUNC:
+            pinned = self._by_reference(sym, cands)
+            if pinned is not None:
+                return pinned, OK
         return None, AMBIGUOUS
+
+    @cached_property
+    def _callers(self) -> dict[tuple[int, int], list[tuple[Symbol, Reloc]]]:
+        """(section, offset) a call/jump/lea of the object reaches -> the functions and relocations that do."""
+        out: dict[tuple[int, int], list[tuple[Symbol, Reloc]]] = {}
+        for f in self.obj.functions():
+            for r in self.obj.relocs_in(f):
+                if r.type not in _REACH:
+                    continue
+                t = self.obj.symbol(r.sym)
+                if t.defined and t.type in (STT_FUNC, STT_SECTION):
+                    # a call/jump/lea field ends its instruction (S + A + 4); `mov $fn` holds S + A
+                    out.setdefault((t.shndx, t.value + r.addend + _REACH[r.type]), []).append((f, r))
+        return out
+
+    def _by_reference(self, sym: Symbol, cands: list[Symbol]) -> Symbol | None:
+        """Pin a static with several same-named copies by where a resolved function of the object reaches it.
+
+        A module's symbol table has no STT_FILE names, and with -ffunction-sections a static is alone in
+        its section; but a caller that resolves calls it, and the binary says which copy that call reaches.
+        """
+        if sym.symidx in self._pinning:
+            return None
+        self._pinning.add(sym.symidx)
+        try:
+            for f, r in self._callers.get((sym.shndx, sym.value), []):
+                if f.symidx == sym.symidx:
+                    continue
+                found, status = self._by_name(f, use_base=True)
+                if status != OK or found is None or found.size != f.size:
+                    continue
+                target = self._reached(found, r.offset - f.value, r.type)
+                hits = [c for c in cands if target is not None and self._key(c) == target]
+                if len(hits) == 1:
+                    return hits[0]
+        finally:
+            self._pinning.discard(sym.symidx)
+        return None
+
+    def _reached(self, caller: Symbol, off: int, rtype: int) -> tuple[int | None, int] | None:
+        """(section, offset) the binary's copy of a caller reaches through the 4-byte field at `off`."""
+        b = self.binary
+        if not b.linked:
+            rel = [r for r in b.relocs_in(caller) if r.offset == caller.value + off]
+            if rel:
+                t = b.index.symbols[rel[0].sym] if 0 <= rel[0].sym < len(b.index.symbols) else None
+                if t is None or not t.defined or rel[0].type != rtype:
+                    return None
+                return (t.shndx, t.value + rel[0].addend + _REACH[rtype])
+            if rtype not in (R_X86_64_PC32, R_X86_64_PLT32):
+                return None  # an absolute address in a module always keeps its relocation
+        field = b.code(caller, off + 4)
+        if field is None or len(field) < off + 4:
+            return None
+        value = int.from_bytes(field[off : off + 4], "little", signed=rtype != R_X86_64_32)
+        if rtype in (R_X86_64_PC32, R_X86_64_PLT32):
+            return (caller.shndx if not b.linked else None, caller.value + off + 4 + value)
+        return (None, value & 0xFFFFFFFFFFFFFFFF)

@@ -20,6 +20,8 @@ DIFFERENT_CALLEE = "different-callee"
 DIFFERENT_DATA = "different-data-target"
 COLD_SPLIT = "cold-split"
 PADDING = "padding"
+# not a difference: `identical` whose binary encodes some branches shorter (rel8 for rel32 + relocation)
+MODULO_RELAXATION = "identical-modulo-relaxation"
 REASONS = (
     REGISTER_ALLOCATION,
     INSTRUCTION_SELECTION,
