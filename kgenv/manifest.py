@@ -8,10 +8,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from kgenv.errors import UserError
-from kgenv.fsutil import cache_dir, write_atomic
+from kgenv.fsutil import cache_dir, sha256_cached, write_atomic
 
 SCHEMA = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# An image identity is its content digest; a tag (kgenv/x:env) can be moved to other content.
+IMAGE_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")  # fullmatch: no trailing newline
 # What a missing [files.<role>] means, for the one-line error of Manifest.file.
 _ROLE_NOTES = {
     "vmlinuz": "the snapshot found no bootable kernel image, e.g. a build dir without bzImage; boot tests need one",
@@ -86,16 +88,24 @@ class Manifest:
         return ref
 
     def file(self, role: str) -> Path:
-        """Shipped file `role` in the cache; one-line UserError when it is not recorded or the
-        cache lost it (callers that can fetch it again use file_ref)."""
-        path = self.file_ref(role).resolve()
+        """Shipped file `role` in the cache, checked against its recorded sha256; one-line UserError
+        when it is not recorded, the cache lost it or it is not the recorded file (callers that can
+        fetch it again use file_ref). The hash is remembered per (path, inode, size, mtime), so only
+        a new or changed file is read in full."""
+        ref = self.file_ref(role)
+        path = ref.resolve()
+        debian = self.kernel.distro == "debian"
+        fix = f"run `kgenv envs restore {self.name}`" if debian else "snapshot its build dir again"
         if not path.exists():
-            fix = (
-                f"run `kgenv envs restore {self.name}`"
-                if self.kernel.distro == "debian"
-                else "snapshot its build dir again"
-            )
             raise UserError(f"{path}: env {self.name}'s files.{role} is not in the cache; {fix}")
+        if not path.is_file():
+            raise UserError(f"{path}: env {self.name}'s files.{role} is not a regular file; {fix}")
+        digest = sha256_cached(path)
+        if digest != ref.sha256:
+            raise UserError(
+                f"{path}: sha256 differs from env {self.name}'s files.{role} "
+                f"(found {digest[:16]}, recorded {ref.sha256[:16]}); {fix}"
+            )
         return path
 
     def to_toml(self) -> str:
@@ -161,6 +171,9 @@ def parse(text: str, where: str) -> Manifest:
     if not isinstance(files, dict):
         raise UserError(f"{where}: [files] must be a table")
     refs = {role: _record(FileRef, ref, f"{where}: files.{role}") for role, ref in files.items()}
+    image = _record(Image, data.get("image"), f"{where}: [image]")
+    if not IMAGE_ID_RE.fullmatch(image.id):
+        raise UserError(f"{where}: image.id {image.id!r} is not an image ID (sha256:<64 hex>); a tag is no identity")
     for role, ref in refs.items():
         if ref.path.startswith("/") or ".." in Path(ref.path).parts:
             raise UserError(f"{where}: files.{role}.path {ref.path!r} escapes the cache")
@@ -170,7 +183,7 @@ def parse(text: str, where: str) -> Manifest:
         fingerprint=_strings(data.get("fingerprint"), f"{where}: [fingerprint]"),
         make=_strings(data.get("make"), f"{where}: [make]"),
         toolchain=_strings(data.get("toolchain"), f"{where}: [toolchain]"),
-        image=_record(Image, data.get("image"), f"{where}: [image]"),
+        image=image,
         packages=_strings(data.get("packages"), f"{where}: [packages]"),
         files=refs,
         kgenv_version=str(data.get("kgenv_version", "")),

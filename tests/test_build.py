@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kgenv.build import pipeline
+from kgenv.build import pipeline, skeleton
 from kgenv.build import report as build_report
 from kgenv.build.report import BuildReport
+from kgenv.build.target import VMLINUX, gnu_build_id, shipped_modules
 from kgenv.elf.symbols import SymbolIndex
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "patches"
@@ -82,6 +83,80 @@ def test_accepted_fix_builds_verifies_and_boots(builds, name):
     assert rep.boot is not None and rep.boot.result == "pass", rep.boot
     assert rep.boot.phases["sympos"] == "ok"  # each old_sympos named the function in /proc/kallsyms
     assert build_report.load(out / "report.json") == rep
+    # the build-id guard: vmlinux as the env recorded it, each target module as shipped, checked in the guest
+    guard = rep.result.guard_build_ids
+    assert set(guard) == {VMLINUX, *(f.object for f in rep.replaced())} and guard[VMLINUX] == rep.env.build_id
+    log = Path(rep.boot.serial_log).read_text(errors="replace")
+    for obj, build_id in guard.items():
+        assert f"{obj} build-id {build_id} is the {rep.env.kernel_release} build kgenv verified" in log
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("name, wrong", [("cmdline", VMLINUX), ("binfmt-misc-module", "binfmt_misc")])
+def test_guard_refuses_another_build(env, docker_rt, tmp_path, monkeypatch, name, wrong):
+    """A module built for a build whose build-id differs from the booted one (same release string,
+    so vermagic takes it): the object's pre_patch guard refuses, insmod fails, nothing is patched."""
+    real, other = skeleton.guard_ids, "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setattr(skeleton, "guard_ids", lambda build_id, modules=None: {**real(build_id, modules), wrong: other})
+    req = pipeline.Request(
+        diff=FIXTURES / f"{name}.diff",
+        env=env,
+        outdir=tmp_path,
+        name=name,
+        boot_test=True,
+        check=FIXTURES / f"{name}.check",
+    )
+    result = pipeline.build(req, docker_rt)
+    rep = result.report
+    assert result.exit_code == 1 and rep.result.outcome == "refused", rep.result.reason
+    assert rep.boot is not None and rep.boot.phases["precheck"] == "ok" and rep.boot.phases["load"] == "fail"
+    assert rep.result.guard_build_ids[wrong] == other and not list(tmp_path.glob("*.ko"))
+    running = env.kernel.build_id if wrong == VMLINUX else gnu_build_id(shipped_modules(env)[wrong])
+    log = Path(rep.boot.serial_log).read_text(errors="replace")
+    mod = "livepatch_" + name.replace("-", "_")
+    assert (
+        f"{mod}: refusing to patch {wrong}: running build-id {running}, expected {other} "
+        f"(the {env.kernel.release} build kgenv verified)"
+    ) in log
+    assert f"pre-patch callback failed for object '{wrong}'" in log
+    if wrong != VMLINUX:  # vmlinux itself passed its guard first
+        assert f"{mod}: vmlinux build-id {env.kernel.build_id} is the" in log
+
+
+# binfmt_misc is unloaded before the patch loads and loaded again while it is enabled, so the guard runs
+# on livepatch's module-coming path (the target's own load is refused on a mismatch)
+COMING_CHECK = """LP=/sys/kernel/livepatch/livepatch_binfmt_misc_module
+if [ ! -d $LP ]; then umount /tmp/bm 2>/dev/null; rmmod binfmt_misc; exit 1; fi
+if [ "$(cat $LP/enabled)" = 1 ] && ! grep -q '^binfmt_misc ' /proc/modules; then
+  insmod /kgenv/target/*binfmt_misc.ko
+fi
+mkdir -p /tmp/bm
+grep -q binfmt_misc /proc/mounts || mount -t binfmt_misc none /tmp/bm || exit 2
+grep -qx 'enabled (kgenv)' /tmp/bm/status
+"""
+
+
+@pytest.mark.qemu
+def test_guard_refuses_another_build_of_a_module_loaded_later(env, docker_rt, tmp_path, monkeypatch):
+    real, other = skeleton.guard_ids, "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setattr(skeleton, "guard_ids", lambda b, m=None: {**real(b, m), "binfmt_misc": other})
+    check = tmp_path / "coming.check"
+    check.write_text(COMING_CHECK)
+    req = pipeline.Request(
+        diff=FIXTURES / "binfmt-misc-module.diff",
+        env=env,
+        outdir=tmp_path / "out",
+        name="binfmt-misc-module",
+        boot_test=True,
+        check=check,
+    )
+    rep = pipeline.build(req, docker_rt).report
+    assert rep.result.outcome == "refused" and rep.boot is not None, rep.result.reason
+    assert rep.boot.phases["load"] == "ok" and rep.boot.phases["check"] == "fail"  # vmlinux passed its guard
+    log = Path(rep.boot.serial_log).read_text(errors="replace")
+    running = gnu_build_id(shipped_modules(env)["binfmt_misc"])
+    assert f"refusing to patch binfmt_misc: running build-id {running}, expected {other}" in log
+    assert "refusing to load module 'binfmt_misc'" in log
 
 
 @pytest.mark.parametrize("name", REFUSED)
@@ -93,6 +168,29 @@ def test_refused_fix_writes_no_module(builds, name):
     assert expect(name)["reason"] in rep.result.reason
     assert not list(out.glob("*.ko")) and build_report.load(out / "report.json") == rep
     assert rep.boot is None
+
+
+@pytest.mark.parametrize(
+    "name, cls, function",
+    [
+        ("refuse-icf", "identical-code-folding", "ttpci_eeprom_decode_mac"),
+        ("refuse-module-tracepoint", "special-section-in-target-module", "kyber_timer_fn"),
+    ],
+)
+def test_refusal_class_is_one_line_and_recorded_per_function(builds, name, cls, function):
+    result, _ = builds(name)
+    rep = result.report
+    assert rep.result.reason.startswith(f"{cls}: {function} ") and "\n" not in rep.result.reason
+    assert [(f.name, f.verdict) for f in rep.functions if f.reason == cls] == [(function, "refused")]
+    assert not any(f.verdict == "replaced" and f.name == function for f in rep.functions)
+
+
+def test_cold_part_change_replaces_its_parent(builds):
+    """Only sysctl_vm_numa_stat_handler.cold changed: the parent is registered, no .cold symbol is."""
+    result, out = builds("cold-error-path")
+    assert [f.name for f in result.report.replaced()] == ["sysctl_vm_numa_stat_handler"]
+    assert "sysctl_vm_numa_stat_handler" in (out / "cold-error-path.c").read_text()
+    assert ".cold" not in (out / "cold-error-path.c").read_text()
 
 
 def test_generated_source_is_the_fix_plus_declarations(builds):

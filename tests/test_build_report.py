@@ -16,6 +16,7 @@ from kgenv.build.report import BuildReport, FunctionRecord
 from kgenv.cli import build as cli_build
 from kgenv.cli import cli
 from kgenv.errors import UserError
+from kgenv.fsutil import sha256_file
 from kgenv.manifest import FileRef
 
 IMAGE = "sha256:" + "7" * 64
@@ -57,6 +58,7 @@ def real_shaped() -> dict:
             "module": "out/livepatch-cmdline.ko",
             "module_sha256": "2b" * 32,
             "klp_symbols": ["vmlinux.saved_command_line,0"],
+            "guard_build_ids": {"vmlinux": "6a" * 20, "binfmt_misc": "d8" * 20},
         },
         "functions": [
             fn,
@@ -103,6 +105,7 @@ def test_round_trip_keeps_the_json_exactly():
     assert json.dumps(rep.to_dict(), indent=1) == json.dumps(doc, indent=1)  # key order too: --json
     assert rep.boot is not None and rep.boot.phases["sympos"] == "ok" and rep.boot.seconds == 31.2
     assert [f.name for f in rep.replaced()] == ["cmdline_proc_show"]
+    assert rep.result.guard_build_ids == {"vmlinux": "6a" * 20, "binfmt_misc": "d8" * 20}
     assert rep.functions[1] == FunctionRecord(
         "x.isra.0", "fs/proc/cmdline.o", "vmlinux", "refused", 2, None, "clone", "", "only the IPA clone runs"
     )
@@ -138,6 +141,9 @@ def _set(path: str, value):
         (_set("result.exit_code", True), "result.exit_code: expected an integer"),
         (_set("result.outcome", "maybe"), "result.outcome: 'maybe' is not one of"),
         (_set("result.klp_symbols", "vmlinux.x,0"), "result.klp_symbols: expected a list of strings"),
+        (_set("result.guard_build_ids", ["6a"]), "result.guard_build_ids: expected an object of strings"),
+        (_set("result.guard_build_ids", {"vmlinux": 1}), "result.guard_build_ids: expected an object of strings"),
+        (_set("result.guard_build_ids", KeyError), "result.guard_build_ids: missing"),
         (_set("functions.0.address", "0xffff"), "functions[0].address: expected an integer or null"),
         (_set("functions.1.sympos", None), "functions[1].sympos: expected an integer"),
         (_set("functions.0.colour", "red"), "functions[0]: unexpected key(s) colour"),
@@ -183,6 +189,10 @@ def test_manifest_file_not_recorded_or_not_cached(tmp_path, monkeypatch):
     assert str(e.value).startswith(str(tmp_path / "kernels/x/vmlinux"))
     (tmp_path / "kernels" / "x").mkdir(parents=True)
     (tmp_path / "kernels" / "x" / "vmlinux").write_bytes(b"\x7fELF")
+    with pytest.raises(UserError, match=rf"sha256 differs from env {m.name}'s files.vmlinux"):
+        m.file("vmlinux")  # the sample records another hash
+    ref = replace(m.files["vmlinux"], sha256=sha256_file(tmp_path / "kernels" / "x" / "vmlinux"))
+    m = replace(m, files={"vmlinux": ref})
     assert m.file("vmlinux") == tmp_path / "kernels" / "x" / "vmlinux"
 
 
@@ -211,7 +221,10 @@ def test_boot_test_without_vmlinuz_is_an_error_report(tmp_path, monkeypatch):
     m = replace(
         m,
         image=replace(m.image, id=IMAGE),
-        files={"vmlinux": m.files["vmlinux"], "symvers": FileRef("vendor/symvers", "0" * 64, "tree:x")},
+        files={
+            "vmlinux": m.files["vmlinux"],
+            "symvers": FileRef("vendor/symvers", sha256_file(cache / "vendor" / "symvers"), "tree:x"),
+        },
     )
     envs.mkdir()
     manifest.save(m)
@@ -241,7 +254,7 @@ def test_any_exception_in_a_stage_is_an_error_report(tmp_path, monkeypatch):
 
     monkeypatch.setenv("KGENV_CACHE", str(tmp_path))
     (tmp_path / "symvers").write_text("")
-    m = replace(sample(), files={"symvers": FileRef("symvers", "0" * 64, "x")})
+    m = replace(sample(), files={"symvers": FileRef("symvers", sha256_file(tmp_path / "symvers"), "x")})
     diff = tmp_path / "fix.diff"
     diff.write_text("")
     req = pipeline.Request(diff=diff, env=m, outdir=tmp_path / "out", name="fix")

@@ -3,8 +3,10 @@
 import pytest
 from verify_build import compile_c, link, runtime
 
+from kgenv.build import skeleton
 from kgenv.build.skeleton import tu_flags
-from kgenv.build.target import VMLINUX, Resolver, Target, module_name
+from kgenv.build.target import VMLINUX, Resolver, Target, gnu_build_id, module_name
+from kgenv.errors import UserError
 from kgenv.verify.mapping import ObjectFile
 
 
@@ -59,3 +61,39 @@ def test_module_targets_load_after_their_dependencies(env):
     order = [p.name for p in load_order(env, Target("ext4", shipped["ext4"]))]
     assert order[-1] == "ext4.ko" and "jbd2.ko" in order and "mbcache.ko" in order
     assert [p.name for p in load_order(env, Target("binfmt_misc", shipped["binfmt_misc"]))] == ["binfmt_misc.ko"]
+
+
+# -- the build-id guard ---------------------------------------------------------------------------
+
+NOTES = r"""
+__asm__(".pushsection .notes,\"a\",@note\n"
+        /* a Xen note of type 3 first, as in Debian's vmlinux: the owner decides, not the type */
+        ".long 4, 4, 3\n.asciz \"Xen\"\n.long 0x11111111\n"
+        ".long 4, 20, 3\n.asciz \"GNU\"\n"
+        ".byte 0x6a,0x2b,0x4a,0xc7,0x75,0x85,0xb8,0xcf,0x10,0x2c,0xba,0x77,0x13,0x00,0xe5,0x73,0xc8,0x48,0x9b,0x69\n"
+        ".popsection\n");
+int f(void) { return 1; }
+"""
+
+
+def test_gnu_build_id_is_the_gnu_owners_note(tmp_path):
+    assert gnu_build_id(compile_c(tmp_path, "n.c", NOTES)) == "6a2b4ac77585b8cf102cba771300e573c8489b69"
+    assert gnu_build_id(compile_c(tmp_path, "none.c", "int g(void) { return 2; }\n")) == ""
+
+
+def test_registration_guards_every_object_with_its_build_id():
+    ids = skeleton.guard_ids("6a" * 20, {"binfmt_misc": "d8" * 20})
+    assert ids == {VMLINUX: "6a" * 20, "binfmt_misc": "d8" * 20}
+    text = skeleton.render_registration(
+        "fix", "6.1.0-57-amd64", [skeleton.Replacement("binfmt_misc", "bm_status_show", 0)], ids
+    )
+    # a module-only fix still has a vmlinux object (no functions) so the kernel itself is checked
+    assert "static struct klp_func funcs_vmlinux[] = {\n\n\t{ }\n};" in text
+    assert "{ .name = NULL, .funcs = funcs_vmlinux, .callbacks = { .pre_patch = kgenv_guard } }," in text
+    assert '.name = "binfmt_misc", .funcs = funcs_binfmt_misc, .callbacks = { .pre_patch = kgenv_guard }' in text
+    assert f'\t{{ "binfmt_misc", "{"d8" * 20}" }},\n\t{{ "vmlinux", "{"6a" * 20}" }},' in text
+    assert "@" not in text  # every placeholder filled
+    with pytest.raises(UserError, match="no usable GNU build-id for binfmt_misc"):
+        skeleton.guard_ids("6a" * 20, {"binfmt_misc": ""})
+    with pytest.raises(ValueError, match="do not match the patched objects"):
+        skeleton.render_registration("fix", "r", [skeleton.Replacement("binfmt_misc", "f", 0)], {VMLINUX: "6a" * 20})

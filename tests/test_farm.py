@@ -68,7 +68,7 @@ def test_plan_reads_fixture_stems_and_directories(tmp_path):
     p = tmp_path / "plan.toml"
     p.write_text(
         f'kernels = ["debian:bookworm", "debian:6.1.0-57-amd64", "my-env"]\n'
-        f'fixtures = "{ROOT / "fixtures" / "patches"}"\n[options]\nboot_test = true\n'
+        f'fixtures = "{ROOT / "fixtures" / "patches"}"\n[options]\nboot_test = true\nroot = "{ROOT}"\n'
     )
     pl = plans.load(p)
     by = {f.name: f for f in pl.fixes}

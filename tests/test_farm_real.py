@@ -36,6 +36,7 @@ def plan_file(d, env, fixes, boot=False):
         "",
         "[options]",
         f"boot_test = {'true' if boot else 'false'}",
+        f'root = "{FIXTURES}"',  # the fixtures lie outside the plan's tmp dir
     ]
     (d / "plan.toml").write_text("\n".join(lines) + "\n")
     return plans.load(d / "plan.toml")

@@ -223,3 +223,53 @@ def test_signed_module_is_refused(tmp_path):
     signed.write_bytes(obj.read_bytes() + sig + b"~Module signature appended~\n")
     with pytest.raises(UserError, match="module is signed"):
         klp.convert(signed, CONVERT, tmp_path / "out.ko")
+
+
+# A static branch as the kernel's arch_static_branch() emits it: a __jump_table entry (code, target,
+# key), and a static call site (.static_call_sites: call, key), both keyed on `own_key`.
+LOAD_TIME_SRC = """
+extern char own_key;
+int user(int x)
+{
+    asm goto("1: .byte 0x0f,0x1f,0x44,0x00,0x00\\n"
+         ".pushsection __jump_table, \\"aw\\"\\n .balign 8\\n"
+         ".long 1b - ., %l[l_yes] - .\\n .quad own_key - .\\n .popsection\\n"
+         ".pushsection .static_call_sites, \\"a\\"\\n .long 1b - ., own_key - .\\n .popsection\\n"
+         : : : : l_yes);
+    return x;
+l_yes:
+    return x + 1;
+}
+int other(int x) { return x * 3; }
+"""
+
+
+def _load_time_obj(tmp_path):
+    src = tmp_path / "jl.c"
+    src.write_text(LOAD_TIME_SRC)
+    obj = tmp_path / "jl.o"
+    subprocess.run(["gcc", *FLAGS, "-c", str(src), "-o", str(obj)], check=True)
+    return obj
+
+
+def test_module_key_in_load_time_section_is_refused(tmp_path):
+    """A target module's symbol in __jump_table/.static_call_sites: the loader reads those entries
+    before livepatch writes .klp.rela.<module>: refused (class named), nothing written."""
+    obj = _load_time_obj(tmp_path)
+    out = tmp_path / "out.o"
+    with pytest.raises(klp.SpecialSectionError) as exc:
+        klp.convert(obj, {"own_key": ("kyber_iosched", 0)}, out)
+    assert exc.value.objname == "kyber_iosched"
+    assert exc.value.sites == [("user", ".static_call_sites", "own_key"), ("user", "__jump_table", "own_key")]
+    msg = str(exc.value)
+    assert msg.startswith("special-section-in-target-module: user uses kyber_iosched's own own_key (")
+    assert "\n" not in msg and exc.value.exit_code == 1
+    assert not out.exists()
+
+
+def test_vmlinux_key_in_load_time_section_is_converted(tmp_path):
+    """vmlinux's .klp.rela sections are applied at module load, before jump labels are processed."""
+    obj = _load_time_obj(tmp_path)
+    res = klp.convert(obj, {"own_key": ("vmlinux", 0)}, tmp_path / "out.o")
+    assert ".klp.rela.vmlinux.__jump_table" in res.sections
+    assert ".klp.rela.vmlinux..static_call_sites" in res.sections

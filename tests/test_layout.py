@@ -9,7 +9,8 @@ PKG = Path(kgenv.__file__).resolve().parent
 # Lowest first. A module may import its own package and anything in an earlier layer, never a later
 # layer nor another package of its own layer.
 LAYERS = [
-    {"__init__", "errors", "fsutil", "progress"},
+    {"__init__", "errors"},
+    {"fsutil", "progress"},  # fsutil's one-line errors come from the error tree
     {"manifest"},
     {"elf", "distro", "runtime"},
     {"image"},

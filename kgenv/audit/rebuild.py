@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from kgenv.audit.records import Candidate
+from kgenv.errors import ToolError
+from kgenv.fsutil import open_regular
 from kgenv.image.tree import make_command
 from kgenv.manifest import Manifest
 
@@ -54,7 +56,17 @@ def rebuild(
         progress.step(f"rebuild {len(tus)} TU(s) with {cand.label}")
     r = runner.run(script(m, cand, tus, jobs or os.cpu_count() or 1), outdir, progress)
     built = {line.split("=", 1)[1] for line in r.output.splitlines() if line.startswith("BUILT=")}
-    return [Built(t, outdir / t) if t in built else Built(t, None, error_for(t, r.output)) for t in tus]
+    return [_built(t, outdir) if t in built else Built(t, None, error_for(t, r.output)) for t in tus]
+
+
+def _built(tu: str, outdir: Path) -> Built:
+    """A TU the container says it built: its object only as a regular file below outdir, never a
+    symlink it planted (the candidate image may be anyone's)."""
+    try:
+        os.close(open_regular(outdir / tu, root=outdir))
+    except (OSError, ToolError) as e:
+        return Built(tu, None, f"the rebuilt object is not a regular file ({e})")
+    return Built(tu, outdir / tu)
 
 
 def error_for(tu: str, output: str) -> str:

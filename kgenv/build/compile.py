@@ -1,15 +1,18 @@
 """Compile translation units inside an env image with the kernel's recorded make line."""
 
 import shlex
+import shutil
 from pathlib import Path, PurePosixPath
 
 from kgenv.errors import ToolError, UserError
+from kgenv.fsutil import copy_regular
 from kgenv.image.tree import make_command
 from kgenv.manifest import Manifest
 from kgenv.runtime.base import Mount, Runtime
 
 OUT = "/kgenv-out"
 OVERLAY = "/kgenv-overlay"
+STAGE = ".kgenv-container"  # the container's output mount inside outdir; emptied into outdir, then removed
 
 
 def _checked(tu: str) -> str:
@@ -45,6 +48,9 @@ def compile_tus(
 ) -> dict[str, Path]:
     """Build each TU's .o in a throwaway container (no network) and copy it to outdir.
 
+    The container writes into a staging dir only; each expected .o and .cmd is then copied out as
+    a regular file (never through a symlink the container planted: it runs a diff's code as root).
+
     `overlay` holds patched source files (relative paths) copied over the tree first;
     the image itself is never modified. `extra_cflags` is appended to the recorded KCFLAGS.
     `image` and `make_overrides` (e.g. CC=gcc-11) are for comparisons with another toolchain.
@@ -56,7 +62,10 @@ def compile_tus(
         make["KCFLAGS"] = f"{make.get('KCFLAGS', '')} {extra_cflags}".strip()
     obj = m.kernel.objtree or "."
     steps = ["set -eo pipefail"]
-    mounts = [Mount(outdir.resolve(), OUT, read_only=False)]
+    stage = outdir / STAGE
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    mounts = [Mount(stage.resolve(), OUT, read_only=False)]
     if overlay:
         mounts.append(Mount(overlay.resolve(), OVERLAY))
         steps.append(f"cp -a {OVERLAY}/. .")
@@ -67,6 +76,12 @@ def compile_tus(
     r = rt.run(
         image or m.image.id, ["bash", "-c", "\n".join(steps)], mounts, workdir=m.kernel.srctree, progress=progress
     )
-    if r.exit_code:
-        raise ToolError(f"compile of {', '.join(tus)} failed in env {m.name}:\n{r.output[-2000:]}")
+    try:
+        if r.exit_code:
+            raise ToolError(f"compile of {', '.join(tus)} failed in env {m.name}:\n{r.output[-2000:]}")
+        for t in tus:
+            for rel in (t, cmd_file(t)):
+                copy_regular(stage / rel, outdir / rel, root=stage)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return {t: outdir / t for t in tus}

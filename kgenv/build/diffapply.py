@@ -97,6 +97,12 @@ class FixDiff:
     def assembly(self) -> tuple[str, ...]:
         return tuple(p for p in self.paths if p.endswith((".S", ".s")))
 
+    @property
+    def build_files(self) -> tuple[str, ...]:
+        """Paths that steer the build itself (make runs them as root in the container): Makefile,
+        Kbuild, Kconfig*, *.mk and anything under scripts/."""
+        return tuple(p for p in self.paths if is_build_file(p))
+
     def error(self, what: str) -> UserError:
         return UserError(f"{self.name}: {what}")
 
@@ -108,6 +114,17 @@ class FixDiff:
             "headers": list(self.headers),
             "assembly": list(self.assembly),
         }
+
+
+def is_build_file(path: str) -> bool:
+    p = PurePosixPath(path)
+    name = p.name
+    return (
+        p.parts[0] == "scripts"
+        or name.startswith(("Makefile", "Kbuild", "Kconfig"))
+        or name.endswith(".mk")
+        or name in ("GNUmakefile", "makefile")
+    )
 
 
 def _side(lines: tuple[str, ...], skip: str) -> list[str]:
@@ -139,12 +156,25 @@ def split_lines(text: str) -> list[str]:
 
 
 def load(path: str | os.PathLike) -> FixDiff:
-    """Read and parse a diff file."""
+    """Read and parse a diff file; refuse one whose file sections name two different files."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return parse(raw, Path(path).name)
+    d = parse(raw, Path(path).name)
+    check_names(d, str(path))
+    return d
+
+
+def check_names(diff: FixDiff, where: str) -> None:
+    """A file section whose old and new names differ (a rename, or `--- a/x.c` over `+++ b/y.c`)
+    would patch one file and build another: one-line UserError naming `where` and both names."""
+    for f in diff.files:
+        if f.renamed:
+            raise UserError(
+                f"{where}: old name {f.old_path} and new name {f.new_path} differ; "
+                "renames and mismatched names are refused (a fix patches the file it names)"
+            )
 
 
 def parse(raw: bytes | str, name: str = "fix.diff") -> FixDiff:

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 from kgenv.errors import ToolError, UserError
+from kgenv.fsutil import copy_regular
 from kgenv.image.tree import make_command
 from kgenv.manifest import Manifest
 from kgenv.runtime.base import Mount, Runtime
@@ -42,5 +43,5 @@ def build_module(
     if r.exit_code or len(kos) != 1:
         raise ToolError(f"module build of {src} failed in env {m.name}:\n{r.output[-2000:]}")
     dest = outdir / kos[0].name
-    shutil.copyfile(kos[0], dest)
+    copy_regular(kos[0], dest, root=work)  # the build ran as root in the container: never follow what it left
     return dest

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import re
 import shlex
@@ -21,13 +24,13 @@ from kgenv.build import diffapply, skeleton
 from kgenv.build.compile import cmd_file, compile_tus
 from kgenv.build.kbuild import build_module
 from kgenv.build.report import BootSummary, BuildReport, EnvInfo, FixInfo, FunctionRecord, ResultInfo, ToolInfo
-from kgenv.build.target import VMLINUX, Resolver, Target, load_order
+from kgenv.build.target import VMLINUX, Resolver, Target, gnu_build_id, load_order
 from kgenv.build.target import find as find_target
 from kgenv.elf import klp
 from kgenv.elf.symbols import STT_FILE, SymbolIndex
 from kgenv.env import kbuildcmd
 from kgenv.errors import RefusedError, ToolError, UserError, describe
-from kgenv.fsutil import sha256_file, write_atomic
+from kgenv.fsutil import open_regular, sha256_file, write_atomic
 from kgenv.manifest import Manifest
 from kgenv.progress import QUIET
 from kgenv.runtime.base import Mount, Runtime
@@ -44,6 +47,13 @@ _CLONE = re.compile(r"\.(isra|constprop|part|cold|lto_priv|localalias)(\.\d+)?")
 # the kernel's "once" flags: a fresh copy in the patch module only means the message may repeat once
 ONCE_FLAGS = ("__already_done", "__print_once", "__warned")
 TREE_OUT = "/kgenv-tree"
+_COLD = re.compile(r"\.cold(\.\d+)?$")
+# refusal classes (a refused function's `reason` in report.json, the refusal line's first word)
+ICF = "identical-code-folding"
+NOTHING_REGISTERED = "no-function-registered"
+CLASSES = (ICF, klp.SPECIAL_SECTION, NOTHING_REGISTERED)
+OUTPUTS = ".kgenv-outputs.json"  # in OUTDIR: the files the last run wrote there, name -> sha256
+REPORT = "report.json"
 
 
 class Refusal(RefusedError):
@@ -65,6 +75,7 @@ class Request:
     jobs: int = 2
     boot_test: bool = False
     check: Path | None = None
+    allow_build_files: bool = False  # a reviewed fix may change Makefile/Kbuild/Kconfig/scripts
 
 
 def _later():
@@ -101,6 +112,90 @@ def default_name(diff: Path) -> str:
     return stem.strip("-")[:55] or "fix"
 
 
+def check_outdir(outdir: Path, create: bool = True) -> Path:
+    """-o before any build work: a directory kgenv can create files in (made if missing, or with
+    create=False its nearest existing parent must take it); one-line UserError for a file, /proc or
+    anything read-only."""
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"-o {outdir}: not a directory")
+    where = outdir
+    if not create:
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        if not where.is_dir():
+            raise UserError(f"-o {outdir}: {where} is not a directory")
+    try:
+        if create:
+            outdir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".kgenv-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"-o {outdir}: cannot write there ({e.strerror or e})") from None
+    return outdir
+
+
+def previous_outputs(outdir: Path) -> dict[str, str]:
+    """name -> sha256 of the files a previous kgenv build wrote into outdir: its OUTPUTS record, or
+    (a report.json from before that record) the module and sources its report names. Never a path
+    outside outdir, never report.json itself (every run rewrites it)."""
+    names: dict[str, str] = {}
+    try:
+        data = json.loads(outdir.joinpath(OUTPUTS).read_text())
+        if isinstance(data, dict):
+            names = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+    except (OSError, ValueError):
+        names = _outputs_of_report(outdir)
+    return {n: h for n, h in names.items() if n not in (REPORT, OUTPUTS, "", ".", "..") and "/" not in n}
+
+
+def _outputs_of_report(outdir: Path) -> dict[str, str]:
+    """The files an older report.json says its built run wrote, read loosely (only the keys needed:
+    a report of another kgenv version may lack newer keys) and only while its module is still there
+    with the recorded sha256, i.e. while the report describes this directory."""
+    try:
+        doc = json.loads((outdir / REPORT).read_text())
+        result, fix = doc["result"], doc["fix"]
+        module, digest, name, tus = result["module"], result["module_sha256"], fix["name"], fix["tus"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+    if not all(isinstance(v, str) and v for v in (module, digest, name)) or not isinstance(tus, list):
+        return {}
+    ko = outdir / Path(module).name
+    if not ko.is_file() or ko.is_symlink() or sha256_file(ko) != digest:
+        return {}
+    names = {ko.name: digest}
+    for n in [f"{name}.c", "Kbuild", *(f"{name}-{_slug(tu)}.c" for tu in tus if isinstance(tu, str))]:
+        names[n] = ""  # written with the module; no hash was recorded for them
+    return names
+
+
+def remove_previous_outputs(outdir: Path) -> list[str]:
+    """A new run's outputs replace the last run's as a whole: delete the regular files the last
+    run wrote (still with the content it wrote, where it recorded a hash); leave everything else."""
+    removed = []
+    for name, digest in sorted(previous_outputs(outdir).items()):
+        f = outdir / name
+        try:
+            fd = open_regular(f)
+        except (OSError, ToolError):
+            continue  # gone, or a symlink/special file kgenv did not write
+        with os.fdopen(fd, "rb") as fh:
+            ours = not digest or _sha256_of(fh) == digest
+        if ours:
+            f.unlink()
+            removed.append(name)
+    outdir.joinpath(OUTPUTS).unlink(missing_ok=True)
+    return removed
+
+
+def _sha256_of(fh) -> str:
+    h = hashlib.sha256()
+    while chunk := fh.read(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def check_name(name: str) -> str:
     if not skeleton.NAME_RE.fullmatch(name):
         raise UserError(f"--name {name!r}: use 1-55 characters of [A-Za-z0-9_-]")
@@ -120,12 +215,17 @@ class Build:
         self.tmp = Path(tempfile.mkdtemp(prefix="kgenv-build-"))
         self.diff: diffapply.FixDiff | None = None
         self.klp_symbols: dict[str, tuple[str, int]] = {}
+        self.guard_build_ids: dict[str, str] = {}  # what the module's pre_patch guard requires (kbuild)
         self.boot: Boot | None = None
+        self.notes: list[str] = []  # what the report must say about how this build was allowed
+        self.written: dict[str, str] = {}  # OUTDIR files this run wrote (hand-off), name -> sha256
 
     # -- running -----------------------------------------------------------------------------
 
     def run(self) -> Result:
         outcome, reason, code, module = "built", "", 0, None
+        check_outdir(self.req.outdir)  # before any work: an unusable -o is an error without a report
+        remove_previous_outputs(self.req.outdir)  # refused or failed, no earlier module stays behind
         try:
             module = self._stages()
         except Refusal as exc:
@@ -142,7 +242,9 @@ class Build:
                 shutil.rmtree(self.tmp, ignore_errors=True)
         report = self._report(outcome, reason, code, module)
         self.req.outdir.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.req.outdir / "report.json", report.to_json())
+        if self.written:
+            write_atomic(self.req.outdir / OUTPUTS, json.dumps(self.written, indent=1, sort_keys=True) + "\n")
+        write_atomic(self.req.outdir / REPORT, report.to_json())
         return Result(report, code, module)
 
     def _timed(self, stage: str, fn, *args):
@@ -160,6 +262,7 @@ class Build:
         self._timed("changes", self._changes)
         self._timed("map", self._map)
         self._timed("generate", self._generate, overlay)
+        self._must_register()
         ko = self._timed("kbuild", self._kbuild)
         self._timed("klp", self._klp, ko)
         if self.req.boot_test:
@@ -187,6 +290,13 @@ class Build:
             )
         if any(f.deleted for f in d.files):
             raise Refusal(f"{self.req.diff}: deletes a file; a live patch cannot remove code units")
+        if d.build_files:
+            if not self.req.allow_build_files:
+                raise Refusal(
+                    f"{self.req.diff}: changes build file(s) {_names(d.build_files)}, which make runs as root in "
+                    "the build container; review them and pass --allow-build-files"
+                )
+            self.notes.append(f"build file(s) changed, allowed by --allow-build-files: {', '.join(d.build_files)}")
         if d.headers and not self.req.extra_tus:
             raise Refusal(
                 f"{self.req.diff}: changes header(s) {', '.join(d.headers)}; name the "
@@ -222,7 +332,8 @@ class Build:
         if r.exit_code:
             raise ToolError(f"reading the env's source failed: {r.output[-500:]}")
         tree = self.tmp / "tree"
-        with tarfile.open(out / "files.tar") as tar:
+        # the container wrote files.tar: read it only as a regular file, never through a symlink
+        with os.fdopen(open_regular(out / "files.tar", root=out), "rb") as f, tarfile.open(fileobj=f) as tar:
             _extract(tar, tree)
         return tree
 
@@ -274,10 +385,9 @@ class Build:
                     ],
                 )
             u.resolver = Resolver(u.target, ObjectFile(u.original, u.tu))
-            for name in u.changes.changed:
-                f = next(c for c in u.changes.functions if c.name == name)
-                orig_name = f.original or name
-                if _CLONE.search(orig_name) and not orig_name.endswith(".cold") and ".cold." not in orig_name:
+            folded = _Folding(u)
+            for orig_name in _to_replace(u.changes):
+                if _CLONE.search(orig_name):
                     failures.append(
                         self._fn(
                             u,
@@ -289,8 +399,6 @@ class Build:
                         )
                     )
                     continue
-                if ".cold" in orig_name:
-                    continue  # moves with its parent
                 v = verdicts.get(orig_name)
                 if v is None or v.verdict != IDENTICAL:
                     failures.append(
@@ -303,6 +411,19 @@ class Build:
                         )
                     )
                     continue
+                aliases = folded.aliases(orig_name)
+                if aliases:
+                    failures.append(
+                        self._fn(
+                            u,
+                            orig_name,
+                            "refused",
+                            reason=ICF,
+                            address=v.address,
+                            note=f"shares its address with {_names(aliases)}",
+                        )
+                    )
+                    continue
                 u.replaced.append(orig_name)
                 pos = u.resolver.position(orig_name)
                 self.functions.append(
@@ -312,7 +433,7 @@ class Build:
                 )
         if failures:
             self.functions.extend(failures)
-            raise Refusal("; ".join(f"{f.name}: {f.note}" for f in failures), [])
+            raise Refusal("; ".join(_refusal_line(f) for f in failures), [])
 
     def _fn(self, u: Unit, name: str, verdict: str, **kw) -> FunctionRecord:
         return FunctionRecord(name, u.tu, u.target.objname, verdict, **kw)
@@ -337,6 +458,14 @@ class Build:
                 raise Refusal(f"{u.source}: " + "; ".join(g.refusals))
             u.generated = g
 
+    def _must_register(self) -> None:
+        """The safety net under every stage above: a module that registers no function is never built."""
+        if not any(f.verdict == "replaced" for f in self.functions):
+            raise Refusal(
+                f"{NOTHING_REGISTERED}: the fix replaces no function of the running kernel "
+                "(a livepatch module that registers nothing patches nothing)"
+            )
+
     def _kbuild(self) -> Path:
         name = self.req.name
         src = self.tmp / "module"
@@ -353,8 +482,10 @@ class Build:
             local = f"-I{self.m.kernel.srctree}/{PurePosixPath(u.source).parent}"
             sources.append(skeleton.Source(fname, (local, *(f for f in flags if f != local))))
         reps = [skeleton.Replacement(f.object, f.name, f.sympos) for f in self.functions if f.verdict == "replaced"]
+        modules = {u.target.objname: gnu_build_id(u.target.binary_path) for u in self.units if u.target.is_module}
+        self.guard_build_ids = skeleton.guard_ids(self.m.kernel.build_id, modules)
         (src / f"{name}.c").write_text(
-            skeleton.render_registration(name, self.m.kernel.release, self.m.kernel.build_id, reps)
+            skeleton.render_registration(name, self.m.kernel.release, reps, self.guard_build_ids)
         )
         (src / "Kbuild").write_text(skeleton.render_kbuild(name, f"{name}.c", sources))
         return build_module(self.rt, self.m, src, self.tmp / "kbuild-out", allow_undefined=True, progress=self.progress)
@@ -385,8 +516,32 @@ class Build:
                 f"the module needs {_names(unknown)}, which the running kernel neither exports nor has as a symbol"
             )
         if mapping:
-            klp.convert(ko, mapping)
+            try:
+                klp.convert(ko, mapping)
+            except klp.SpecialSectionError as exc:
+                raise Refusal(str(exc), self._special_sections(exc)) from None
         self.klp_symbols = mapping
+
+    def _special_sections(self, exc: klp.SpecialSectionError) -> list[FunctionRecord]:
+        """The functions whose load-time entries need the target module: replaced → refused."""
+        notes: dict[str, list[str]] = {}
+        for fn, sec, sym in exc.sites:
+            notes.setdefault(fn, []).append(f"{sym} ({sec})")
+        out, keep = [], []
+        for f in self.functions:
+            if f.verdict == "replaced" and f.object == exc.objname and f.name in notes:
+                out.append(dataclasses.replace(f, verdict="refused", reason=klp.SPECIAL_SECTION, note=""))
+            else:
+                keep.append(f)
+        self.functions = keep
+        unit = next(u for u in self.units if u.target.objname == exc.objname)
+        out += [
+            self._fn(unit, fn, "refused", reason=klp.SPECIAL_SECTION) for fn in notes if fn not in {f.name for f in out}
+        ]
+        return [
+            dataclasses.replace(f, note=f"uses {exc.objname}'s own {', '.join(dict.fromkeys(notes[f.name]))}")
+            for f in out
+        ]
 
     def _boot(self, ko: Path):
         from kgenv.boot import boot_test
@@ -419,10 +574,11 @@ class Build:
         out = self.req.outdir
         out.mkdir(parents=True, exist_ok=True)
         src = self.tmp / "module"
-        for f in sorted(src.glob("*.c")) + [src / "Kbuild"]:
-            write_atomic(out / f.name, f.read_bytes())
         dest = out / f"livepatch-{self.req.name}.ko"
-        write_atomic(dest, ko.read_bytes())
+        for f, target in [*((f, out / f.name) for f in sorted(src.glob("*.c")) + [src / "Kbuild"]), (ko, dest)]:
+            data = f.read_bytes()
+            write_atomic(target, data)
+            self.written[target.name] = hashlib.sha256(data).hexdigest()
         return dest
 
     # -- report ------------------------------------------------------------------------------
@@ -438,6 +594,7 @@ class Build:
                 sha256_file(req.diff) if req.diff.is_file() else "",
                 tuple(self.diff.paths) if self.diff else (),
                 tuple(u.tu for u in self.units),
+                tuple(self.notes),
             ),
             result=ResultInfo(
                 outcome,
@@ -446,6 +603,7 @@ class Build:
                 str(module) if module else "",
                 sha256_file(module) if module else "",
                 tuple(sorted(f"{o}.{n},{p}" for n, (o, p) in self.klp_symbols.items())),
+                self.guard_build_ids,
             ),
             functions=tuple(self.functions),
             stages=self.stages,
@@ -468,6 +626,8 @@ class Build:
         ]
         for tu in self.req.extra_tus:
             cmd += ["--tu", tu]
+        if self.req.allow_build_files:
+            cmd.append("--allow-build-files")
         if self.req.boot_test:
             cmd.append("--boot-test")
         if self.req.check:
@@ -480,6 +640,61 @@ def _unexpected(exc: Exception) -> str:
     if os.environ.get("KGENV_DEBUG"):
         traceback.print_exception(exc)
     return describe(exc)
+
+
+def _to_replace(changes: changes_mod.Changes) -> list[str]:
+    """The running kernel's functions the fix changes, in order. A changed `.cold` part (an error
+    path gcc moved out, printk being __cold) is reached only through its parent: the parent is
+    replaced (kpatch does the same)."""
+    out: list[str] = []
+    for name in changes.changed:
+        f = next(c for c in changes.functions if c.name == name)
+        orig = _COLD.sub("", f.original or name)
+        if orig not in out:
+            out.append(orig)
+    return out
+
+
+class _Folding:
+    """gcc's identical-code folding: other function symbols at a replaced function's place in the
+    running binary (vmlinux: the address; a module: section and value). ftrace redirects the place,
+    so patching one patches them all: only sound when the fix folds them together again."""
+
+    def __init__(self, u: Unit):
+        self.u = u
+        self._patched: SymbolIndex | None = None
+
+    def aliases(self, name: str) -> list[str]:
+        sym = self.u.resolver.find(name)
+        if sym is None:
+            return []
+        module = self.u.target.is_module
+        others = sorted(
+            {
+                s.name
+                for s in self.u.resolver.binary.index.symbols
+                if s.value == sym.value
+                and s.is_func
+                and s.defined
+                and s.name
+                and s.name != sym.name
+                and (not module or s.shndx == sym.shndx)
+            }
+        )
+        return [] if all(self._folded_by_fix(name, o) for o in others) else others
+
+    def _folded_by_fix(self, name: str, other: str) -> bool:
+        """Does the fix give `other` the same replacement: one place in the patched object too?"""
+        if self._patched is None:
+            self._patched = SymbolIndex.open(self.u.patched)
+        a, b = self._patched.first(name), self._patched.first(other)
+        return a is not None and b is not None and a.is_func and (a.shndx, a.value) == (b.shndx, b.value)
+
+
+def _refusal_line(f: FunctionRecord) -> str:
+    if f.reason in CLASSES:
+        return f"{f.reason}: {f.name} {f.note}"
+    return f"{f.name}: {f.note}"
 
 
 def _first_difference(v) -> str:

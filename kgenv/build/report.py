@@ -1,6 +1,7 @@
 """report.json of `kgenv build`: typed records that write, and read back, exactly its JSON shape.
 
-The shape is two levels deep and stable (see docs/build.md): the records below only give it types.
+The shape is two levels deep (result.guard_build_ids, a map of strings, one more) and stable (see
+docs/build.md): the records below only give it types.
 Reading validates every key, so a consumer (the CLI, the farm, tests) gets one line naming the file
 and the key instead of a KeyError deep inside.
 """
@@ -38,6 +39,10 @@ _CHECKS: dict[Any, tuple[Callable[[object], bool], str]] = {
     int | None: (lambda v: v is None or _is_int(v), "an integer or null"),
     float | None: (lambda v: v is None or _is_number(v), "a number or null"),
     tuple[str, ...]: (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    Mapping[str, str]: (
+        lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+        "an object of strings",
+    ),
 }
 
 
@@ -53,7 +58,8 @@ def _value(data: dict, key: str, want: Any, where: str) -> Any:
     ok, says = _CHECKS[want]
     if not ok(data[key]):
         raise UserError(f"{where}.{key}: expected {says}, got {json.dumps(data[key])[:40]}")
-    return tuple(data[key]) if isinstance(data[key], list) else data[key]
+    v = data[key]
+    return tuple(v) if isinstance(v, list) else MappingProxyType(dict(v)) if isinstance(v, dict) else v
 
 
 def _no_extra(data: dict, known, where: str) -> None:
@@ -79,7 +85,7 @@ class _Flat:
 
 
 def _plain(v: object) -> object:
-    return list(v) if isinstance(v, tuple) else v
+    return list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,18 @@ class FixInfo(_Flat):
     diff_sha256: str
     files: tuple[str, ...]
     tus: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # e.g. build files changed under --allow-build-files; the key only when set
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if not self.notes:
+            del d["notes"]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> Self:
+        d = _table(data, where)
+        return super().from_dict(d if "notes" in d else {**d, "notes": []}, where)
 
 
 @dataclass(frozen=True)
@@ -116,6 +134,11 @@ class ResultInfo(_Flat):
     module: str  # path as written, "" unless built
     module_sha256: str
     klp_symbols: tuple[str, ...]  # "<obj>.<name>,<sympos>"
+    # object -> the GNU build-id the module's guard requires before patching it ({} when no module was generated)
+    guard_build_ids: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "guard_build_ids", MappingProxyType(dict(self.guard_build_ids)))
 
 
 @dataclass(frozen=True)

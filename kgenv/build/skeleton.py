@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from kgenv.build.target import VMLINUX
 from kgenv.env import kbuildcmd
+from kgenv.errors import UserError
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "kernel" / "livepatch"
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,55}")
@@ -16,6 +18,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,55}")
 # Kbuild supplies the rest, including KBUILD_MODNAME for the patch module itself
 _KEEP_FLAG = re.compile(r"-(I|D|U|include)")
 _SKIP_FLAG = re.compile(r"-D(MODULE$|KBUILD_|__KBUILD_)")
+_BUILD_ID = re.compile(r"[0-9a-f]{2,128}")  # hex of a GNU build-id note (the guard reads up to 64 bytes)
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,27 @@ def tu_flags(flags: list[str], srctree: str, objtree: str = "") -> tuple[str, ..
     return tuple(dict.fromkeys(out))
 
 
-def render_registration(name: str, release: str, build_id: str, reps: list[Replacement]) -> str:
-    """The module's registration file from kernel/livepatch/livepatch.c.in."""
+def guard_ids(build_id: str, modules: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Object name -> the GNU build-id its pre_patch guard requires: vmlinux's as the env recorded
+    it, each target module's as shipped."""
+    out = {VMLINUX: build_id, **(modules or {})}
+    bad = [o for o, b in out.items() if not _BUILD_ID.fullmatch(b)]
+    if bad:
+        raise UserError(
+            f"no usable GNU build-id for {', '.join(sorted(bad))}: the module could not guard against another build"
+        )
+    return out
+
+
+def render_registration(name: str, release: str, reps: list[Replacement], ids: Mapping[str, str]) -> str:
+    """The module's registration file from kernel/livepatch/livepatch.c.in. Every klp_object
+    (vmlinux always, with no functions when only modules are patched) gets the template's
+    build-id guard as its pre_patch callback, requiring the build-id `ids` (see guard_ids) names."""
+    if set(ids) != {VMLINUX, *(r.objname for r in reps)}:
+        raise ValueError(f"guard build-ids for {sorted(ids)} do not match the patched objects")
     decls = "\n".join(f"extern void livepatch_{r.old_name}(void);" for r in sorted(reps, key=lambda r: r.old_name))
     funcs, objects = [], []
-    for objname in sorted({r.objname for r in reps}, key=lambda o: (o != VMLINUX, o)):
+    for objname in sorted({VMLINUX, *(r.objname for r in reps)}, key=lambda o: (o != VMLINUX, o)):
         rows = "\n".join(
             f'\t{{ .old_name = "{r.old_name}", .new_func = livepatch_{r.old_name}, .old_sympos = {r.sympos} }},'
             for r in sorted(reps, key=lambda r: r.old_name)
@@ -67,15 +86,18 @@ def render_registration(name: str, release: str, build_id: str, reps: list[Repla
         )
         funcs.append(f"static struct klp_func funcs_{_c_ident(objname)}[] = {{\n{rows}\n\t{{ }}\n}};")
         label = "NULL" if objname == VMLINUX else f'"{objname}"'
-        objects.append(f"\t{{ .name = {label}, .funcs = funcs_{_c_ident(objname)} }},")
+        objects.append(
+            f"\t{{ .name = {label}, .funcs = funcs_{_c_ident(objname)}, .callbacks = {{ .pre_patch = kgenv_guard }} }},"
+        )
     text = (TEMPLATES / "livepatch.c.in").read_text()
     for key, value in (
         ("DECLS", decls),
         ("FUNCS", "\n\n".join(funcs)),
         ("OBJECTS", "\n".join(objects)),
+        ("GUARD_IDS", "\n".join(f'\t{{ "{o}", "{b}" }},' for o, b in sorted(ids.items()))),
         ("NAME", name),
         ("RELEASE", release),
-        ("BUILD_ID", build_id),
+        ("BUILD_ID", ids[VMLINUX]),
     ):
         text = text.replace(f"@{key}@", value)
     return text

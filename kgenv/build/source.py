@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from kgenv.build import gensrc
 from kgenv.errors import ToolError, UserError
+from kgenv.fsutil import read_regular
 from kgenv.manifest import Manifest
 from kgenv.runtime.base import Mount, Runtime
 
@@ -77,9 +78,10 @@ def read_facts(
     )
     if r.exit_code:
         raise ToolError(f"reading {tu_source} with libclang failed in env {m.name}:\n{r.output[-1500:]}")
-    original = json.loads((out / "original.json").read_text())
-    patched = json.loads((out / "patched.json").read_text()) if overlay else original
-    return original, patched, (out / "patched.c").read_bytes()
+    # the container wrote these (with the patched tree in place): regular files only, never a symlink
+    original = json.loads(read_regular(out / "original.json", root=out))
+    patched = json.loads(read_regular(out / "patched.json", root=out)) if overlay else original
+    return original, patched, read_regular(out / "patched.c", root=out)
 
 
 def generate_source(

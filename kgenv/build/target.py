@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from kgenv.verify.mapping import OK, Mapper, ObjectFile
 from kgenv.verify.sources import Binary, open_binary
 
 VMLINUX = "vmlinux"
+SHT_NOTE, NT_GNU_BUILD_ID = 7, 3
 _KALLSYMS_TYPES = (STT_FUNC, STT_OBJECT, STT_NOTYPE)
 
 
@@ -62,6 +64,26 @@ def _depends(ko: Path) -> list[str]:
         if entry.startswith(b"depends="):
             return [d.replace("-", "_") for d in entry[8:].decode().split(",") if d]
     return []
+
+
+def gnu_build_id(path: Path) -> str:
+    """The hex of a binary's GNU build-id (the first NT_GNU_BUILD_ID note owned by "GNU", as the
+    patch module's guard reads it at run time), or "" when it has none."""
+    elf = open_elf(path)
+    for sec in elf.sections:
+        if sec.type != SHT_NOTE:
+            continue
+        data, off = bytes(elf.section_data(sec)), 0
+        while off + 12 <= len(data):
+            namesz, descsz, ntype = struct.unpack_from("<III", data, off)
+            name = off + 12
+            desc = name + (namesz + 3) // 4 * 4
+            if desc + descsz > len(data):
+                break
+            if ntype == NT_GNU_BUILD_ID and data[name : name + namesz] == b"GNU\0" and descsz:
+                return data[desc : desc + descsz].hex()
+            off = desc + (descsz + 3) // 4 * 4
+    return ""
 
 
 def load_order(m: Manifest, target: Target) -> list[Path]:

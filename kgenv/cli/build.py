@@ -59,6 +59,12 @@ def make_runtime(name: str, m: Manifest) -> Runtime:
 )
 @click.option("--boot-test", is_flag=True, help="Boot the shipped kernel in QEMU and prove the module.")
 @click.option(
+    "--allow-build-files",
+    is_flag=True,
+    help="Accept a diff that changes Makefile/Kbuild/Kconfig*/*.mk/scripts/ (make runs them as root); "
+    "only after reviewing them. The report notes it.",
+)
+@click.option(
     "--check",
     type=click.Path(path_type=Path),
     metavar="SCRIPT",
@@ -77,9 +83,23 @@ def make_runtime(name: str, m: Manifest) -> Runtime:
 @click.option("-v", "--verbose", is_flag=True)
 @click.option("--keep-tmp", is_flag=True, help="Keep the work directory and print its path.")
 def build_command(
-    diff, env_name, outdir, name, image, tus, boot_test, check, runtime_name, jobs, as_json, verbose, keep_tmp
+    diff,
+    env_name,
+    outdir,
+    name,
+    image,
+    tus,
+    boot_test,
+    allow_build_files,
+    check,
+    runtime_name,
+    jobs,
+    as_json,
+    verbose,
+    keep_tmp,
 ):
     """Build a livepatch module for FIX.DIFF in env NAME's image; verify it before hand-off."""
+    pipeline.check_outdir(outdir, create=False)  # first: a file, /proc or a read-only dir is an error
     if not diff.is_file():
         raise UserError(f"{diff}: no such diff file")
     if check is not None and not check.is_file():
@@ -99,6 +119,7 @@ def build_command(
         jobs=jobs,
         boot_test=boot_test,
         check=check,
+        allow_build_files=allow_build_files,
     )
     b = pipeline.Build(req, make_runtime(runtime_name, m), Progress(quiet=as_json and not verbose))
     if keep_tmp:

@@ -17,7 +17,9 @@ from kgenv.elf.reader import (
     ElfFile,
     signed_length,
 )
-from kgenv.errors import UserError
+from kgenv.elf.relocs import relocations
+from kgenv.elf.symbols import STT_SECTION, SymbolIndex
+from kgenv.errors import RefusedError, UserError
 
 # Constants from the kernel's livepatch module ELF format (OS-specific ranges of glibc's elf.h).
 SHN_LIVEPATCH = 0xFF20
@@ -29,6 +31,48 @@ _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
 _RELA = struct.Struct("<QQq")
 _MAX_SECTIONS = 0xFF00  # beyond this ELF needs extended numbering, which we do not write
+
+SPECIAL_SECTION = "special-section-in-target-module"
+# Sections the module loader reads, or patches into code, while loading the livepatch module
+# (jump labels, static calls, alternatives, paravirt, lock prefixes, retpoline/return thunks, IBT,
+# the sorted exception table, ftrace's call sites, the ORC table). vmlinux's .klp.rela sections are
+# applied before that (apply_relocations, since 5.8); a module target's only when that module is
+# loaded and the patch enabled, after these sections were consumed with the fields still zero.
+LOAD_TIME_SECTIONS = frozenset(
+    {
+        "__jump_table",
+        ".static_call_sites",
+        ".altinstructions",
+        ".altinstr_replacement",
+        ".altinstr_aux",
+        ".parainstructions",
+        ".smp_locks",
+        ".retpoline_sites",
+        ".return_sites",
+        ".ibt_endbr_seal",
+        "__ex_table",
+        "__mcount_loc",
+        ".orc_unwind_ip",
+    }
+)
+_LIVEPATCH_ALIAS = "livepatch_"  # gensrc's global alias of each replaced function
+
+
+class SpecialSectionError(RefusedError):
+    """A module target's symbol is needed in a section processed at load time (one line; `sites`
+    are (function, section, symbol) for the report)."""
+
+    def __init__(self, objname: str, sites: list[tuple[str, str, str]]):
+        self.objname = objname
+        self.sites = sites
+        per_fn: dict[str, list[str]] = {}
+        for fn, sec, sym in sites:
+            per_fn.setdefault(fn, []).append(f"{sym} ({sec})")
+        what = "; ".join(f"{fn} uses {objname}'s own {', '.join(dict.fromkeys(s))}" for fn, s in per_fn.items())
+        super().__init__(
+            f"{SPECIAL_SECTION}: {what}: the module loader reads these entries before livepatch "
+            f"writes the .klp.rela.{objname} relocations (use the key through a function, or patch {objname} otherwise)"
+        )
 
 
 @dataclass(frozen=True)
@@ -136,6 +180,7 @@ def _rewrite(img: _Image, targets: dict[str, KlpTarget]):
     symtab = _symtab_index(img)
     converted = _convert_symbols(img, symtab, targets)
     objnames = {i: targets[name].objname for i, name in converted.items()}
+    _refuse_load_time(img, objnames, converted)
     klp = _split_relocations(img, symtab, objnames)
     _finish(img, klp)
     names = tuple(sorted(targets[n].symbol_name(n) for n in converted.values()))
@@ -211,6 +256,41 @@ def _split_relocations(img: _Image, symtab: int, objnames: dict[int, str]) -> li
         (f".klp.rela.{obj}.{img.names[info]}", templates[(obj, info)], groups[(obj, info)])
         for obj, info in sorted(groups)
     ]
+
+
+def _refuse_load_time(img: _Image, objnames: dict[int, str], converted: dict[int, str]) -> None:
+    """No .klp.rela.<module> section may patch a section the loader consumes at load time."""
+    index: SymbolIndex | None = None
+    found: dict[str, list[tuple[str, str, str]]] = {}
+    for sec in img.elf.sections:
+        if sec.name not in LOAD_TIME_SECTIONS:
+            continue
+        relocs = relocations(img.elf, sec.index)
+        for r in relocs:
+            obj = objnames.get(r.sym)
+            if obj is None or obj == "vmlinux":
+                continue
+            index = index or SymbolIndex(img.elf)
+            found.setdefault(obj, []).append((_site_function(index, relocs, r.offset), sec.name, converted[r.sym]))
+    for obj, sites in sorted(found.items()):
+        raise SpecialSectionError(obj, sorted(dict.fromkeys(sites)))
+
+
+def _site_function(index: SymbolIndex, relocs: list, offset: int) -> str:
+    """The function an entry of a load-time table is about: the nearest earlier field of the entry
+    that points into code (jump label code/target, static call site, alternative's instruction)."""
+    by_idx = {s.symidx: s for s in index.symbols}
+    for r in sorted((r for r in relocs if r.offset <= offset), key=lambda r: -r.offset):
+        sym = by_idx.get(r.sym)
+        if sym is None or not sym.defined or sym.shndx >= len(index.elf.sections):
+            continue
+        if not index.elf.sections[sym.shndx].is_exec:
+            continue
+        where = r.addend if sym.type == STT_SECTION else sym.value + r.addend
+        fn = index.containing(sym.shndx, where)
+        if fn is not None:
+            return fn.name.removeprefix(_LIVEPATCH_ALIAS)
+    return "?"
 
 
 def _patches_alloc(img: _Image, sh: list) -> bool:

@@ -9,14 +9,14 @@ from kgenv.env import toolchain
 from kgenv.env.draft import commit, draft
 from kgenv.env.fingerprint import config_sha256, fingerprint
 from kgenv.errors import UserError
-from kgenv.fsutil import cache_dir, sha256_file
+from kgenv.fsutil import cache_dir, sha256_cached
 from kgenv.image.build import build, from_manifest
 from kgenv.manifest import FileRef, Kernel, Manifest
 from kgenv.runtime.base import Runtime
 
 
 def _ref(path: Path, package: str) -> FileRef:
-    return FileRef(str(path.relative_to(cache_dir())), sha256_file(path), package)
+    return FileRef(str(path.relative_to(cache_dir())), sha256_cached(path), package)  # seeds Manifest.file's cache
 
 
 def _files(kf: debian.KernelFiles) -> dict[str, FileRef]:

@@ -12,7 +12,7 @@ from kgenv import manifest
 from kgenv.distro import debian
 from kgenv.distro.archive import Archive
 from kgenv.errors import ToolError, UserError
-from kgenv.fsutil import sha256_file
+from kgenv.fsutil import sha256_cached
 from kgenv.image import tree
 from kgenv.image.build import build, from_manifest
 from kgenv.manifest import Manifest
@@ -123,8 +123,8 @@ def restore_files(m: Manifest, archive: Archive | None, progress: Progress, role
     if missing:
         archive = archive or Archive(m.kernel.line, progress=progress)
         debian.fetch(debian.resolve(f"{m.kernel.line}:{m.kernel.release}", archive), archive, progress)
-    for role, ref in refs.items():
-        if sha256_file(ref.resolve()) != ref.sha256:
+    for role, ref in refs.items():  # the hash Manifest.file checks, remembered per (path, inode, size, mtime)
+        if sha256_cached(ref.resolve()) != ref.sha256:
             raise ToolError(f"{ref.resolve()}: sha256 differs from env {m.name}'s files.{role}")
 
 

@@ -23,7 +23,7 @@ from kgenv.env.draft import commit
 from kgenv.env.draft import draft as new_draft
 from kgenv.env.fingerprint import Fingerprint, config_sha256, fingerprint
 from kgenv.errors import RefusedError, UserError
-from kgenv.fsutil import cache_dir, sha256_file
+from kgenv.fsutil import cache_dir, read_regular, sha256_file
 from kgenv.image import tree as imagetree
 from kgenv.image.build import Built, build, from_manifest
 from kgenv.manifest import FileRef, Kernel, Manifest
@@ -197,7 +197,7 @@ def image_cmds(rt: Runtime, image_id: str, srctree: str, objtree: str, script: s
         )
         if r.exit_code:
             return {}
-        text = (Path(tmp) / "cmds").read_text(errors="replace")
+        text = read_regular(Path(tmp) / "cmds", root=Path(tmp)).decode(errors="replace")  # container-written
     cmds = {}
     for line in text.split("\n"):
         name, sep, rest = line.partition("\0")

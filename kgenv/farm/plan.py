@@ -34,6 +34,13 @@ class Fix:
 class Options:
     boot_test: bool = False
     jobs: int = 1
+    root: Path | None = None  # one more directory plan paths may lie in (resolved); else only the plan's own
+
+
+def roots(path: Path, options: Options) -> tuple[Path, ...]:
+    """Where a plan's diff, check, fixture and fixtures paths may lead (after resolving symlinks)."""
+    own = Path(path).resolve().parent
+    return (own,) if options.root is None else (own, options.root)
 
 
 @dataclass(frozen=True)
@@ -70,14 +77,33 @@ def _only(table: dict, allowed: set[str], path: Path, where: str) -> None:
 def _options(table, path: Path) -> Options:
     if not isinstance(table, dict):
         raise UserError(f"{path}: [options] must be a table")
-    _only(table, {"boot_test", "jobs"}, path, "options.")
+    _only(table, {"boot_test", "jobs", "root"}, path, "options.")
     boot = table.get("boot_test", False)
     jobs = table.get("jobs", 1)
     if not isinstance(boot, bool):
         raise UserError(f"{path}: options.boot_test must be true or false")
     if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= 64:
         raise UserError(f"{path}: options.jobs must be an integer from 1 to 64")
-    return Options(boot, jobs)
+    root = table.get("root")
+    if root is None:
+        return Options(boot, jobs)
+    if not isinstance(root, str) or not root:
+        raise UserError(f"{path}: options.root must be a directory path (relative to the plan, or absolute)")
+    resolved = (path.resolve().parent / root).resolve()
+    if not resolved.is_dir():
+        raise UserError(f"{path}: options.root: {root}: no such directory")
+    return Options(boot, jobs, resolved)
+
+
+def _inside(f: Path, path: Path, where: str, value: str, options: Options) -> Path:
+    """f (resolved) when it lies in the plan's directory or options.root; one-line UserError otherwise."""
+    allowed = roots(path, options)
+    if not any(f.is_relative_to(r) for r in allowed):
+        raise UserError(
+            f"{path}: {where}: {value} leads outside the plan's directory {allowed[0]}"
+            + (f" and options.root {allowed[1]}" if len(allowed) > 1 else " (options.root allows one other directory)")
+        )
+    return f
 
 
 def _kernels(value, path: Path) -> tuple[str, ...]:
@@ -106,7 +132,7 @@ def _fixes(data: dict, path: Path, options: Options) -> tuple[Fix, ...]:
     if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
         raise UserError(f"{path}: fixtures must be a directory or a list of directories")
     for d in dirs:
-        for stem in _fixture_stems(path, d):
+        for stem in _fixture_stems(path, d, options):
             _add(fixes, _fix(stem.name, {"fixture": str(stem)}, path, options), path)
     table = data.get("fixes", {})
     if not isinstance(table, dict):
@@ -124,8 +150,8 @@ def _add(fixes: dict[str, Fix], fix: Fix, path: Path) -> None:
     fixes[fix.name] = fix
 
 
-def _fixture_stems(path: Path, d: str) -> list[Path]:
-    root = (path.parent / d).resolve()
+def _fixture_stems(path: Path, d: str, options: Options) -> list[Path]:
+    root = _inside((path.parent / d).resolve(), path, "fixtures", d, options)
     if not root.is_dir():
         raise UserError(f"{path}: fixtures: {d}: no such directory")
     stems = [f.with_suffix("") for f in sorted(root.glob("*.diff"))]
@@ -141,12 +167,12 @@ def _fix(name: str, table, path: Path, options: Options) -> Fix:
     if not isinstance(table, dict):
         raise UserError(f"{path}: {where} must be a table")
     _only(table, {"diff", "check", "expected", "fixture", "tus"}, path, f"{where}.")
-    table = {**_from_fixture(table["fixture"], path, where), **table} if "fixture" in table else table
+    table = {**_from_fixture(table["fixture"], path, where, options), **table} if "fixture" in table else table
     expected = table.get("expected")
     if expected not in OUTCOMES:
         raise UserError(f"{path}: {where}.expected must be one of {', '.join(OUTCOMES)}")
-    diff = _file(table.get("diff"), path, f"{where}.diff")
-    check = _file(table["check"], path, f"{where}.check") if table.get("check") else None
+    diff = _file(table.get("diff"), path, f"{where}.diff", options)
+    check = _file(table["check"], path, f"{where}.check", options) if table.get("check") else None
     if options.boot_test and expected == "built" and check is None:
         raise UserError(f"{path}: {where}.check is required when options.boot_test is on")
     tus = table.get("tus", [])
@@ -155,12 +181,12 @@ def _fix(name: str, table, path: Path, options: Options) -> Fix:
     return Fix(name, diff, check, expected, sha256_file(diff), sha256_file(check) if check else "", tuple(tus))
 
 
-def _from_fixture(stem, path: Path, where: str) -> dict:
+def _from_fixture(stem, path: Path, where: str, options: Options) -> dict:
     """NAME.diff, NAME.check (if any) and the outcome recorded in NAME.expect."""
     if not isinstance(stem, str) or not stem:
         raise UserError(f"{path}: {where}.fixture must be a path without suffix (dir/NAME)")
-    base = (path.parent / stem).resolve()
-    expect = base.with_name(base.name + ".expect")
+    base = _inside((path.parent / stem).resolve(), path, f"{where}.fixture", stem, options)
+    expect = _inside(base.with_name(base.name + ".expect").resolve(), path, f"{where}.fixture", stem, options)
     try:
         outcome = tomllib.loads(expect.read_text()).get("outcome")
     except OSError:
@@ -175,10 +201,10 @@ def _from_fixture(stem, path: Path, where: str) -> dict:
     }
 
 
-def _file(value, path: Path, where: str) -> Path:
+def _file(value, path: Path, where: str, options: Options) -> Path:
     if not isinstance(value, str) or not value:
         raise UserError(f"{path}: {where} must be a file path (relative to the plan)")
-    f = (path.parent / value).resolve()
+    f = _inside((path.parent / value).resolve(), path, where, value, options)
     if not f.is_file():
         raise UserError(f"{path}: {where}: {value}: no such file")
     return f

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from kgenv.errors import ToolError, UserError
-from kgenv.fsutil import sha256_file, write_atomic
+from kgenv.fsutil import read_regular, sha256_file, write_atomic
 from kgenv.manifest import Manifest
 from kgenv.runtime.base import Mount, Runtime
 
@@ -60,7 +60,8 @@ def sign(rt: Runtime, m: Manifest, module: Path, dest: Path, key: SigningKey) ->
         env = {"KBUILD_SIGN_PIN": os.environ["KBUILD_SIGN_PIN"]} if "KBUILD_SIGN_PIN" in os.environ else {}
         r = rt.run(m.image.id, ["bash", "-c", script], mounts=mounts, env=env)
         signed = Path(out) / "module.ko"
-        if r.exit_code or not signed.is_file() or not signed.read_bytes().endswith(MAGIC):
+        data = read_regular(signed, root=Path(out)) if not r.exit_code and signed.exists() else b""  # never a symlink
+        if r.exit_code or not data.endswith(MAGIC):
             raise ToolError(f"{module}: sign-file failed (exit {r.exit_code}): {r.output.strip()[-300:]}")
-        write_atomic(dest, signed.read_bytes())
+        write_atomic(dest, data)
     return sha256_file(dest)

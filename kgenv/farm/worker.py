@@ -9,7 +9,7 @@ from kgenv.distro import debian
 from kgenv.distro.archive import Archive
 from kgenv.env import lifecycle as envs
 from kgenv.errors import ToolError, UserError
-from kgenv.fsutil import sha256_file
+from kgenv.fsutil import sha256_cached
 from kgenv.manifest import Manifest
 from kgenv.progress import QUIET, Progress
 from kgenv.runtime.base import Runtime
@@ -32,10 +32,9 @@ def worker_env(name: str, image_id: str, rt: Runtime, archive: Path | None = Non
 
 def fetch_files(m: Manifest, progress: Progress = QUIET) -> None:
     """The shipped files a build reads from the cache (vmlinux, vmlinuz, ...): fetched if this host lacks them."""
-    if all(ref.resolve().exists() for ref in m.files.values()):
-        return  # checked when they were fetched; hashing ~1 GB again per job would dominate small jobs
-    archive = Archive(m.kernel.line, progress=progress)
-    debian.fetch(debian.resolve(f"{m.kernel.line}:{m.kernel.release}", archive), archive, progress)
-    for role, ref in m.files.items():
-        if sha256_file(ref.resolve()) != ref.sha256:
-            raise ToolError(f"{ref.resolve()}: sha256 differs from manifest files.{role}")
+    if not all(ref.resolve().exists() for ref in m.files.values()):
+        archive = Archive(m.kernel.line, progress=progress)
+        debian.fetch(debian.resolve(f"{m.kernel.line}:{m.kernel.release}", archive), archive, progress)
+    for role, ref in m.files.items():  # cached per (path, inode, size, mtime): ~1 GB is hashed once, not per job
+        if sha256_cached(ref.resolve()) != ref.sha256:
+            raise ToolError(f"{ref.resolve()}: sha256 differs from env {m.name}'s files.{role}")
