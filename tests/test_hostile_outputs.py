@@ -154,7 +154,7 @@ def test_a_forged_outputs_record_cannot_reach_outside(tmp_path, env):
     assert victim.read_text() == "keep\n" and (out / "link.ko").is_symlink()
 
 
-def test_a_report_from_before_the_outputs_record_still_identifies_its_files(tmp_path, env):
+def test_a_report_from_before_the_outputs_record_still_identifies_its_module(tmp_path, env):
     m, diff = env
     out = tmp_path / "out"
     previous_build(out)
@@ -177,8 +177,11 @@ def test_a_report_from_before_the_outputs_record_still_identifies_its_files(tmp_
     }
     (out / "report.json").write_text(json.dumps(doc))
     (out / "other.c").write_text("not named by the report\n")
+    sources = sorted(p.name for p in out.iterdir() if p.name not in ("livepatch-old.ko", "report.json"))
     assert run(diff, "--env", m.name, "-o", out).exit_code == 1
-    assert sorted(p.name for p in out.iterdir()) == ["other.c", "report.json"]
+    # only the module, whose hash the report recorded, goes; sources a user may have edited stay
+    assert sorted(p.name for p in out.iterdir()) == sorted([*sources, "report.json"])
+    assert "other.c" in sources and "Kbuild" in sources
 
 
 def test_the_outputs_record_lists_what_the_hand_off_wrote(tmp_path, env):
@@ -214,3 +217,13 @@ def test_a_report_written_by_a_refused_build_is_world_readable(tmp_path, env):
     m, diff = env
     assert run(diff, "--env", m.name, "-o", tmp_path / "out").exit_code == 1
     assert stat.S_IMODE((tmp_path / "out" / "report.json").stat().st_mode) == 0o644
+
+
+def test_an_outputs_record_without_hashes_names_nothing_to_delete(tmp_path, env):
+    m, diff = env
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("the user's\n")
+    (out / pipeline.OUTPUTS).write_text(json.dumps({"precious.txt": "", "other": "not-a-hash"}))
+    assert run(diff, "--env", m.name, "-o", out).exit_code == 1
+    assert (out / "precious.txt").read_text() == "the user's\n"

@@ -47,6 +47,7 @@ _CLONE = re.compile(r"\.(isra|constprop|part|cold|lto_priv|localalias)(\.\d+)?")
 # the kernel's "once" flags: a fresh copy in the patch module only means the message may repeat once
 ONCE_FLAGS = ("__already_done", "__print_once", "__warned")
 TREE_OUT = "/kgenv-tree"
+SHA256 = re.compile(r"[0-9a-f]{64}")
 _COLD = re.compile(r"\.cold(\.\d+)?$")
 # refusal classes (a refused function's `reason` in report.json, the refusal line's first word)
 ICF = "identical-code-folding"
@@ -142,8 +143,8 @@ def previous_outputs(outdir: Path) -> dict[str, str]:
     names: dict[str, str] = {}
     try:
         data = json.loads(outdir.joinpath(OUTPUTS).read_text())
-        if isinstance(data, dict):
-            names = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+        if isinstance(data, dict):  # a hash is required: a hand-edited record cannot name any file
+            names = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str) and SHA256.fullmatch(v)}
     except (OSError, ValueError):
         names = _outputs_of_report(outdir)
     return {n: h for n, h in names.items() if n not in (REPORT, OUTPUTS, "", ".", "..") and "/" not in n}
@@ -164,10 +165,7 @@ def _outputs_of_report(outdir: Path) -> dict[str, str]:
     ko = outdir / Path(module).name
     if not ko.is_file() or ko.is_symlink() or sha256_file(ko) != digest:
         return {}
-    names = {ko.name: digest}
-    for n in [f"{name}.c", "Kbuild", *(f"{name}-{_slug(tu)}.c" for tu in tus if isinstance(tu, str))]:
-        names[n] = ""  # written with the module; no hash was recorded for them
-    return names
+    return {ko.name: digest}  # its sources carry no recorded hash: a user may have edited them
 
 
 def remove_previous_outputs(outdir: Path) -> list[str]:
@@ -181,7 +179,7 @@ def remove_previous_outputs(outdir: Path) -> list[str]:
         except (OSError, ToolError):
             continue  # gone, or a symlink/special file kgenv did not write
         with os.fdopen(fd, "rb") as fh:
-            ours = not digest or _sha256_of(fh) == digest
+            ours = _sha256_of(fh) == digest
         if ours:
             f.unlink()
             removed.append(name)
@@ -225,8 +223,8 @@ class Build:
     def run(self) -> Result:
         outcome, reason, code, module = "built", "", 0, None
         check_outdir(self.req.outdir)  # before any work: an unusable -o is an error without a report
-        remove_previous_outputs(self.req.outdir)  # refused or failed, no earlier module stays behind
         try:
+            remove_previous_outputs(self.req.outdir)  # refused or failed, no earlier module stays behind
             module = self._stages()
         except Refusal as exc:
             outcome, reason, code = "refused", str(exc), 1
@@ -482,8 +480,14 @@ class Build:
             local = f"-I{self.m.kernel.srctree}/{PurePosixPath(u.source).parent}"
             sources.append(skeleton.Source(fname, (local, *(f for f in flags if f != local))))
         reps = [skeleton.Replacement(f.object, f.name, f.sympos) for f in self.functions if f.verdict == "replaced"]
+        # every id from the binary the proof was made against: the recorded field must agree with it
+        vmlinux = gnu_build_id(self.m.file("vmlinux"))
+        if vmlinux != self.m.kernel.build_id:
+            raise UserError(
+                f"env {self.m.name}: its vmlinux has build-id {vmlinux}, the manifest records {self.m.kernel.build_id}"
+            )
         modules = {u.target.objname: gnu_build_id(u.target.binary_path) for u in self.units if u.target.is_module}
-        self.guard_build_ids = skeleton.guard_ids(self.m.kernel.build_id, modules)
+        self.guard_build_ids = skeleton.guard_ids(vmlinux, modules)
         (src / f"{name}.c").write_text(
             skeleton.render_registration(name, self.m.kernel.release, reps, self.guard_build_ids)
         )
