@@ -14,6 +14,9 @@ SCHEMA = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # An image identity is its content digest; a tag (kgenv/x:env) can be moved to other content.
 IMAGE_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")  # fullmatch: no trailing newline
+TAG_RE = re.compile(r"[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# what every stage reads of [fingerprint]: the compiler string the image must print
+REQUIRED_FINGERPRINT = ("cc_version_text",)
 # What a missing [files.<role>] means, for the one-line error of Manifest.file.
 _ROLE_NOTES = {
     "vmlinuz": "the snapshot found no bootable kernel image, e.g. a build dir without bzImage; boot tests need one",
@@ -146,7 +149,7 @@ def _record(cls, data, where: str):
         raise UserError(f"{where}: missing key(s) {', '.join(missing)}")
     for n, t in names.items():
         want = int if t in (int, "int") else str
-        if not isinstance(data[n], want):
+        if not isinstance(data[n], want) or isinstance(data[n], bool):  # TOML true is no integer here
             raise UserError(f"{where}.{n}: expected {want.__name__}")
     return cls(**{n: data[n] for n in names})
 
@@ -174,13 +177,18 @@ def parse(text: str, where: str) -> Manifest:
     image = _record(Image, data.get("image"), f"{where}: [image]")
     if not IMAGE_ID_RE.fullmatch(image.id):
         raise UserError(f"{where}: image.id {image.id!r} is not an image ID (sha256:<64 hex>); a tag is no identity")
+    if not TAG_RE.fullmatch(image.tag):
+        raise UserError(f"{where}: image.tag {image.tag!r} is not a REPOSITORY:TAG name")
+    fingerprint = _strings(data.get("fingerprint"), f"{where}: [fingerprint]")
+    if missing := [k for k in REQUIRED_FINGERPRINT if not fingerprint.get(k)]:
+        raise UserError(f"{where}: [fingerprint] lacks {', '.join(missing)}")
     for role, ref in refs.items():
         if ref.path.startswith("/") or ".." in Path(ref.path).parts:
             raise UserError(f"{where}: files.{role}.path {ref.path!r} escapes the cache")
     return Manifest(
         name=data["name"],
         kernel=_record(Kernel, data.get("kernel"), f"{where}: [kernel]"),
-        fingerprint=_strings(data.get("fingerprint"), f"{where}: [fingerprint]"),
+        fingerprint=fingerprint,
         make=_strings(data.get("make"), f"{where}: [make]"),
         toolchain=_strings(data.get("toolchain"), f"{where}: [toolchain]"),
         image=image,

@@ -1,6 +1,8 @@
 """Hostile input: a manifest names its image by content digest only, and every recorded shipped file
 is checked against its sha256 wherever a stage reads it (build, verify, boot-test, restore, farm)."""
 
+import os
+import re
 from dataclasses import replace
 
 import pytest
@@ -144,3 +146,52 @@ def test_restore_and_farm_use_the_same_cached_check(cached, monkeypatch):
         restore_files(bad, None, QUIET)
     with pytest.raises(ToolError, match=f"sha256 differs from env {m.name}'s files.vmlinux"):
         fetch_files(bad)  # present on this host, but not the recorded file: a farm job must not use it
+
+
+def test_short_image_ids_as_envs_list_prints_them():
+    from kgenv.cli.build import same_image
+
+    full = "sha256:" + "ab12" * 16
+    assert same_image(full, full) and same_image(full[7:], full) and same_image(full[7:19], full)
+    assert same_image("sha256:" + full[7:19], full)
+    assert not same_image(full[7:18], full)  # 11 digits: too short to name one image
+    assert not same_image("cd" * 6, full) and not same_image("kgenv/x:env", full)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda m: replace(m, kernel=replace(m.kernel, source_date_epoch=True)),
+            r"\[kernel\].source_date_epoch: expected int",
+        ),
+        (lambda m: replace(m, image=replace(m.image, tag="no-colon")), r"image.tag 'no-colon' is not a REPOSITORY:TAG"),
+        (lambda m: replace(m, fingerprint={}), r"\[fingerprint\] lacks cc_version_text"),
+    ],
+)
+def test_manifest_values_every_command_relies_on(tmp_path, monkeypatch, edit, message):
+    """envs list/verify/restore read these without looking: bad ones are a one-line error at load."""
+    monkeypatch.setenv("KGENV_ENVS", str(tmp_path))
+    (tmp_path / "bad.toml").write_text(edit(sample("bad")).to_toml())
+    for args in (["envs", "list"], ["envs", "show", "bad"]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert re.search(message, r.stderr)
+
+
+@pytest.mark.parametrize("opt", [["-j", "0"], ["-j", "-1"], ["-j", "65"]])
+def test_job_counts_out_of_range_are_usage_errors(tmp_path, opt):
+    diff = tmp_path / "x.diff"
+    diff.write_text("")
+    r = CliRunner().invoke(cli, ["build", str(diff), "--env", "x", "-o", str(tmp_path / "o"), *opt])
+    assert r.exit_code == 2 and "-j" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_verify_refuses_a_fifo_instead_of_waiting(tmp_path):
+    fifo = tmp_path / "vmlinux"
+    os.mkfifo(fifo)
+    obj = tmp_path / "x.o"
+    os.mkfifo(obj)
+    r = CliRunner().invoke(cli, ["verify", "--binary", str(fifo), str(obj)])
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines() == [f"kgenv: {fifo}: not a regular file, not an ELF object"]

@@ -74,7 +74,7 @@ def _fleet(rt: Runtime, toolchain, cc, tus, sample_n, seed, jobs, progress, keep
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="Re-render a saved JSON report in --format instead of auditing.",
 )
-@click.option("-j", "jobs", type=int, help="Parallel compile jobs (default: all cores).")
+@click.option("-j", "jobs", type=click.IntRange(1, 64), help="Parallel compile jobs (default: all cores).")
 @click.option("-v", "--verbose", is_flag=True, help="Progress even when the report goes to stdout as data.")
 @click.option("--keep-tmp", is_flag=True, help="Keep the rebuilt objects (and a host tree).")
 def audit_command(

@@ -48,12 +48,18 @@ def make_runtime(name: str, m: Manifest) -> Runtime:
     return runtime()
 
 
+def same_image(given: str, image_id: str) -> bool:
+    """--image as the full ID, or its hex at least as long as the 12 characters `envs list` prints."""
+    hex_part = given.removeprefix("sha256:")
+    return len(hex_part) >= 12 and all(c in "0123456789abcdef" for c in hex_part) and image_id[7:].startswith(hex_part)
+
+
 @click.command("build")
 @click.argument("diff", type=click.Path(path_type=Path))
 @click.option("--env", "env_name", required=True, metavar="NAME", help="Recorded environment to build in.")
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path), metavar="OUTDIR")
 @click.option("--name", help="Patch name (livepatch-<name>.ko); default from the diff's file name.")
-@click.option("--image", metavar="ID", help="Require the env's image to be exactly this ID.")
+@click.option("--image", metavar="ID", help="Require the env's image to be this ID (full, or 12+ hex digits).")
 @click.option(
     "--tu", "tus", multiple=True, metavar="PATH.o", help="Also rebuild this translation unit (for header changes)."
 )
@@ -78,7 +84,7 @@ def make_runtime(name: str, m: Manifest) -> Runtime:
     show_default=True,
     help="host: this machine is the env's build root (fingerprint-checked).",
 )
-@click.option("-j", "--jobs", default=2, show_default=True, help="Parallel compiles.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=2, show_default=True, help="Parallel compiles.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary.")
 @click.option("-v", "--verbose", is_flag=True)
 @click.option("--keep-tmp", is_flag=True, help="Keep the work directory and print its path.")
@@ -107,7 +113,7 @@ def build_command(
     if check is not None and not boot_test:
         raise UserError("--check only makes sense with --boot-test")
     m = manifest.load(env_name)
-    if image and image != m.image.id and f"sha256:{image}" != m.image.id:
+    if image and not same_image(image, m.image.id):
         raise UserError(f"env {env_name}: image is {m.image.id}, not {image}")
     req = pipeline.Request(
         diff=diff,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +91,13 @@ class ElfFile:
     @staticmethod
     def _map(path: str):
         try:
-            with open(path, "rb") as f:
-                if os.fstat(f.fileno()).st_size == 0:
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are mapped
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise UserError(f"{path}: not a regular file, not an ELF object")
+                if st.st_size == 0:
                     raise UserError(f"{path}: empty file, not an ELF object")
                 return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as exc:

@@ -65,7 +65,7 @@ def verify_image(rt: Runtime, m: Manifest, progress) -> list[Check]:
         ),
         Check(
             "comment",
-            got.get("COMMENT") == m.fingerprint["comment"],
+            got.get("COMMENT") == m.fingerprint.get("comment", ""),
             f"probe .comment {got.get('COMMENT', '?')!r} (vmlinux {m.fingerprint['comment']!r})",
         ),
         Check("binutils", got.get("LD", "").endswith(" " + ld_ver), f"{got.get('LD', '?')!r}"),
