@@ -7,6 +7,7 @@ import pytest
 from kgenv.build import changes
 from kgenv.build.changes import CHANGED, NEW, REMOVED, UNCHANGED
 from kgenv.elf.reader import open_elf
+from kgenv.elf.symbols import SymbolIndex
 from kgenv.errors import UserError
 
 FLAGS = [
@@ -51,10 +52,11 @@ CP_CLONES = ["-fipa-cp-clone", "--param", "ipa-cp-eval-threshold=1"]
 
 
 def build(tmp_path, name, src, *extra):
-    c = tmp_path / f"{name}.c"
-    c.write_text(src)
+    d = tmp_path / name
+    d.mkdir(exist_ok=True)
+    (d / "x.c").write_text(src)  # one __FILE__ for both builds, as a kernel TU has
     obj = tmp_path / f"{name}.o"
-    subprocess.run(["gcc", *FLAGS, *extra, "-c", str(c), "-o", str(obj)], check=True)
+    subprocess.run(["gcc", *FLAGS, *extra, "-c", "x.c", "-o", str(obj)], check=True, cwd=d)
     return obj
 
 
@@ -212,6 +214,18 @@ def test_static_variable_added_in_a_function(tmp_path):
 def test_string_literal_change_changes_the_user_only(tmp_path):
     ch = diff(tmp_path, ("value %d", "Value %d"))
     assert not_unchanged(ch) == {"user_c": CHANGED} and data(ch) == {}
+
+
+def test_new_literal_renumbering_labels_changes_the_user_only(tmp_path):
+    # gas keeps the .LC label of user_b's WARN file string (a PC-relative reference into a
+    # mergeable section); a literal added to user_a renumbers it (.LC0 -> .LC1): not a change
+    ch = diff(tmp_path, ("{ counter++;", '{ printk("new %d\\n", x); counter++;'))
+    labels = [
+        {s.name for s in SymbolIndex(open_elf(tmp_path / f"{n}.o")).symbols if s.name.startswith(".LC")}
+        for n in ("orig", "patched")
+    ]
+    assert labels == [{".LC0"}, {".LC1"}]
+    assert not_unchanged(ch) == {"user_a": CHANGED} and data(ch) == {}
 
 
 def test_warn_flags_change_is_seen_though_code_is_equal(tmp_path):

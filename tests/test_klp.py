@@ -273,3 +273,107 @@ def test_vmlinux_key_in_load_time_section_is_converted(tmp_path):
     res = klp.convert(obj, {"own_key": ("vmlinux", 0)}, tmp_path / "out.o")
     assert ".klp.rela.vmlinux.__jump_table" in res.sections
     assert ".klp.rela.vmlinux..static_call_sites" in res.sections
+
+
+# A module target's symbol in each kind of section: code, read-only data and a note nobody loads
+# (always), plus one of: a module parameter (read by the loader), data made read-only after init,
+# an alternative's replacement code (copied over the original instruction by the loader).
+SITES_SRC = """
+extern int own_var;
+extern void own_func(void);
+struct param { const char *name; void *arg; };
+int user(int x)
+{
+    asm volatile(".pushsection .unloaded_note, \\"\\"\\n .quad own_var\\n .popsection");
+    return x + own_var;
+}
+int *const ro_table[] = { &own_var };
+"""
+SITES_EXTRA = {
+    "__param": 'static const struct param __param_own __attribute__((used, section("__param"))) = { "own", &own_var };',
+    ".data..ro_after_init": 'int *ro_after_init_ptr __attribute__((section(".data..ro_after_init"))) = &own_var;',
+    ".altinstr_replacement": """
+void alt_user(void)
+{
+    asm volatile("661: .byte 0x0f,0x1f,0x44,0x00,0x00\\n662:\\n"
+         ".pushsection .altinstructions, \\"a\\"\\n .long 661b - ., 6641f - .\\n .word 0\\n"
+         ".byte 662b - 661b, 6642f - 6641f\\n .popsection\\n"
+         ".pushsection .altinstr_replacement, \\"ax\\"\\n6641: call own_func\\n6642:\\n .popsection\\n");
+}
+""",
+}
+
+
+def _sites_obj(tmp_path, extra=None):
+    src = tmp_path / "sites.c"
+    src.write_text(SITES_SRC + (SITES_EXTRA[extra] if extra else ""))
+    obj = tmp_path / "sites.o"
+    subprocess.run(["gcc", *FLAGS, "-c", str(src), "-o", str(obj)], check=True)
+    return obj
+
+
+def test_module_target_in_code_and_plain_data_is_converted(tmp_path):
+    """.text and .rodata are the patch module's own: livepatch writes them when the target loads."""
+    obj = _sites_obj(tmp_path)
+    out = tmp_path / "out.o"
+    res = klp.convert(obj, {"own_var": ("binfmt_misc", 0)}, out)
+    assert sorted(res.sections) == [".klp.rela.binfmt_misc..rodata", ".klp.rela.binfmt_misc..text"]
+    rows = relocs(out)
+    assert {r[0] for r in rows if r[4] == ".klp.sym.binfmt_misc.own_var,0"} == {
+        ".klp.rela.binfmt_misc..text",
+        ".klp.rela.binfmt_misc..rodata",
+        ".rela.unloaded_note",  # never applied by the loader, so neither moved nor refused
+    }
+
+
+@pytest.mark.parametrize("section, site", [("__param", "__param_own"), (".data..ro_after_init", "ro_after_init_ptr")])
+def test_module_target_in_loader_data_is_refused(tmp_path, section, site):
+    """The loader reads __param (and write-protects .data..ro_after_init) before livepatch writes
+    .klp.rela.<module>: refused, naming the section and the symbol; nothing written."""
+    obj = _sites_obj(tmp_path, section)
+    out = tmp_path / "out.o"
+    with pytest.raises(klp.SpecialSectionError) as exc:
+        klp.convert(obj, {"own_var": ("binfmt_misc", 0)}, out)
+    assert exc.value.sites == [(site, section, "own_var")]
+    msg = str(exc.value)
+    assert msg.startswith(f"special-section-in-target-module: {site} uses binfmt_misc's own own_var ({section}): ")
+    assert "\n" not in msg and exc.value.exit_code == 1
+    assert not out.exists()
+
+
+def test_module_target_in_alternative_replacement_is_refused(tmp_path):
+    """.altinstr_replacement is code, but the loader copies it over the original instruction at load
+    time; the site is the function whose .altinstructions entry points at the replacement."""
+    obj = _sites_obj(tmp_path, ".altinstr_replacement")
+    out = tmp_path / "out.o"
+    with pytest.raises(klp.SpecialSectionError) as exc:
+        klp.convert(obj, {"own_func": ("binfmt_misc", 0)}, out)
+    assert exc.value.sites == [("alt_user", ".altinstr_replacement", "own_func")]
+    assert str(exc.value).startswith(
+        "special-section-in-target-module: alt_user uses binfmt_misc's own own_func (.altinstr_replacement): "
+    )
+    assert not out.exists()
+    # vmlinux's are applied while the patch module loads, before alternatives are
+    res = klp.convert(obj, {"own_func": ("vmlinux", 0)}, out)
+    assert res.sections == (".klp.rela.vmlinux..altinstr_replacement",)
+
+
+@pytest.mark.parametrize(
+    "section, allowed",
+    [
+        (".text", True),
+        (".text.unlikely.foo", True),
+        (".rodata.str1.1", True),
+        (".data..read_mostly", True),
+        (".textual", False),
+        (".altinstr_replacement", False),
+        (".data..ro_after_init", False),
+        (".data..percpu", False),
+        (".init.text", False),
+        (".bss", False),
+        ("__param", False),
+        ("__bug_table", False),
+    ],
+)
+def test_module_target_allowlist(section, allowed):
+    assert klp.module_target_allowed(section) is allowed

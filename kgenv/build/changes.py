@@ -262,9 +262,13 @@ class _Side:
     def _target(self, r: Reloc, insns: list, off: int) -> tuple:
         """A build-independent name for what a relocation points at."""
         t = self.obj.symbol(r.sym)
-        if t.type != STT_SECTION:
-            return ("sym", self._callee(t.name, t if t.is_func else None), r.addend)
         sec = self.index.section_of(t)
+        # gas keeps literal labels (.LC6) in mergeable sections (strings, .rodata.cst*); a fix
+        # that adds a literal renumbers them, so such a label stands for what it points at
+        merged = sec is not None and bool(sec.flags & SHF_MERGE)
+        label = merged and t.bind == STB_LOCAL and not t.is_func and t.name.startswith(".L")
+        if t.type != STT_SECTION and not label:
+            return ("sym", self._callee(t.name, t if t.is_func else None), r.addend)
         if sec is None:
             return ("section", t.shndx)
         # a PC-relative addend is relative to the end of the instruction, not of the field
@@ -275,6 +279,8 @@ class _Side:
         where = t.value + r.addend + k
         if sec.flags & SHF_MERGE and sec.flags & SHF_STRINGS:
             return ("string", self._string(sec, where))
+        if label:  # a merged constant: its bytes
+            return ("constant", bytes(self.index.elf.section_data(sec))[where : where + max(sec.entsize, 1)])
         return self._holder(t.shndx, sec, where)
 
     def _holder(self, shndx: int, sec, where: int) -> tuple:

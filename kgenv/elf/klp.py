@@ -33,34 +33,23 @@ _RELA = struct.Struct("<QQq")
 _MAX_SECTIONS = 0xFF00  # beyond this ELF needs extended numbering, which we do not write
 
 SPECIAL_SECTION = "special-section-in-target-module"
-# Sections the module loader reads, or patches into code, while loading the livepatch module
-# (jump labels, static calls, alternatives, paravirt, lock prefixes, retpoline/return thunks, IBT,
-# the sorted exception table, ftrace's call sites, the ORC table). vmlinux's .klp.rela sections are
-# applied before that (apply_relocations, since 5.8); a module target's only when that module is
-# loaded and the patch enabled, after these sections were consumed with the fields still zero.
-LOAD_TIME_SECTIONS = frozenset(
-    {
-        "__jump_table",
-        ".static_call_sites",
-        ".altinstructions",
-        ".altinstr_replacement",
-        ".altinstr_aux",
-        ".parainstructions",
-        ".smp_locks",
-        ".retpoline_sites",
-        ".return_sites",
-        ".ibt_endbr_seal",
-        "__ex_table",
-        "__mcount_loc",
-        ".orc_unwind_ip",
-    }
-)
+# The only sections a .klp.rela.<module> relocation may patch: the livepatch module's own code and
+# plain data. vmlinux's .klp.rela sections are applied while the patch module loads
+# (apply_relocations, since 5.8); a module target's only when that module is loaded and the patch
+# enabled. By then the loader has consumed everything else with the fields still zero: it reads
+# tables in find_module_sections (__jump_table, .static_call_sites, __param, .init_array/.ctors,
+# __dyndbg, _ftrace_events, __tracepoints_ptrs, __bug_table, __mcount_loc, .orc_unwind*, ...),
+# applies alternatives from .altinstr_replacement, copies .data..percpu into the per-CPU area and
+# write-protects .data..ro_after_init after init; .init.* is freed. An allowlist, so a section
+# nobody reviewed is refused rather than silently left zero.
+MODULE_TARGET_SECTIONS = (".text", ".rodata", ".data")  # each name or name + ".*"
+MODULE_TARGET_EXCLUDED = frozenset({".altinstr_replacement", ".data..ro_after_init", ".data..percpu"})
 _LIVEPATCH_ALIAS = "livepatch_"  # gensrc's global alias of each replaced function
 
 
 class SpecialSectionError(RefusedError):
-    """A module target's symbol is needed in a section processed at load time (one line; `sites`
-    are (function, section, symbol) for the report)."""
+    """A module target's symbol is needed outside the patch module's own code and plain data (one
+    line; `sites` are (function, section, symbol) for the report)."""
 
     def __init__(self, objname: str, sites: list[tuple[str, str, str]]):
         self.objname = objname
@@ -70,8 +59,9 @@ class SpecialSectionError(RefusedError):
             per_fn.setdefault(fn, []).append(f"{sym} ({sec})")
         what = "; ".join(f"{fn} uses {objname}'s own {', '.join(dict.fromkeys(s))}" for fn, s in per_fn.items())
         super().__init__(
-            f"{SPECIAL_SECTION}: {what}: the module loader reads these entries before livepatch "
-            f"writes the .klp.rela.{objname} relocations (use the key through a function, or patch {objname} otherwise)"
+            f"{SPECIAL_SECTION}: {what}: only .text*, .rodata* and .data* may take .klp.rela.{objname} "
+            f"relocations, the module loader consumes other sections before livepatch writes them "
+            f"(reach the symbol through a function of {objname}, or patch {objname} otherwise)"
         )
 
 
@@ -180,7 +170,7 @@ def _rewrite(img: _Image, targets: dict[str, KlpTarget]):
     symtab = _symtab_index(img)
     converted = _convert_symbols(img, symtab, targets)
     objnames = {i: targets[name].objname for i, name in converted.items()}
-    _refuse_load_time(img, objnames, converted)
+    _refuse_module_targets(img, objnames, converted)
     klp = _split_relocations(img, symtab, objnames)
     _finish(img, klp)
     names = tuple(sorted(targets[n].symbol_name(n) for n in converted.values()))
@@ -258,31 +248,83 @@ def _split_relocations(img: _Image, symtab: int, objnames: dict[int, str]) -> li
     ]
 
 
-def _refuse_load_time(img: _Image, objnames: dict[int, str], converted: dict[int, str]) -> None:
-    """No .klp.rela.<module> section may patch a section the loader consumes at load time."""
-    index: SymbolIndex | None = None
+class _Sites:
+    """Symbols by symbol table index, for naming where a refused relocation sits."""
+
+    def __init__(self, index: SymbolIndex):
+        self.index = index
+        self.by_idx = {s.symidx: s for s in index.symbols}
+
+
+def module_target_allowed(section: str) -> bool:
+    """May a .klp.rela.<module> relocation patch this section of the livepatch module?"""
+    if section in MODULE_TARGET_EXCLUDED:
+        return False
+    return any(section == p or section.startswith(p + ".") for p in MODULE_TARGET_SECTIONS)
+
+
+def _refuse_module_targets(img: _Image, objnames: dict[int, str], converted: dict[int, str]) -> None:
+    """A .klp.rela.<module> section may only patch the patch module's own code and plain data."""
+    named: _Sites | None = None
     found: dict[str, list[tuple[str, str, str]]] = {}
     for sec in img.elf.sections:
-        if sec.name not in LOAD_TIME_SECTIONS:
-            continue
+        if not sec.flags & SHF_ALLOC or module_target_allowed(sec.name):
+            continue  # the loader never applies relocations to non-allocated sections
         relocs = relocations(img.elf, sec.index)
         for r in relocs:
             obj = objnames.get(r.sym)
             if obj is None or obj == "vmlinux":
                 continue
-            index = index or SymbolIndex(img.elf)
-            found.setdefault(obj, []).append((_site_function(index, relocs, r.offset), sec.name, converted[r.sym]))
+            named = named or _Sites(SymbolIndex(img.elf))
+            site = _site_function(named, sec.index, relocs, r.offset)
+            found.setdefault(obj, []).append((site, sec.name, converted[r.sym]))
     for obj, sites in sorted(found.items()):
         raise SpecialSectionError(obj, sorted(dict.fromkeys(sites)))
 
 
-def _site_function(index: SymbolIndex, relocs: list, offset: int) -> str:
-    """The function an entry of a load-time table is about: the nearest earlier field of the entry
-    that points into code (jump label code/target, static call site, alternative's instruction)."""
-    by_idx = {s.symidx: s for s in index.symbols}
+def _site_function(sites: _Sites, shndx: int, relocs: list, offset: int) -> str:
+    """The function a refused relocation is about. In code: the function holding it, or for code
+    outside any function (.altinstr_replacement) the one of the table entry pointing at it. In a
+    table: the entry's nearest earlier field that points into code (jump label code/target, static
+    call site, alternative's instruction); else the object holding the entry."""
+    index, elf = sites.index, sites.index.elf
+    if elf.sections[shndx].is_exec:
+        fn = index.containing(shndx, offset)
+        if fn is not None:
+            return fn.name.removeprefix(_LIVEPATCH_ALIAS)
+        for sec in elf.sections:
+            if sec.index == shndx or not sec.flags & SHF_ALLOC:
+                continue
+            table = relocations(elf, sec.index)
+            refs = [(where, r) for r in table if (where := _points_into(sites, r, shndx)) is not None]
+            refs = [(where, r) for where, r in refs if where <= offset]
+            if refs:
+                entry = max(refs, key=lambda x: x[0])[1]
+                name = _code_field(sites, table, entry.offset, skip=shndx)
+                if name is not None:
+                    return name
+        return "?"
+    name = _code_field(sites, relocs, offset)
+    if name is not None:
+        return name
+    holder = index.containing(shndx, offset)
+    return holder.name if holder is not None else "?"
+
+
+def _points_into(sites: _Sites, r, shndx: int) -> int | None:
+    """The offset in section `shndx` a relocation points to, if it points there."""
+    sym = sites.by_idx.get(r.sym)
+    if sym is None or not sym.defined or sym.shndx != shndx:
+        return None
+    return r.addend if sym.type == STT_SECTION else sym.value + r.addend
+
+
+def _code_field(sites: _Sites, relocs: list, offset: int, skip: int = -1) -> str | None:
+    """The function the nearest field at or before `offset` points into (code of section `skip` aside)."""
+    index = sites.index
     for r in sorted((r for r in relocs if r.offset <= offset), key=lambda r: -r.offset):
-        sym = by_idx.get(r.sym)
-        if sym is None or not sym.defined or sym.shndx >= len(index.elf.sections):
+        sym = sites.by_idx.get(r.sym)
+        if sym is None or not sym.defined or sym.shndx >= len(index.elf.sections) or sym.shndx == skip:
             continue
         if not index.elf.sections[sym.shndx].is_exec:
             continue
@@ -290,7 +332,7 @@ def _site_function(index: SymbolIndex, relocs: list, offset: int) -> str:
         fn = index.containing(sym.shndx, where)
         if fn is not None:
             return fn.name.removeprefix(_LIVEPATCH_ALIAS)
-    return "?"
+    return None
 
 
 def _patches_alloc(img: _Image, sh: list) -> bool:
