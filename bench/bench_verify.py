@@ -12,19 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from kgenv.elf.symbols import SymbolIndex
-from kgenv.verify import ObjectFile, open_binary, verify_object
-from kgenv.verify.records import IDENTICAL, NOT_TRACEABLE, WEAK_OVERRIDDEN
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-SAMPLE = [
-    "fs/proc/cmdline.o",
-    "kernel/sys.o",
-    "fs/namei.o",
-    "lib/string.o",
-    "net/ipv4/tcp.o",
-    "kernel/sched/core.o",
-    "drivers/char/mem.o",
-]
+from verify_sample import SAMPLE  # noqa: E402
+
+from kgenv.elf.symbols import SymbolIndex  # noqa: E402
+from kgenv.verify import ObjectFile, open_binary, verify_object  # noqa: E402
+from kgenv.verify.records import IDENTICAL, NOT_TRACEABLE, WEAK_OVERRIDDEN  # noqa: E402
 
 
 def best(fn, runs: int = 3) -> tuple[float, object]:

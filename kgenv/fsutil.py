@@ -8,6 +8,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from kgenv.errors import ToolError
 
@@ -55,11 +56,21 @@ def write_atomic(path: Path, data: bytes | str, *, exclusive: bool = False) -> N
 
 def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
     """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
+        return sha256_stream(f, bufsize)
+
+
+def sha256_stream(f: BinaryIO, bufsize: int = 1 << 20) -> str:
+    """Hex sha256 of what is left to read in an open file."""
+    h = hashlib.sha256()
+    while chunk := f.read(bufsize):
+        h.update(chunk)
     return h.hexdigest()
+
+
+def is_sha256(v: object) -> bool:
+    """A hex sha256 digest as kgenv records them (64 lower-case hex digits)."""
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
 def open_regular(path: Path, root: Path | None = None) -> int:
@@ -137,7 +148,7 @@ def sha256_cached(path: Path) -> str:
     entry = cache_dir() / "sha256" / (hashlib.sha256(key.encode()).hexdigest() + ".json")
     try:
         cached = json.loads(entry.read_text())
-        if isinstance(cached, dict) and cached.get("key") == key and _is_hex64(cached.get("sha256")):
+        if isinstance(cached, dict) and cached.get("key") == key and is_sha256(cached.get("sha256")):
             return cached["sha256"]
     except (OSError, ValueError):
         pass
@@ -147,7 +158,3 @@ def sha256_cached(path: Path) -> str:
     except OSError:
         pass  # a read-only cache only costs the next run a re-hash
     return digest
-
-
-def _is_hex64(v: object) -> bool:
-    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)

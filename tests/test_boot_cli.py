@@ -30,27 +30,10 @@ def test_rejects_a_file_that_is_no_module(not_a_module, tmp_path):
 
 def _env_with_vmlinuz(tmp_path, monkeypatch, distro="debian"):
     """An env manifest in a private envs dir whose vmlinuz lies in a private cache."""
-    from dataclasses import replace
+    from sample_manifest import saved_env
 
-    from sample_manifest import sample
-
-    from kgenv import manifest
-    from kgenv.fsutil import sha256_file
-    from kgenv.manifest import FileRef
-
-    monkeypatch.setenv("KGENV_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("KGENV_ENVS", str(tmp_path / "envs"))
-    vmlinuz = tmp_path / "cache" / "kernels" / "vmlinuz"
-    vmlinuz.parent.mkdir(parents=True)
-    vmlinuz.write_bytes(b"kernel image")
-    m = sample()
-    m = replace(
-        m,
-        kernel=replace(m.kernel, distro=distro),
-        files={"vmlinuz": FileRef("kernels/vmlinuz", sha256_file(vmlinuz), "linux-image")},
-    )
-    manifest.save(m)
-    return m, vmlinuz
+    m = saved_env(tmp_path, monkeypatch, "debian-6.1.0-1-amd64", {"vmlinuz": b"kernel image"}, distro=distro)
+    return m, m.file_ref("vmlinuz").resolve()
 
 
 def test_env_vmlinuz_is_checked_by_its_recorded_hash(tmp_path, monkeypatch, not_a_module):

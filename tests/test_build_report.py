@@ -8,9 +8,8 @@ from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
-from sample_manifest import sample
+from sample_manifest import NoEngine, sample, saved_env
 
-from kgenv import manifest
 from kgenv.build import report as build_report
 from kgenv.build.report import BuildReport, FunctionRecord
 from kgenv.cli import build as cli_build
@@ -199,36 +198,12 @@ def test_manifest_file_not_recorded_or_not_cached(tmp_path, monkeypatch):
 # -- an env without vmlinuz: the build's error report, before anything runs in the engine ---------
 
 
-class NoEngine:
-    """A runtime that must not be asked to run anything."""
-
-    name = "fake"
-
-    def image_id(self, ref: str):
-        return IMAGE
-
-    def run(self, *args, **kwargs):
-        raise AssertionError("the build ran a container although it could not boot-test")
-
-
 def test_boot_test_without_vmlinuz_is_an_error_report(tmp_path, monkeypatch):
-    cache, envs, out = tmp_path / "cache", tmp_path / "envs", tmp_path / "out"
-    monkeypatch.setenv("KGENV_CACHE", str(cache))
-    monkeypatch.setenv("KGENV_ENVS", str(envs))
-    (cache / "vendor").mkdir(parents=True)
-    (cache / "vendor" / "symvers").write_text("0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\n")
-    m = sample("vendor-6.1.0")
-    m = replace(
-        m,
-        image=replace(m.image, id=IMAGE),
-        files={
-            "vmlinux": m.files["vmlinux"],
-            "symvers": FileRef("vendor/symvers", sha256_file(cache / "vendor" / "symvers"), "tree:x"),
-        },
-    )
-    envs.mkdir()
-    manifest.save(m)
-    monkeypatch.setattr(cli_build, "make_runtime", lambda name, env: NoEngine())
+    out = tmp_path / "out"
+    symvers = "0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\n"
+    m = saved_env(tmp_path, monkeypatch, "vendor-6.1.0", {"symvers": symvers}, keep=("vmlinux",))
+    rt = NoEngine("the build ran a container although it could not boot-test")
+    monkeypatch.setattr(cli_build, "make_runtime", lambda name, env: rt)
     diff = tmp_path / "fix.diff"
     diff.write_text("--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -1 +1 @@\n-a\n+b\n")
 

@@ -1,21 +1,15 @@
 """Hostile input: a diff whose old and new names differ (a rename, or `--- a/x.c` over `+++ b/y.c`)
 would patch one file and build another; it is refused up front, naming the diff and both names."""
 
-from dataclasses import replace
-
 import pytest
 from click.testing import CliRunner
-from sample_manifest import sample
+from sample_manifest import NoEngine, saved_env
 
-from kgenv import manifest
 from kgenv.build import diffapply
 from kgenv.cli import build as cli_build
 from kgenv.cli import cli
 from kgenv.errors import UserError
-from kgenv.fsutil import sha256_file
-from kgenv.manifest import FileRef
 
-IMAGE = "sha256:" + "6" * 64
 MISMATCH = "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/version.c\n@@ -1 +1 @@\n-a\n+b\n"
 GIT_RENAME = (
     "diff --git a/fs/proc/cmdline.c b/fs/proc/version.c\nsimilarity index 90%\n"
@@ -59,26 +53,9 @@ def test_same_names_and_new_or_deleted_files_still_load(tmp_path):
 
 
 def test_the_cli_refuses_it_before_any_container_runs(tmp_path, monkeypatch):
-    class NoEngine:
-        name = "fake"
-
-        def image_id(self, ref):
-            return IMAGE
-
-        def run(self, *args, **kwargs):
-            raise AssertionError("a container ran for a diff with mismatched names")
-
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("KGENV_CACHE", str(cache))
-    monkeypatch.setenv("KGENV_ENVS", str(tmp_path / "envs"))
-    (cache / "symvers").parent.mkdir(parents=True)
-    (cache / "symvers").write_text("")
-    m = sample("diff-env")
-    m = replace(
-        m, image=replace(m.image, id=IMAGE), files={"symvers": FileRef("symvers", sha256_file(cache / "symvers"), "x")}
-    )
-    manifest.save(m)
-    monkeypatch.setattr(cli_build, "make_runtime", lambda name, env: NoEngine())
+    m = saved_env(tmp_path, monkeypatch, "diff-env", {"symvers": ""})
+    rt = NoEngine("a container ran for a diff with mismatched names")
+    monkeypatch.setattr(cli_build, "make_runtime", lambda name, env: rt)
     diff = tmp_path / "fix.diff"
     diff.write_text(MISMATCH)
     r = CliRunner().invoke(cli, ["build", str(diff), "--env", m.name, "-o", str(tmp_path / "out")])

@@ -5,11 +5,10 @@ import io
 import json
 import os
 import tarfile
-from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
-from sample_manifest import sample
+from sample_manifest import IMAGE, NoEngine, sample, saved_env
 
 from kgenv import manifest
 from kgenv.build import diffapply, pipeline
@@ -20,11 +19,9 @@ from kgenv.build.source import read_facts
 from kgenv.cli import build as cli_build
 from kgenv.cli import cli
 from kgenv.errors import ToolError
-from kgenv.fsutil import copy_regular, read_regular, sha256_file
-from kgenv.manifest import FileRef
+from kgenv.fsutil import copy_regular, read_regular
 from kgenv.runtime.base import RunResult
 
-IMAGE = "sha256:" + "4" * 64
 SECRET = b"host-only secret\n"
 CMDLINE_DIFF = "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -1 +1 @@\n-a\n+b\n"
 MAKEFILE_HUNK = "--- a/fs/proc/Makefile\n+++ b/fs/proc/Makefile\n@@ -0,0 +1 @@\n+$(shell id > /tmp/x)\n"
@@ -187,20 +184,7 @@ def test_libclang_facts_are_read_as_regular_files_only(tmp_path, secret):
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     """A saved env whose Module.symvers is in the cache with its true hash."""
-    cache, envs = tmp_path / "cache", tmp_path / "envs"
-    monkeypatch.setenv("KGENV_CACHE", str(cache))
-    monkeypatch.setenv("KGENV_ENVS", str(envs))
-    (cache / "k").mkdir(parents=True)
-    (cache / "k" / "symvers").write_text("0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\n")
-    m = sample("hostile-env")
-    m = replace(
-        m,
-        image=replace(m.image, id=IMAGE),
-        files={"symvers": FileRef("k/symvers", sha256_file(cache / "k" / "symvers"), "x")},
-    )
-    envs.mkdir()
-    manifest.save(m)
-    return m
+    return saved_env(tmp_path, monkeypatch, "hostile-env", {"symvers": "0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\n"})
 
 
 def build(monkeypatch, rt, *args):
@@ -243,18 +227,10 @@ def test_ordinary_files_are_not_build_files(path):
     assert not diffapply.is_build_file(path)
 
 
-class MustNotRun(Planting):
-    def __init__(self):
-        super().__init__(None)
-
-    def run(self, *args, **kwargs):
-        raise AssertionError("a refused build ran a container")
-
-
 def test_a_makefile_change_is_refused_before_any_container_runs(tmp_path, monkeypatch, env):
     diff = tmp_path / "fix.diff"
     diff.write_text(CMDLINE_DIFF + MAKEFILE_HUNK)
-    r = build(monkeypatch, MustNotRun(), diff, "--env", env.name, "-o", tmp_path / "out")
+    r = build(monkeypatch, NoEngine("a refused build ran a container"), diff, "--env", env.name, "-o", tmp_path / "out")
     assert r.exit_code == 1, (r.output, r.exception)
     assert "REFUSED: fix for " in r.stdout
     rep = build_report.load(tmp_path / "out" / "report.json")
@@ -287,7 +263,7 @@ def test_pipeline_refuses_build_files_without_the_option(tmp_path, env):
     diff = tmp_path / "fix.diff"
     diff.write_text(CMDLINE_DIFF.replace("cmdline.c", "Kbuild"))
     req = pipeline.Request(diff=diff, env=manifest.load(env.name), outdir=tmp_path / "out", name="fix")
-    result = pipeline.build(req, MustNotRun())
+    result = pipeline.build(req, NoEngine("a refused build ran a container"))
     assert result.exit_code == 1 and "changes build file(s) fs/proc/Kbuild" in result.report.result.reason
 
 

@@ -6,51 +6,25 @@ import hashlib
 import json
 import os
 import stat
-from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
-from sample_manifest import sample
+from sample_manifest import IMAGE, NoEngine, saved_env
 
-from kgenv import manifest
 from kgenv.build import pipeline
 from kgenv.build import report as build_report
 from kgenv.cli import build as cli_build
 from kgenv.cli import cli
 from kgenv.errors import UserError
 from kgenv.fsutil import sha256_file, write_atomic
-from kgenv.manifest import FileRef
 
-IMAGE = "sha256:" + "5" * 64
 # refused at the diff stage (a build file), before any container would run
 REFUSED_DIFF = "--- a/fs/proc/Makefile\n+++ b/fs/proc/Makefile\n@@ -0,0 +1 @@\n+x\n"
 
 
-class NoEngine:
-    name = "fake"
-
-    def image_id(self, ref):
-        return IMAGE
-
-    def run(self, *args, **kwargs):
-        raise AssertionError("no container may run in these tests")
-
-
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    cache, envs = tmp_path / "cache", tmp_path / "envs"
-    monkeypatch.setenv("KGENV_CACHE", str(cache))
-    monkeypatch.setenv("KGENV_ENVS", str(envs))
-    (cache / "k").mkdir(parents=True)
-    (cache / "k" / "symvers").write_text("")
-    m = sample("outputs-env")
-    m = replace(
-        m,
-        image=replace(m.image, id=IMAGE),
-        files={"symvers": FileRef("k/symvers", sha256_file(cache / "k" / "symvers"), "x")},
-    )
-    envs.mkdir()
-    manifest.save(m)
+    m = saved_env(tmp_path, monkeypatch, "outputs-env", {"symvers": ""})
     monkeypatch.setattr(cli_build, "make_runtime", lambda name, env: NoEngine())
     diff = tmp_path / "fix.diff"
     diff.write_text(REFUSED_DIFF)

@@ -30,7 +30,7 @@ from kgenv.elf import klp
 from kgenv.elf.symbols import STT_FILE, SymbolIndex
 from kgenv.env import kbuildcmd
 from kgenv.errors import RefusedError, ToolError, UserError, describe
-from kgenv.fsutil import open_regular, sha256_file, write_atomic
+from kgenv.fsutil import is_sha256, open_regular, sha256_file, sha256_stream, write_atomic
 from kgenv.manifest import Manifest
 from kgenv.progress import QUIET
 from kgenv.runtime.base import Mount, Runtime
@@ -47,7 +47,6 @@ _CLONE = re.compile(r"\.(isra|constprop|part|cold|lto_priv|localalias)(\.\d+)?")
 # the kernel's "once" flags: a fresh copy in the patch module only means the message may repeat once
 ONCE_FLAGS = ("__already_done", "__print_once", "__warned")
 TREE_OUT = "/kgenv-tree"
-SHA256 = re.compile(r"[0-9a-f]{64}")
 _COLD = re.compile(r"\.cold(\.\d+)?$")
 # refusal classes (a refused function's `reason` in report.json, the refusal line's first word)
 ICF = "identical-code-folding"
@@ -138,34 +137,32 @@ def check_outdir(outdir: Path, create: bool = True) -> Path:
 
 def previous_outputs(outdir: Path) -> dict[str, str]:
     """name -> sha256 of the files a previous kgenv build wrote into outdir: its OUTPUTS record, or
-    (a report.json from before that record) the module and sources its report names. Never a path
-    outside outdir, never report.json itself (every run rewrites it)."""
+    (a report.json from before that record) the module its report names. Never a path outside
+    outdir, never report.json itself (every run rewrites it)."""
     names: dict[str, str] = {}
     try:
         data = json.loads(outdir.joinpath(OUTPUTS).read_text())
         if isinstance(data, dict):  # a hash is required: a hand-edited record cannot name any file
-            names = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str) and SHA256.fullmatch(v)}
+            names = {k: v for k, v in data.items() if isinstance(k, str) and is_sha256(v)}
     except (OSError, ValueError):
         names = _outputs_of_report(outdir)
     return {n: h for n, h in names.items() if n not in (REPORT, OUTPUTS, "", ".", "..") and "/" not in n}
 
 
 def _outputs_of_report(outdir: Path) -> dict[str, str]:
-    """The files an older report.json says its built run wrote, read loosely (only the keys needed:
-    a report of another kgenv version may lack newer keys) and only while its module is still there
-    with the recorded sha256, i.e. while the report describes this directory."""
+    """The module an older report.json says its built run wrote, read loosely (only the keys needed:
+    a report of another kgenv version may lack newer keys). Its sources carry no recorded hash, so
+    a user may have edited them: they stay. The removal deletes the module only while it still has
+    the recorded sha256, i.e. while the report describes this directory."""
     try:
         doc = json.loads((outdir / REPORT).read_text())
         result, fix = doc["result"], doc["fix"]
         module, digest, name, tus = result["module"], result["module_sha256"], fix["name"], fix["tus"]
     except (OSError, ValueError, TypeError, KeyError):
         return {}
-    if not all(isinstance(v, str) and v for v in (module, digest, name)) or not isinstance(tus, list):
+    if not all(isinstance(v, str) and v for v in (module, name)) or not isinstance(tus, list) or not is_sha256(digest):
         return {}
-    ko = outdir / Path(module).name
-    if not ko.is_file() or ko.is_symlink() or sha256_file(ko) != digest:
-        return {}
-    return {ko.name: digest}  # its sources carry no recorded hash: a user may have edited them
+    return {Path(module).name: digest}
 
 
 def remove_previous_outputs(outdir: Path) -> list[str]:
@@ -179,19 +176,12 @@ def remove_previous_outputs(outdir: Path) -> list[str]:
         except (OSError, ToolError):
             continue  # gone, or a symlink/special file kgenv did not write
         with os.fdopen(fd, "rb") as fh:
-            ours = _sha256_of(fh) == digest
+            ours = sha256_stream(fh) == digest
         if ours:
             f.unlink()
             removed.append(name)
     outdir.joinpath(OUTPUTS).unlink(missing_ok=True)
     return removed
-
-
-def _sha256_of(fh) -> str:
-    h = hashlib.sha256()
-    while chunk := fh.read(1 << 20):
-        h.update(chunk)
-    return h.hexdigest()
 
 
 def check_name(name: str) -> str:
