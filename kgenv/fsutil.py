@@ -38,8 +38,8 @@ def write_atomic(path: Path, data: bytes | str, *, exclusive: bool = False) -> N
         data = data.encode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, OUTPUT_MODE)  # mkstemp's 0600 would hide reports and modules from a web server
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # closed whatever fails below
+            os.fchmod(fd, OUTPUT_MODE)  # mkstemp's 0600 would hide reports and modules from a web server
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

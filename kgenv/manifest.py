@@ -222,4 +222,6 @@ def save(m: Manifest, force: bool = False) -> Path:
 
 def names() -> list[str]:
     d = envs_dir()
+    if d.exists() and not d.is_dir():  # $KGENV_ENVS naming a file is a mistake, not an empty list
+        raise UserError(f"{d}: the envs directory is not a directory")
     return sorted(p.stem for p in d.glob("*.toml")) if d.is_dir() else []

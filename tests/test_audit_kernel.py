@@ -1,4 +1,5 @@
-"""Real-kernel tier of `kgenv audit`: Debian bookworm's kernel against its own image, gcc-11 and trixie's gcc-14."""
+"""Real-kernel tier of `kgenv audit`: Debian bookworm's kernel against its own image, gcc-11 and trixie's gcc-14;
+vmlinux and module TUs (multi-object modules among them) verified against their own shipped objects."""
 
 import json
 import os
@@ -41,14 +42,15 @@ def own(env, tmp_path_factory):
     return audited(env, tmp_path_factory, "own")
 
 
+# the foreign compilers are measured on vmlinux TUs (the figures of bench/audit_results.md)
 @pytest.fixture(scope="module")
 def gcc11(env, tmp_path_factory):
-    return audited(env, tmp_path_factory, "gcc11", "--cc", "gcc-11")
+    return audited(env, tmp_path_factory, "gcc11", "--cc", "gcc-11", "--objects", "vmlinux")
 
 
 @pytest.fixture(scope="module")
 def gcc14(env, tmp_path_factory):
-    return audited(env, tmp_path_factory, "gcc14", "--toolchain", "debian:trixie/gcc-14")
+    return audited(env, tmp_path_factory, "gcc14", "--toolchain", "debian:trixie/gcc-14", "--objects", "vmlinux")
 
 
 def test_own_image_reproduces_a_sample_of_20(own):
@@ -62,17 +64,53 @@ def test_own_image_reproduces_a_sample_of_20(own):
     assert report["fingerprint"] and all(f["same"] for f in report["fingerprint"]), [
         f for f in report["fingerprint"] if not f["same"]
     ]
-    assert report["sample"]["mode"] == "sample" and report["sample"]["population"] > 1500
+    info = report["sample"]
+    assert info["mode"] == "sample" and info["objects"] == "all" and info["population_vmlinux"] > 1500
+    assert info["population_modules"] > 5000 and info["modules"] > 1000 and info["note"] == ""
+    # modules are sampled too, each TU verified against its own shipped object
+    mods = [t for t in report["tus"] if t["object"] != "vmlinux"]
+    assert 1 <= len(mods) < N and s["module_tus"] == len(mods) == info["sampled_modules"]
+    assert all(t["object"] for t in report["tus"])
     assert report["timings"]["compile_s"] > 0 and ": reproduces, " in r.stderr
 
 
-def test_sample_is_drawn_from_the_shipped_binary_and_seeded(env, docker_rt, debian_kernel, own):
-    pop = sample.population(str(debian_kernel.vmlinux), env, DockerRunner(docker_rt, env.image.id, env))
-    assert "fs/proc/cmdline.o" in pop and "kernel/sched/core.o" in pop
-    assert not any(t.startswith("drivers/firmware/efi/libstub/") for t in pop)
-    chosen = sample.choose(pop, N, 0)
+def test_sample_is_drawn_from_the_shipped_binaries_and_seeded(env, docker_rt, debian_kernel, own):
+    runner = DockerRunner(docker_rt, env.image.id, env)
+    pop = sample.units(str(debian_kernel.vmlinux), env, runner)
+    assert "fs/proc/cmdline.o" in pop.vmlinux and "kernel/sched/core.o" in pop.vmlinux
+    assert not any(t.startswith("drivers/firmware/efi/libstub/") for t in pop.vmlinux)
+    # multi-object modules of several subsystems are in the population, unit by unit
+    assert pop.object_of("drivers/usb/core/quirks.o") == "usbcore" and pop.object_of("fs/ext4/inline.o") == "ext4"
+    assert pop.object_of("net/bridge/br_stp.o") == "bridge" and pop.object_of("fs/xfs/libxfs/xfs_bmap.o") == "xfs"
+    assert pop.object_of("fs/overlayfs/super.o") == "overlay" and pop.object_of("arch/x86/kvm/x86.o") == "kvm"
+    chosen = sample.choose_units(pop, N, 0)
     assert chosen == [t["tu"] for t in own[0]["tus"]]  # the CLI drew the same TUs with seed 0
-    assert sample.choose(pop, N, 1) != chosen
+    assert {pop.object_of(t) for t in chosen} == {t["object"] for t in own[0]["tus"]}
+    assert sample.choose_units(pop, N, 1) != chosen
+    assert sample.choose_units(pop, N, 0, "vmlinux") == sample.choose(pop.vmlinux, N, 0)
+
+
+def test_module_tus_verify_against_their_shipped_modules(env, tmp_path):
+    """Named TUs of three multi-object modules (usbcore, bridge, ext4) and one of vmlinux, in one audit.
+    br_stp.o reads a merged `.rodata.cst2` constant: compared by value, not by its `.LCn` label."""
+    out = tmp_path / "named.json"
+    r = kgenv(
+        "--env", env.name, "--tu", "drivers/usb/core/quirks.c", "--tu", "net/bridge/br_stp.c", "--tu",
+        "fs/ext4/inline.c", "--tu", "fs/proc/cmdline.o", "--format", "json", "-o", str(out),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(out.read_text())
+    objects = {t["tu"]: t["object"] for t in report["tus"]}
+    assert objects == {
+        "drivers/usb/core/quirks.o": "usbcore",
+        "net/bridge/br_stp.o": "bridge",
+        "fs/ext4/inline.o": "ext4",
+        "fs/proc/cmdline.o": "vmlinux",
+    }
+    assert all(t["status"] == "identical" and t["compared"] > 0 for t in report["tus"]), report["tus"]
+    s = report["summary"]
+    assert report["verdict"] == "reproduces" and s["percent_identical"] == 100.0 and s["module_tus"] == 3
+    assert s["identical"] >= 60 and report["sample"]["sampled_modules"] == 3
 
 
 def _mismatch(report: dict, r, version: str) -> None:

@@ -166,6 +166,7 @@ def test_refused_fix_writes_no_module(builds, name):
     assert result.exit_code == 1, rep.result
     assert rep.result.outcome == "refused"
     assert expect(name)["reason"] in rep.result.reason
+    assert rep.result.reason.startswith(expect(name)["class"] + ": ") and "\n" not in rep.result.reason
     assert not list(out.glob("*.ko")) and build_report.load(out / "report.json") == rep
     assert rep.boot is None
 

@@ -59,7 +59,9 @@ def test_refusal_line_names_the_class():
     )
     assert pipeline._refusal_line(icf) == "identical-code-folding: foo_ok shares its address with bar_ok, baz_ok"
     other = FunctionRecord("f", "x.o", "m", "refused", reason="missing", note="not in the object")
-    assert pipeline._refusal_line(other) == "f: not in the object"
+    assert pipeline._refusal_line(other) == "missing: f not in the object"
+    bare = FunctionRecord("f", "x.o", "m", "refused", note="not in the object")
+    assert pipeline._refusal_line(bare) == "f: not in the object"
 
 
 # gcc -fipa-icf folds identical static functions onto one symbol place (here: three of them)
@@ -97,3 +99,27 @@ def test_identical_code_folding_is_refused_unless_every_alias_gets_the_same_fix(
     assert _folding(tmp_path, one).aliases("foo_ok") == ["bar_ok", "baz_ok"]
     assert _folding(tmp_path, ORIGINAL.replace("p->a * 3", "p->a * 5")).aliases("foo_ok") == []  # all three fixed alike
     assert _folding(tmp_path, one).aliases("nosuch") == []
+
+
+def test_every_refusal_class_is_in_the_docs_table():
+    """docs/build.md's 'What kgenv refuses and why' matches the code: every class constant is there."""
+    from kgenv.build import gensrc
+    from kgenv.elf import klp
+    from kgenv.verify import records
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "build.md").read_text()
+    table = docs[docs.index("## What kgenv refuses and why") :]
+    classes = {
+        v
+        for mod, names in (
+            (pipeline, ("ICF", "NOTHING_REGISTERED", "ASSEMBLY", "DELETES", "BUILD_FILES", "HEADERS", "DATA")),
+            (pipeline, ("NO_CHANGE", "NOT_REPRODUCED", "CLONE", "AMBIGUOUS_SYMBOL", "BOOT_FAILED")),
+            (gensrc, ("NO_DEFINITION", "NEW_STATE", "STATE_COPY", "NOTRACE", "FREED_CODE", "MISSING_SYMBOL")),
+            (gensrc, ("NO_EXTERN", "POINTER_INTO_PATCH", "UNPARSABLE")),
+            (klp, ("SPECIAL_SECTION",)),
+        )
+        for v in (getattr(mod, n) for n in names)
+    } | (set(records.VERDICTS) - {records.IDENTICAL, records.DIFFERS})
+    assert len(classes) >= 20
+    missing = sorted(c for c in classes if f"`{c}`" not in table)
+    assert not missing, f"refusal classes missing from docs/build.md: {missing}"

@@ -97,3 +97,17 @@ def test_registration_guards_every_object_with_its_build_id():
         skeleton.guard_ids("6a" * 20, {"binfmt_misc": ""})
     with pytest.raises(ValueError, match="do not match the patched objects"):
         skeleton.render_registration("fix", "r", [skeleton.Replacement("binfmt_misc", "f", 0)], {VMLINUX: "6a" * 20})
+
+
+def test_same_named_statics_of_two_files_register_apart():
+    """Two patched files each replace their own static `show`: two klp_funcs, two aliases, two sympos."""
+    reps = [
+        skeleton.Replacement(VMLINUX, "show", 2, "livepatch_fs_b__show"),
+        skeleton.Replacement(VMLINUX, "show", 1, "livepatch_fs_a__show"),
+        skeleton.Replacement(VMLINUX, "other", 0),
+    ]
+    text = skeleton.render_registration("fix", "r", reps, {VMLINUX: "6a" * 20})
+    assert "extern void livepatch_fs_a__show(void);\nextern void livepatch_fs_b__show(void);" in text
+    assert '{ .old_name = "show", .new_func = livepatch_fs_a__show, .old_sympos = 1 },' in text
+    assert '{ .old_name = "show", .new_func = livepatch_fs_b__show, .old_sympos = 2 },' in text
+    assert '{ .old_name = "other", .new_func = livepatch_other, .old_sympos = 0 },' in text

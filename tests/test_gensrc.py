@@ -9,7 +9,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from kgenv.build import cfacts
-from kgenv.build.gensrc import generate
+from kgenv.build.gensrc import Context, generate
 from kgenv.env import kbuildcmd
 
 HEADER = """\
@@ -298,14 +298,14 @@ def test_const_local_static_is_copied_with_a_note(mini):
     assert any("table" in n and "read-only" in n for n in g.notes)
     assert any("descriptor" in n and "dynamic-debug" in n for n in g.notes)
     assert any("_rs" in n and "ratelimit" in n for n in g.notes)
-    assert len(g.refusals) == 1 and g.refusals[0].startswith("stateful: static calls (line ")
+    assert len(g.refusals) == 1 and g.refusals[0].startswith("copy-of-kernel-state: stateful: static calls (line ")
 
 
 def test_new_variable_is_refused(tmp_path):
     old = parse(tmp_path, "static int a;\nint f(void) { return a; }\n")
     new = parse(tmp_path, "static int a;\nstatic int b;\nint f(void) { return a + b; }\n")
     g = generate((tmp_path / "mini.c").read_text(), new, {"f"}, everywhere_but("b"), original=old)
-    assert any(r.startswith("new static variable b") for r in g.refusals)
+    assert any(r.startswith("new-state: new static variable b") for r in g.refusals)
     g = generate((tmp_path / "mini.c").read_text(), new, {"f"}, everywhere_but(), original=new)
     assert g.refusals == []
 
@@ -403,7 +403,7 @@ def test_folded_constants_are_copied_and_new_state_refused(tmp_path):
     old = parse(tmp_path, "int f(int x) { return x; }\n")
     facts = parse(tmp_path, src)
     g = generate(src, facts, {"f"}, everywhere_but("limit", "names", "live"), original=old)
-    assert [r.split(":")[0] for r in g.refusals] == ["new static variable live"]
+    assert [r.split(":")[:2] for r in g.refusals] == [["new-state", " new static variable live"]]
 
 
 def test_kept_functions_are_never_made_extern(tmp_path):
@@ -418,3 +418,76 @@ def test_kept_functions_are_never_made_extern(tmp_path):
     assert g.text.startswith("static int g(int a);\n")
     syms = compile_c(tmp_path, g.text)  # -Werror: the alias copies `cold`, no -Wmissing-attributes
     assert syms["g"] == ("STB_LOCAL", True, "STT_FUNC") and syms["livepatch_g"][0] == "STB_GLOBAL"
+
+
+EXPORT_H = """\
+#ifndef EXPORT_H
+#define EXPORT_H
+struct module;
+#ifdef MODULE
+extern struct module __this_module;
+#define THIS_MODULE (&__this_module)
+#else
+#define THIS_MODULE ((struct module *)0)
+#endif
+#endif
+"""
+OWNER = """\
+#include <linux/export.h>
+#include "mini.h"
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+int take(struct module *m, const char *s);
+static int helper(int x) { return take(0, "helper") + x; }
+static int state;
+int fixed(int x) { return take(THIS_MODULE, pr_fmt("fixed")) + helper(x) + state; }
+"""
+
+
+@pytest.mark.parametrize("is_module", [True, False])
+def test_code_means_the_running_object_not_the_patch_module(tmp_path, is_module):
+    """THIS_MODULE, KBUILD_MODNAME and the file's statics stand for the object the code runs in; the
+    generated file is compiled as patch-module code (-DMODULE, the patch's own KBUILD_MODNAME)."""
+    (tmp_path / "linux").mkdir()
+    (tmp_path / "linux" / "export.h").write_text(EXPORT_H)
+    facts = parse(tmp_path, OWNER)
+    ctx = Context("bridge" if is_module else "vmlinux", is_module, '"mini"', "kgenv_net_mini__")
+    g = generate((tmp_path / "mini.c").read_text(), facts, {"fixed"}, everywhere_but(), context=ctx)
+    assert g.refusals == [] and g.replaced == ["fixed"]
+    want = {"kgenv_net_mini__helper": "helper", "kgenv_net_mini__state": "state"}
+    if is_module:
+        want["kgenv_net_mini____this_module"] = "__this_module"
+    assert g.labels == want
+    syms = compile_c(tmp_path, g.text, "-DMODULE", '-DKBUILD_MODNAME="livepatch_x"')
+    undefined = {n for n, (_, defined, _) in syms.items() if not defined}
+    # never the patch module's own __this_module, never a plain name another object may export
+    assert undefined == {"take"} | set(want)
+    strings = subprocess.run(["strings", str(tmp_path / "gen.o")], capture_output=True, text=True).stdout
+    assert "mini: fixed" in strings and "livepatch_x" not in strings
+
+
+POINTERS = """\
+#include "mini.h"
+int call(int (*f)(int));
+static int outside(int x) { return x; }
+#define TWIN(n) static int n##_a(int x) { return x + 1; } \\
+	int n##_b(int x) { return n##_a(x) + call(x ? n##_a : outside); }
+TWIN(t)
+int direct(int x) { return t_a(x) + call(outside); }
+"""
+
+
+@pytest.mark.parametrize(
+    "keep, absent, refused, noted",
+    [
+        ({"t_b"}, (), True, False),  # t_a: a macro twin compiled in, although the running kernel has it
+        ({"t_b"}, ("t_a",), False, True),  # t_a exists only in the patch module
+        ({"direct"}, (), False, False),  # a call of t_a and the running kernel's outside: nothing to say
+    ],
+)
+def test_function_pointers_lead_into_the_running_kernel(tmp_path, keep, absent, refused, noted):
+    facts = parse(tmp_path, POINTERS)
+    by = {d["name"]: d for d in facts["decls"] if d["is_definition"]}
+    assert by["t_b"]["addr_refs"] == ["t_a", "outside"] and by["direct"]["addr_refs"] == ["outside"]
+    g = generate((tmp_path / "mini.c").read_text(), facts, keep, everywhere_but(*absent))
+    assert any("takes the address of t_a" in r for r in g.refusals) == refused
+    assert any("takes the address of t_a" in n for n in g.notes) == noted

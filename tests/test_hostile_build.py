@@ -39,9 +39,8 @@ def test_a_makefile_planting_a_symlink_cannot_make_the_host_read_it(env, docker_
 
     r = CliRunner().invoke(cli, ["build", str(diff), "--env", env.name, "-o", str(out)])
     assert r.exit_code == 1, (r.output, r.exception)
-    assert build_report.load(out / "report.json").result.reason.startswith(
-        f"{diff}: changes build file(s) fs/proc/Makefile"
-    )
+    # after the refusal class, where the reason names one
+    assert f"{diff}: changes build file(s) fs/proc/Makefile" in build_report.load(out / "report.json").result.reason
 
     r = CliRunner().invoke(cli, ["build", str(diff), "--env", env.name, "-o", str(out), "--allow-build-files"])
     assert r.exit_code == 2, (r.output, r.exception)
@@ -52,3 +51,20 @@ def test_a_makefile_planting_a_symlink_cannot_make_the_host_read_it(env, docker_
     assert secret.read_text() == SECRET
     assert sorted(p.name for p in out.iterdir()) == ["report.json"]
     assert SECRET not in (out / "report.json").read_text()
+
+
+def test_a_diff_through_the_objtrees_source_symlink_is_one_line(env, tmp_path):
+    # the objtree's `source` is an absolute symlink to the source tree: the files read from the env's
+    # tree carry it as such, and the path is refused as going through it (no tarfile traceback)
+    link = f"{env.kernel.objtree}/source"
+    diff = tmp_path / "through-source.diff"
+    diff.write_text((FIXTURES / "cmdline.diff").read_text().replace("/fs/proc/cmdline.c", f"/{link}/fs/proc/cmdline.c"))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["build", str(diff), "--env", env.name, "-o", str(out)])
+    assert r.exit_code == 2, (r.output, r.exception)
+    (line,) = [ln for ln in r.stderr.splitlines() if not ln.startswith("[")]
+    assert line == (
+        f"kgenv: through-source.diff: path '{link}/fs/proc/cmdline.c' goes through a symlink in the kernel tree "
+        f"('{link}')"
+    )
+    assert build_report.load(out / "report.json").result.outcome == "error"

@@ -235,7 +235,7 @@ def test_a_makefile_change_is_refused_before_any_container_runs(tmp_path, monkey
     assert "REFUSED: fix for " in r.stdout
     rep = build_report.load(tmp_path / "out" / "report.json")
     assert rep.result.outcome == "refused" and rep.result.exit_code == 1
-    assert rep.result.reason == (
+    assert rep.result.reason.endswith(  # after the refusal class, where the reason names one
         f"{diff}: changes build file(s) fs/proc/Makefile, which make runs as root in the build container; "
         "review them and pass --allow-build-files"
     )
@@ -287,3 +287,50 @@ def test_audit_does_not_take_a_planted_object_symlink(tmp_path, secret):
     )
     assert got[0].object is None and "is a symlink" in got[0].error
     assert got[1].object == tmp_path / "o" / "fs" / "proc" / "array.o"
+
+
+# -- a diff path through a symlink of the env's tree (the objtree's `source`) ------------------------
+
+OBJ_SOURCE = "debian/build/build_amd64_none_amd64/source"
+
+
+def tree_tar(out, victim):
+    """files.tar as the env's tree gives it for a path through the objtree's absolute `source` link:
+    the link, then the file reached through it (tar -T follows nothing but lists both)."""
+    with tarfile.open(out / "files.tar", "w") as tar:
+        for d in ("debian", "debian/build", "debian/build/build_amd64_none_amd64"):
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        link = tarfile.TarInfo(OBJ_SOURCE)
+        link.type, link.linkname = tarfile.SYMTYPE, str(victim)
+        tar.addfile(link)
+        info = tarfile.TarInfo(f"{OBJ_SOURCE}/fs/proc/cmdline.c")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"a\n"))
+
+
+def test_a_diff_through_the_objtree_source_symlink_is_refused_in_one_line(tmp_path, monkeypatch, env):
+    victim = tmp_path / "victim"  # where the absolute link points on the host: never written
+    victim.mkdir()
+    diff = tmp_path / "fix.diff"
+    diff.write_text(CMDLINE_DIFF.replace("fs/proc/cmdline.c", f"{OBJ_SOURCE}/fs/proc/cmdline.c"))
+    r = build(monkeypatch, Planting(lambda out: tree_tar(out, victim)), diff, "--env", env.name, "-o", tmp_path / "out")
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert errors(r) == [
+        f"kgenv: fix.diff: path '{OBJ_SOURCE}/fs/proc/cmdline.c' goes through a symlink in the kernel tree "
+        f"('{OBJ_SOURCE}')"
+    ]
+    assert build_report.load(tmp_path / "out" / "report.json").result.outcome == "error"
+    assert list(victim.iterdir()) == []
+
+
+def test_extract_writes_nothing_below_or_through_a_symlink(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    tree_tar(tmp_path, victim)
+    with tarfile.open(tmp_path / "files.tar") as tar:
+        pipeline._extract(tar, tmp_path / "tree")
+    link = tmp_path / "tree" / OBJ_SOURCE
+    assert link.is_symlink() and os.readlink(link) == pipeline.UNFOLLOWED
+    assert list(victim.iterdir()) == []

@@ -2,6 +2,7 @@
 whole (a refusal leaves no older module behind) and kgenv never deletes what it did not write;
 outputs are 0644."""
 
+import errno
 import hashlib
 import json
 import os
@@ -201,3 +202,86 @@ def test_an_outputs_record_without_hashes_names_nothing_to_delete(tmp_path, env)
     (out / pipeline.OUTPUTS).write_text(json.dumps({"precious.txt": "", "other": "not-a-hash"}))
     assert run(diff, "--env", m.name, "-o", out).exit_code == 1
     assert (out / "precious.txt").read_text() == "the user's\n"
+
+
+# -- a full disk at hand-off: all outputs or none, one line naming OUTDIR ----------------------------
+
+ENOSPC_LINE = "cannot write the outputs (No space left on device); the partial outputs were removed"
+
+
+def failing_write(monkeypatch, last_name):
+    """write_atomic that fills the disk when it reaches `last_name` (the earlier files got written)."""
+
+    def write(path, data, **kw):
+        if path.name == last_name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write_atomic(path, data, **kw)
+
+    monkeypatch.setattr(pipeline, "write_atomic", write)
+
+
+def built_stages(self):
+    """The stages of a build that got as far as its hand-off (module, sources and Kbuild in tmp)."""
+    (self.tmp / "module").mkdir()
+    (self.tmp / "module" / f"{self.req.name}.c").write_text("c")
+    (self.tmp / "module" / "Kbuild").write_text("k")
+    ko = self.tmp / "built.ko"
+    ko.write_bytes(b"\x7fELF")
+    return self._hand_off(ko)
+
+
+def test_a_failed_hand_off_takes_back_what_it_wrote(tmp_path, env, monkeypatch):
+    m, _ = env
+    out = tmp_path / "out"
+    b = pipeline.Build(pipeline.Request(tmp_path / "d.diff", m, out, "fix"), NoEngine())
+    (b.tmp / "module").mkdir()
+    (b.tmp / "module" / "fix.c").write_text("c")
+    (b.tmp / "module" / "Kbuild").write_text("k")
+    (b.tmp / "built.ko").write_bytes(b"ko")
+    failing_write(monkeypatch, "livepatch-fix.ko")
+    with pytest.raises(UserError) as e:
+        b._hand_off(b.tmp / "built.ko")
+    assert str(e.value) == f"{out}: {ENOSPC_LINE}"
+    assert list(out.iterdir()) == [] and b.written == {}
+
+
+@pytest.mark.parametrize("fails", ["livepatch-fix.ko", "Kbuild"])
+def test_a_full_disk_at_hand_off_is_one_line_and_a_report_without_outputs(tmp_path, env, monkeypatch, fails):
+    m, diff = env
+    out = tmp_path / "out"
+    monkeypatch.setattr(pipeline.Build, "_stages", built_stages)
+    failing_write(monkeypatch, fails)
+    r = run(diff, "--env", m.name, "-o", out, "--name", "fix")
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.stderr.strip().splitlines()[-1] == f"kgenv: {out}: {ENOSPC_LINE}"
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+    rep = build_report.load(out / "report.json")
+    assert rep.result.outcome == "error" and rep.result.module == ""
+
+
+def test_a_full_disk_for_the_report_leaves_no_module_either(tmp_path, env, monkeypatch):
+    m, diff = env
+    out = tmp_path / "out"
+    monkeypatch.setattr(pipeline.Build, "_stages", built_stages)
+    failing_write(monkeypatch, "report.json")
+    r = run(diff, "--env", m.name, "-o", out, "--name", "fix")
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.stderr.strip().splitlines() == [f"kgenv: {out}: {ENOSPC_LINE}"]
+    assert list(out.iterdir()) == []
+
+
+# -- report.json also when the engine is down -------------------------------------------------------
+
+
+def test_an_unreachable_engine_still_writes_report_json(tmp_path, monkeypatch):
+    m = saved_env(tmp_path, monkeypatch, "engine-env", {"symvers": ""})
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    diff = tmp_path / "fix.diff"
+    diff.write_text("--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -1 +1 @@\n-a\n+b\n")
+    r = run(diff, "--env", m.name, "-o", tmp_path / "out")  # the real make_runtime: Docker, not answering
+    assert r.exit_code == 2, (r.output, r.exception)
+    (line,) = [ln for ln in r.stderr.splitlines() if not ln.startswith("[")]
+    assert line.startswith("kgenv: unix:///nonexistent/docker.sock: ")
+    rep = build_report.load(tmp_path / "out" / "report.json")
+    assert rep.result.outcome == "error" and rep.result.exit_code == 2
+    assert rep.result.reason == line.removeprefix("kgenv: ") and list(rep.stages) == ["check"]

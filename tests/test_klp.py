@@ -75,6 +75,13 @@ def test_symbols_become_livepatch_symbols(tmp_path):
     assert re.search(r"OS \[0xff20\] \.klp\.sym\.vmlinux\.hidden_var,2$", text, re.M)
 
 
+def test_a_label_becomes_the_running_objects_name(tmp_path):
+    """A TU's static reached under a per-TU assembler name binds to the real name in its object."""
+    obj = compile_obj(tmp_path)
+    res = klp.convert(obj, {"hidden_var": ("bridge", 2, "br_state"), "hidden_func": ("vmlinux", 0)}, tmp_path / "o")
+    assert res.symbols == (".klp.sym.bridge.br_state,2", ".klp.sym.vmlinux.hidden_func,0")
+
+
 def test_relocations_move_to_klp_sections(tmp_path):
     obj = compile_obj(tmp_path)
     before = relocs(obj)
@@ -182,6 +189,7 @@ def test_in_place_rewrite_keeps_mode(tmp_path):
         ({"hidden_var": ("vm.linux", 0)}, "bad livepatch object name"),
         ({"hidden_var": ("vmlinux", -1)}, "bad sympos"),
         ({"a,b": ("vmlinux", 0)}, "cannot become a livepatch symbol"),
+        ({"hidden_var": ("vmlinux", 0, "x,1")}, "cannot become a livepatch symbol"),
     ],
 )
 def test_bad_mappings(tmp_path, mapping, what):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from kgenv.audit import candidate as candidates
 from kgenv.audit import probe, rebuild, sample
 from kgenv.audit.evidence import tu_evidence
 from kgenv.audit.records import AuditReport
+from kgenv.build.target import VMLINUX, Target, find, shipped_modules
 from kgenv.errors import ToolError
 from kgenv.manifest import Manifest
 from kgenv.progress import QUIET
@@ -19,7 +21,8 @@ from kgenv.verify import open_binary
 
 DEFAULT_SAMPLE = 20
 
-__all__ = ["audit", "AuditReport", "DEFAULT_SAMPLE"]
+__all__ = ["audit", "AuditReport", "DEFAULT_SAMPLE", "OBJECTS"]
+OBJECTS = sample.OBJECTS
 
 
 def _vmlinux(m: Manifest) -> str:
@@ -37,6 +40,7 @@ def audit(
     jobs: int | None = None,
     progress=QUIET,
     keep_tmp: bool = False,
+    objects: str = sample.ALL,
 ) -> AuditReport:
     """Compare candidate toolchain with env `m`: fingerprint items, then every function of the chosen TUs."""
     t0 = time.monotonic()
@@ -50,7 +54,7 @@ def audit(
         findings = probe.findings(m, cand, runner.run(probe.script(m, cand)).output)
         timings["probe_s"] = time.monotonic() - t
         t = time.monotonic()
-        chosen, info = _choose(m, vmlinux, runner, tus, sample_n, seed, progress)
+        chosen, info, pop = _choose(m, vmlinux, runner, tus, sample_n, seed, objects, progress)
         timings["sample_s"] = time.monotonic() - t
         t = time.monotonic()
         built = rebuild.rebuild(runner, m, cand, chosen, work / "objects", jobs, progress)
@@ -58,14 +62,23 @@ def audit(
         if not any(b.object for b in built) and cand.kind == "env":
             raise ToolError(f"{m.name}: the env image rebuilt none of the TUs:\n{built[0].error[-1500:]}")
         t = time.monotonic()
-        binary = open_binary(vmlinux)
+        binaries: dict[Path, object] = {}
         results, diffs, rows = [], [], []
         for i, b in enumerate(built, 1):
-            progress.step(f"verify {i}/{len(built)} {b.tu}")
-            r, d, rw = tu_evidence(b, binary)
-            results.append(r)
-            diffs += d
+            target = _target(m, b, pop)
+            progress.step(f"verify {i}/{len(built)} {b.tu} against {target.objname if target else '?'}")
+            if target is None:
+                r, d, rw = tu_evidence(b, None)
+            else:
+                if target.binary_path not in binaries:
+                    binaries[target.binary_path] = open_binary(target.binary_path)
+                r, d, rw = tu_evidence(b, binaries[target.binary_path])
+            obj = target.objname if target else pop.object_of(b.tu) if pop else ""
+            results.append(replace(r, object=obj))
+            diffs += [replace(x, object=obj) for x in d]
             rows += rw
+        if pop is None:  # named TUs: how many of them turned out to be module code
+            info["sampled_modules"] = sum(r.is_module for r in results)
         timings["verify_s"] = time.monotonic() - t
         timings["total_s"] = time.monotonic() - t0
         return AuditReport(
@@ -87,15 +100,38 @@ def audit(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _choose(m, vmlinux, runner, tus, sample_n, seed, progress) -> tuple[list[str], dict]:
+def _target(m: Manifest, b: rebuild.Built, pop: sample.Population | None) -> Target | None:
+    """The shipped object to verify a rebuilt TU against: the module its compile command names
+    (Kbuild's -DKBUILD_MODNAME), else what the sample drew it from, else vmlinux."""
+    if b.object is None:
+        return None
+    if b.cmd is not None:
+        return find(m, b.cmd)
+    obj = pop.object_of(b.tu) if pop else ""
+    if obj and obj != VMLINUX:
+        return find_module(m, obj)
+    return Target(VMLINUX, Path(_vmlinux(m)))
+
+
+def find_module(m: Manifest, name: str) -> Target:
+    ko = shipped_modules(m).get(name)
+    if ko is None:
+        raise ToolError(f"module {name} is not among the modules shipped with {m.kernel.release}")
+    return Target(name, ko)
+
+
+def _choose(
+    m, vmlinux, runner, tus, sample_n, seed, objects, progress
+) -> tuple[list[str], dict, sample.Population | None]:
     if tus:
         chosen = list(dict.fromkeys(sample.tu_of(t) for t in tus))
-        return chosen, {"mode": "named", "requested": len(chosen), "seed": "", "population": ""}
-    progress.step(f"sample {sample_n} built-in TUs (seed {seed})")
-    pop = sample.population(vmlinux, m, runner)
-    return sample.choose(pop, sample_n, seed), {
-        "mode": "sample",
-        "requested": sample_n,
-        "seed": seed,
-        "population": len(pop),
-    }
+        keys = ("population", "objects", "population_vmlinux", "population_modules", "modules", "note")
+        return chosen, {"mode": "named", "requested": len(chosen), "seed": "", **dict.fromkeys(keys, "")}, None
+    progress.step(
+        f"sample {sample_n} TUs of {objects if objects != sample.ALL else 'vmlinux and modules'} (seed {seed})"
+    )
+    pop = sample.units(vmlinux, m, runner, objects, progress)
+    chosen = sample.choose_units(pop, sample_n, seed, objects)
+    info = {"mode": "sample", "requested": sample_n, "seed": seed, **pop.info(objects)}
+    info["sampled_modules"] = sum(pop.object_of(t) not in ("", VMLINUX) for t in chosen)
+    return chosen, info, pop

@@ -59,14 +59,16 @@ def tree_layer(rt: Runtime, m: Manifest, dest_dir: Path, progress=None) -> Path:
                 continue
             tmp = dest_dir / f".{want}.part"
             h = hashlib.sha256()
-            with src, open(tmp, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    h.update(chunk)
-                    dst.write(chunk)
-            if h.hexdigest() == want:
-                tmp.replace(out)
-                return out
-            tmp.unlink()
+            try:
+                with src, open(tmp, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        h.update(chunk)
+                        dst.write(chunk)
+                if h.hexdigest() == want:
+                    tmp.replace(out)
+                    return out
+            finally:  # a full disk or Ctrl-C must not leave a 1.7 GB part file in the cache
+                tmp.unlink(missing_ok=True)
     raise ToolError(f"{m.name}: image {m.image.id[7:19]} has no layer with the manifest's tree sha256 {want[:12]}")
 
 

@@ -53,6 +53,7 @@ class FleetRow:
                 ),
                 "top_function": "",
                 "error": self.error,
+                "module_tus": 0,
             }
         s = self.report.summary
         top = self.report.top(1)
@@ -71,6 +72,7 @@ class FleetRow:
             "config_drift": len(self.report.config_drift),
             "top_function": top[0].name if top else "",
             "error": "",
+            "module_tus": s["module_tus"],
         }
 
 
@@ -94,11 +96,14 @@ def text(r: AuditReport, limit: int = 10) -> str:
         mark = "ok  " if f.same else "DIFF"
         note = f"  ({f.note})" if f.note and (not f.same or f.kind == "vendor") else ""
         out.append(f"  {mark} {_cut(f.item, 38):<38} {_cut(f.expected, 32):<32} {_cut(f.candidate, 32):<32}{note}")
-    out += ["", f"  {'TU':<44} {'status':<13} {'fns':>5} {'ident':>6} {'differ':>6} {'unmat':>6} {'%ident':>7}"]
+    out += [
+        "",
+        f"  {'TU':<44} {'object':<16} {'status':<13} {'fns':>5} {'ident':>6} {'differ':>6} {'unmat':>6} {'%ident':>7}",
+    ]
     for t in r.tus:
         out.append(
-            f"  {_cut(t.tu, 44):<44} {t.status:<13} {t.compared:>5} {t.identical:>6} {t.differing:>6} "
-            f"{t.unmatched:>6} {t.percent_identical:>7.1f}"
+            f"  {_cut(t.tu, 44):<44} {_cut(t.object or '?', 16):<16} {t.status:<13} {t.compared:>5} "
+            f"{t.identical:>6} {t.differing:>6} {t.unmatched:>6} {t.percent_identical:>7.1f}"
         )
         if t.status == TU_BUILD_FAILED:
             out.append(f"      {_cut(t.error.splitlines()[0] if t.error else '', 110)}")
@@ -110,6 +115,8 @@ def text(r: AuditReport, limit: int = 10) -> str:
             out.append(f"  {_cut(d.name, 36):<36} {_cut(d.tu, 30):<30} {d.reason:<22} {_cut(where, 120)}")
     out += [
         "",
+        f"{s['tus']} TUs: {s['tus'] - s['module_tus']} of vmlinux, {s['module_tus']} of "
+        f"{len({t.object for t in r.tus if t.is_module})} module(s)",
         f"{s['identical']}/{s['functions']} functions identical ({s['percent_identical']:.1f} %), "
         f"{s['differing']} differ, {s['unmatched']} unmatched, {s['skipped']} not comparable; "
         f"{s['tus_identical']}/{s['tus']} TUs reproduce; {s['fingerprint_differences']} fingerprint "
@@ -164,7 +171,12 @@ def _suite(r: AuditReport) -> Suite:
     cases = []
     per_tu = r.timings.get("compile_s", 0) / max(len(r.tus), 1)
     for t in r.tus:
-        props = {"identical": str(t.identical), "differing": str(t.differing), "unmatched": str(t.unmatched)}
+        props = {
+            "object": t.object,
+            "identical": str(t.identical),
+            "differing": str(t.differing),
+            "unmatched": str(t.unmatched),
+        }
         if t.status == TU_BUILD_FAILED:
             cases.append(
                 Case(
@@ -243,7 +255,7 @@ def fleet_junit(rows: list[FleetRow]) -> str:
 def _chart(r: AuditReport) -> H.Raw:
     tus = list(r.tus)
     return H.stacked_bars(
-        [t.tu for t in tus],
+        [f"{t.tu} [{t.object}]" if t.is_module else t.tu for t in tus],
         [
             H.Series("identical", GREEN, tuple(t.identical for t in tus)),
             H.Series("differing", RED, tuple(t.differing for t in tus)),
@@ -254,6 +266,7 @@ def _chart(r: AuditReport) -> H.Raw:
 
 
 def _disasm(r: AuditReport, max_tus: int = 6) -> list:
+    objects = {t.tu: t.object for t in r.tus}
     out, seen = [], []
     for row in r.disasm:
         if row.tu not in seen:
@@ -268,7 +281,7 @@ def _disasm(r: AuditReport, max_tus: int = 6) -> list:
         out.append(
             H.side_by_side(
                 "rebuilt by the candidate",
-                "shipped vmlinux",
+                f"shipped {objects.get(tu) or 'binary'}",
                 [
                     (x.object, x.binary, "same" if x.same else "first" if i == firsts else "")
                     for i, x in enumerate(rows)
@@ -290,10 +303,21 @@ def html(r: AuditReport) -> str:
         ],
     )
     tus = H.table(
-        ["TU", "status", "compared", "identical", "differing", "unmatched", "% identical", "first difference"],
+        [
+            "TU",
+            "object",
+            "status",
+            "compared",
+            "identical",
+            "differing",
+            "unmatched",
+            "% identical",
+            "first difference",
+        ],
         [
             [
                 t.tu,
+                t.object,
                 t.status,
                 t.compared,
                 t.identical,
@@ -304,14 +328,15 @@ def html(r: AuditReport) -> str:
             ]
             for t in r.tus
         ],
-        numeric={2, 3, 4, 5, 6},
+        numeric={3, 4, 5, 6, 7},
     )
     top = H.table(
-        ["function", "TU", "outcome", "reason", "size", "first differing instructions"],
+        ["function", "TU", "object", "outcome", "reason", "size", "first differing instructions"],
         [
             [
                 H.tag("code", d.name),
                 d.tu,
+                d.object,
                 d.outcome,
                 d.reason,
                 d.size,
@@ -321,7 +346,7 @@ def html(r: AuditReport) -> str:
             ]
             for d in r.top(25)
         ],
-        numeric={4},
+        numeric={5},
     )
     body = [
         H.tag("h1", f"kgenv audit — {r.env}"),

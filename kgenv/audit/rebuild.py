@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from kgenv.audit.records import Candidate
+from kgenv.build.compile import cmd_file
 from kgenv.errors import ToolError
 from kgenv.fsutil import open_regular
 from kgenv.image.tree import make_command
@@ -20,6 +21,7 @@ class Built:
     tu: str
     object: Path | None
     error: str = ""
+    cmd: Path | None = None  # Kbuild's .cmd record of the compile (it names the module, if any)
 
 
 def script(m: Manifest, cand: Candidate, tus: list[str], jobs: int) -> str:
@@ -39,10 +41,11 @@ def script(m: Manifest, cand: Candidate, tus: list[str], jobs: int) -> str:
         shlex.join(cmd) + ' > "$KGENV_OUT"/.make.log 2>&1; echo MAKE_EXIT=$?; tail -n 300 "$KGENV_OUT"/.make.log'
     )
     for t in tus:
-        q = shlex.quote(t)
+        q, c = shlex.quote(t), shlex.quote(cmd_file(t))
         lines.append(
             f'if [ -f {obj}/{q} ]; then mkdir -p "$KGENV_OUT"/{shlex.quote(str(PurePosixPath(t).parent))}'
-            f' && cp {obj}/{q} "$KGENV_OUT"/{q} && echo BUILT={q}; fi'
+            f' && cp {obj}/{q} "$KGENV_OUT"/{q} && echo BUILT={q}'
+            f' && if [ -f {obj}/{c} ]; then cp {obj}/{c} "$KGENV_OUT"/{c}; fi; fi'
         )
     return "\n".join(lines)
 
@@ -66,7 +69,12 @@ def _built(tu: str, outdir: Path) -> Built:
         os.close(open_regular(outdir / tu, root=outdir))
     except (OSError, ToolError) as e:
         return Built(tu, None, f"the rebuilt object is not a regular file ({e})")
-    return Built(tu, outdir / tu)
+    cmd: Path | None = outdir / cmd_file(tu)
+    try:
+        os.close(open_regular(outdir / cmd_file(tu), root=outdir))
+    except (OSError, ToolError):
+        cmd = None  # absent or not a regular file: the object's home is then taken from the sample
+    return Built(tu, outdir / tu, cmd=cmd)
 
 
 def error_for(tu: str, output: str) -> str:

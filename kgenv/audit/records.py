@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+VMLINUX = "vmlinux"  # the object name of built-in code (as kgenv.build.target names it)
+
 REPRODUCES = "reproduces"
 MISMATCH = "mismatch"
 
@@ -70,6 +72,7 @@ class FunctionDiff:
     object_insn: str = ""
     binary_insn: str = ""
     detail: str = ""
+    object: str = ""  # the shipped object the TU belongs to: vmlinux or a module name
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,11 @@ class TuResult:
     first_function: str = ""
     first_reason: str = ""
     error: str = ""
+    object: str = ""  # the shipped object it was verified against: vmlinux or a module name ("" unknown)
+
+    @property
+    def is_module(self) -> bool:
+        return self.object not in ("", VMLINUX)
 
     @property
     def compared(self) -> int:
@@ -112,7 +120,9 @@ class TuResult:
         return self.status in (TU_IDENTICAL, TU_EMPTY)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "compared": self.compared, "percent_identical": self.percent_identical}
+        d = asdict(self)
+        obj = d.pop("object")  # keys in their documented order, the added one last
+        return {**d, "compared": self.compared, "percent_identical": self.percent_identical, "object": obj}
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,7 @@ class AuditReport:
             **n,
             "percent_identical": round(100.0 * n["identical"] / compared, 2) if compared else 0.0,
             "fingerprint_differences": sum(not f.same for f in self.findings),
+            "module_tus": sum(t.is_module for t in tus),
         }
 
     @property

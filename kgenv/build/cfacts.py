@@ -88,6 +88,7 @@ class Decl:
     const: bool = False
     storage_tokens: list = field(default_factory=list)  # [start, end] of literal static/inline words
     refs: list = field(default_factory=list)  # file-scope functions/variables used
+    addr_refs: list = field(default_factory=list)  # functions used other than as a direct call's callee
     type_refs: list = field(default_factory=list)
     local_statics: list = field(default_factory=list)  # {name, type, const, line, section}
 
@@ -320,27 +321,45 @@ _STORAGE = {"STATIC": "static", "EXTERN": "extern"}
 _DECL_REF_EXPR, _TYPE_REF, _VAR_DECL = 101, 43, 9  # CXCursorKind values, compared raw for speed
 
 
-def _descendants(cursor) -> list:
-    """Every cursor below `cursor` in one libclang traversal (walk_preorder re-enters per level)."""
+def _descendants(cursor, parents: dict | None = None) -> list:
+    """Every cursor below `cursor` in one libclang traversal (walk_preorder re-enters per level);
+    `parents`, if given, is filled with cursor hash -> parent cursor, and ("first", hash) -> the
+    hash of that cursor's first child (cursors of two traversals do not compare equal)."""
     from clang import cindex as ci
 
     out = []
 
-    def visit(child, _parent, _data):
+    def visit(child, parent, _data):
         child._tu = cursor._tu
         out.append(child)
+        if parents is not None:
+            parent._tu = cursor._tu
+            parents[child.hash] = parent
+            parents.setdefault(("first", parent.hash), child.hash)
         return 2  # CXChildVisit_Recurse
 
     ci.conf.lib.clang_visitChildren(cursor, ci.callbacks["cursor_visit"](visit), None)
     return out
 
 
+def _is_callee(ref, parents: dict) -> bool:
+    """A function reference that is the callee of a direct call (through implicit casts/parens)."""
+    node = ref
+    while (up := parents.get(node.hash)) is not None and up.kind.name in ("UNEXPOSED_EXPR", "PAREN_EXPR"):
+        node = up
+    if up is None or up.kind.name != "CALL_EXPR":
+        return False
+    return parents.get(("first", up.hash)) == node.hash
+
+
 def _body_facts(cursor):
-    """(refs, type_refs, local statics) of a definition's subtree."""
+    """(refs, addr_refs, type_refs, local statics) of a definition's subtree."""
     refs: dict[str, None] = {}  # ordered sets
+    addr: dict[str, None] = {}
     types: dict[str, None] = {}
     statics = []
-    for c in _descendants(cursor):
+    parents: dict = {}
+    for c in _descendants(cursor, parents):
         kind = c._kind_id
         if kind == _DECL_REF_EXPR:
             r = c.referenced
@@ -354,6 +373,8 @@ def _body_facts(cursor):
                 )
             ):
                 refs[r.spelling] = None
+                if r.kind.name == "FUNCTION_DECL" and not _is_callee(c, parents):
+                    addr[r.spelling] = None  # its address: a pointer that may outlive the patch module
         elif kind == _TYPE_REF:
             r = c.referenced
             if r is not None and r.spelling:
@@ -371,7 +392,7 @@ def _body_facts(cursor):
             )
     if cursor.kind.name == "VAR_DECL":
         refs.pop(cursor.spelling, None)  # LIST_HEAD(x) points at itself
-    return list(refs), list(types), statics
+    return list(refs), list(addr), list(types), statics
 
 
 def _classify(c, printed: str, toks: Tokens) -> str:
@@ -490,7 +511,7 @@ def _decl(c, ci, lib, toks: Tokens, macros: list) -> Decl:
         if kind == "variable":
             d.const = _const(c.type)
         if definition:
-            d.refs, d.type_refs, d.local_statics = _body_facts(c)
+            d.refs, d.addr_refs, d.type_refs, d.local_statics = _body_facts(c)
     return d
 
 

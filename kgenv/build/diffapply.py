@@ -14,6 +14,8 @@ DEV_NULL = "/dev/null"
 MAX_OFFSET = 100  # lines either side of the expected spot a hunk may move (patch: no fuzz)
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _REFUSED_MODES = ("120000", "160000")  # symlink, gitlink
+_FILE_MODES = ("100644", "100755", "100664")  # 100664: old git's group-writable file
+_RENAME = ("rename from", "rename to")
 _C_ESCAPES = {"a": "\a", "b": "\b", "t": "\t", "n": "\n", "v": "\v", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
 
 
@@ -225,18 +227,30 @@ class _Parser:
                 self._check_mode(line)
                 key, mode = line.rsplit(" ", 1)
                 ext[key] = mode  # "new file mode", "old mode", ... -> the mode
-            for field in ("rename from ", "rename to ", "copy from ", "copy to "):
+            for field in ("rename from ", "rename to ", "copy from ", "copy to ", "similarity index "):
                 if line.startswith(field):
                     ext[field.strip()] = line[len(field) :]
             self.i += 1
+        self._check_rename(ext)
         if self.i < len(self.lines) and self._at_unified_header():
             return self._unified_file(ext)
         return self._header_only(ext)
+
+    def _check_rename(self, ext: dict[str, str]) -> None:
+        """A rename needs both halves; a half one (or a similarity index without it) is no rename git writes."""
+        have = [k for k in _RENAME if k in ext]
+        if len(have) == 1:
+            missing = next(k for k in _RENAME if k not in ext)
+            raise self.fail(f"'{have[0]} {ext[have[0]]}' without '{missing}' ('{ext['git']}')")
+        if "similarity index" in ext and not have and "copy from" not in ext:
+            raise self.fail(f"'similarity index' without a rename or copy ('{ext['git']}')")
 
     def _check_mode(self, line: str) -> None:
         mode = line.rsplit(" ", 1)[-1]
         if mode in _REFUSED_MODES:
             raise self.fail(f"mode change to a symlink or submodule refused ({line})")
+        if mode not in _FILE_MODES:  # git writes only these for a file; anything else is no git diff
+            raise self.fail(f"line {self.i + 1}: invalid file mode in '{line[:60]}' (expected 100644 or 100755)")
 
     def _header_only(self, ext: dict[str, str]) -> FilePatch:
         """A git section without hunks: a pure rename, or an empty new/deleted file."""
@@ -259,6 +273,10 @@ class _Parser:
         self.i += 2
         if "copy from" in ext:
             raise self.fail("git copy patches are not supported")
+        if "rename from" in ext:  # git applies the rename, so its names count: check_names refuses them
+            old, new = self._path(ext["rename from"], strip=False), self._path(ext["rename to"], strip=False)
+        elif "git" in ext:
+            self._check_git_names(ext["git"], old or new)
         path = old or new
         if path is None:
             raise self.fail("both sides of a file header are /dev/null")
@@ -289,6 +307,9 @@ class _Parser:
             line = self.lines[self.i]
             if "\0" in line:
                 raise self.fail(f"NUL byte on line {self.i + 1}")
+            if line.startswith("+") and (bad := _not_utf8(line)):
+                # the generated source is written as UTF-8, like every kernel source (checkpatch: INVALID_UTF8)
+                raise self.fail(f"line {self.i + 1}: added text is not UTF-8 (byte {bad}); re-encode the fix as UTF-8")
             if line in ("\n", "\r\n"):
                 line = " " + line  # a blank context line whose space an editor stripped
             tag = line[:1]
@@ -307,6 +328,13 @@ class _Parser:
     def _no_newline_next(self) -> bool:
         return self.i < len(self.lines) and self.lines[self.i].startswith("\\")
 
+    def _check_git_names(self, git: str, path: str | None) -> None:
+        """`diff --git a/x b/x` over `--- a/y`: git would patch x, kgenv y; refuse the disagreement."""
+        git = git.rstrip("\r")  # a CRLF diff: the ---/+++ names lose theirs in _header_name
+        parts = _git_names(git)
+        if parts is None or path is None or self._path(parts[1]) != path:
+            raise self.fail(f"'{git[:80]}' names another file than its ---/+++ lines ({path})")
+
     def _path(self, name: str, strip: bool = True) -> str | None:
         """A checked tree-relative path (None for /dev/null); strip drops a/ b/ (like -p1)."""
         name = _unquote(name, self.fail)
@@ -314,6 +342,9 @@ class _Parser:
             return None
         if "\0" in name:
             raise self.fail(f"path {name!r} contains a NUL byte")
+        if _not_utf8(name):  # kernel paths are UTF-8 (ASCII, in fact): this one would name no file there
+            shown = name.encode(errors="surrogateescape").decode(errors="backslashreplace")
+            raise self.fail(f"path '{shown}' is not UTF-8")
         if name.startswith("/"):
             raise self.fail(f"path '{name}' is absolute, outside the kernel tree")
         parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -324,6 +355,12 @@ class _Parser:
         if not parts:
             raise self.fail(f"path '{name}' names no file")
         return str(PurePosixPath(*parts))
+
+
+def _not_utf8(line: str) -> str:
+    """The first byte that was not UTF-8 in a line decoded with surrogateescape, as 0xNN, or ''."""
+    bad = next((c for c in line if "\udc80" <= c <= "\udcff"), "")
+    return f"0x{ord(bad) - 0xDC00:02x}" if bad else ""
 
 
 def _header_name(rest: str) -> str:
@@ -357,8 +394,8 @@ def _unquote(name: str, fail) -> str:
         if c != "\\":
             out += c.encode("utf-8", "surrogateescape")
             i += 1
-        elif body[i + 1 : i + 4].isdigit() and len(body[i + 1 : i + 4]) == 3:
-            out.append(int(body[i + 1 : i + 4], 8) & 0xFF)
+        elif re.fullmatch(r"[0-3][0-7][0-7]", body[i + 1 : i + 4]):  # one byte: \000 to \377
+            out.append(int(body[i + 1 : i + 4], 8))
             i += 4
         elif body[i + 1 : i + 2] in _C_ESCAPES:
             out += _C_ESCAPES[body[i + 1]].encode()
@@ -461,7 +498,9 @@ def apply_hunks(diff: FixDiff, fp: FilePatch, text: str) -> str:
         expected = hunk.old_start - (1 if hunk.old_len else 0) + delta
         pos = _find(lines, old, expected, floor)
         if pos is None:
-            raise diff.error(f"hunk {n} of {fp.path} ({hunk.header}) does not apply")
+            crlf = old and all(ln.endswith("\r\n") for ln in old) and "\r\n" not in text
+            hint = " (the diff has CRLF line endings, the file LF: convert the diff)" if crlf else ""
+            raise diff.error(f"hunk {n} of {fp.path} ({hunk.header}) does not apply{hint}")
         lines[pos : pos + len(old)] = new
         delta += pos - expected + len(new) - len(old)
         floor = pos + len(new)

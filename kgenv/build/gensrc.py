@@ -43,6 +43,32 @@ SYSCALL_METADATA = (
     "__p_syscall_meta_",
 )
 NO_SYSCALL_METADATA = "#undef SYSCALL_METADATA\n#define SYSCALL_METADATA(sname, nb, ...)\n"
+THIS_MODULE_SYMBOL = "__this_module"
+# refusal classes: every refusal line starts with one (docs/build.md, "What kgenv refuses and why")
+NO_DEFINITION = "no-definition"
+NEW_STATE = "new-state"
+STATE_COPY = "copy-of-kernel-state"
+NOTRACE = "not-traceable"  # the verify verdict of the same fact
+FREED_CODE = "init-code"
+MISSING_SYMBOL = "not-in-running-binary"
+NO_EXTERN = "no-extern-declaration"
+POINTER_INTO_PATCH = "pointer-into-patch"
+UNPARSABLE = "unparsable-source"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the original TU was compiled as. The generated file is compiled into the patch module,
+    but its code runs as part of `objname` (vmlinux or a module): THIS_MODULE, KBUILD_MODNAME and
+    the file's statics must mean that object's, not the patch module's."""
+
+    objname: str
+    is_module: bool
+    modname: str | None  # the original compile's KBUILD_MODNAME value (a C string literal)
+    label_prefix: str  # unique per TU: the assembler names of its statics and THIS_MODULE
+
+    def label(self, name: str) -> str:
+        return f"{self.label_prefix}{name}"
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,7 @@ class Generated:
     copied: list[str] = field(default_factory=list)  # kept as code: new, or inlined everywhere
     externs: list[Extern] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)  # replaced function -> global alias
+    labels: dict[str, str] = field(default_factory=dict)  # assembler name -> the running object's symbol
     refusals: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     facts: dict | None = None  # cfacts' JSON, for --keep-tmp
@@ -71,6 +98,7 @@ class Generated:
             "copied": self.copied,
             "externs": [f"{e.kind} {e.name}{' (static)' if e.static else ''}" for e in self.externs],
             "aliases": self.aliases,
+            "labels": self.labels,
             "refusals": self.refusals,
             "notes": self.notes,
         }
@@ -143,15 +171,16 @@ class _Planner:
         self.refusals: list[str] = []
         self.notes: list[str] = []
 
-    def refuse(self, why: str) -> None:
-        if why not in self.refusals:
-            self.refusals.append(why)
+    def refuse(self, cls: str, why: str) -> None:
+        line = f"{cls}: {why}"
+        if line not in self.refusals:
+            self.refusals.append(line)
 
     def plan(self, keep: set[str]) -> None:
         kept = []
         for name in sorted(keep, key=lambda n: self.fdef[n][1]["start"] if n in self.fdef else -1):
             if name not in self.fdef:
-                self.refuse(f"{name}: no definition of it in {self.file}")
+                self.refuse(NO_DEFINITION, f"{name}: no definition of it in {self.file}")
                 continue
             g, d = self.fdef[name]
             if self.present(name, "function"):
@@ -164,22 +193,48 @@ class _Planner:
             kept.append(g)
         for g in kept:
             self._scan(g)
+        self._check_pointers()
         for name in sorted(self.new_vars):
             d = self.vdef[name][1]
             kind = "static" if d["storage"] == "static" else "global"
             self.refuse(
+                NEW_STATE,
                 f"new {kind} variable {name}: the running kernel has no such state "
-                "(shadow variables are not supported yet)"
+                "(shadow variables are not supported yet)",
             )
+
+    def _check_pointers(self) -> None:
+        """A function pointer the kept code takes must not lead into the patch module where the
+        running kernel has the function: stored away, it would outlive a disabled, removed patch."""
+        for g in self.groups:
+            if g.role not in ("replaced", "copied"):
+                continue
+            for d in g.defs("function"):
+                for name in d.get("addr_refs", ()):
+                    if name in self.externs or name in self.replaced or name not in self.fdef:
+                        continue  # the running kernel's, or the replacement itself (the livepatch contract)
+                    mate = self.fdef[name][0]
+                    if name not in self.copied and self.present(name, "function"):
+                        self.refuse(
+                            POINTER_INTO_PATCH,
+                            f"{d['name']} takes the address of {name}, which {mate.macro or 'its definition'} "
+                            "compiles into the patch module although the running kernel has it: the pointer "
+                            "would lead into the patch module",
+                        )
+                    else:
+                        self.notes.append(
+                            f"{d['name']} takes the address of {name}, new in the patch module: "
+                            "the module must stay loaded while that pointer is in use"
+                        )
 
     def _check_replaceable(self, d: dict) -> None:
         name, section = d["name"], d["section"]
         if section == NOINSTR_SECTION:
-            self.refuse(f"{name} is noinstr: no ftrace site for the livepatch core to redirect")
+            self.refuse(NOTRACE, f"{name} is noinstr: no ftrace site for the livepatch core to redirect")
         elif d["notrace"]:
-            self.refuse(f"{name} is notrace: no ftrace site for the livepatch core to redirect")
+            self.refuse(NOTRACE, f"{name} is notrace: no ftrace site for the livepatch core to redirect")
         if _freed(section):
-            self.refuse(f"{name} is __init/__exit code (section {section}): it has run and been freed")
+            self.refuse(FREED_CODE, f"{name} is __init/__exit code (section {section}): it has run and been freed")
 
     def _take(self, g: _Group, role: str) -> None:
         if not g.role:
@@ -204,8 +259,9 @@ class _Planner:
             self.notes.append(f"{funcs}: {g.macro} without its tracing metadata (the running kernel's stays)")
         elif state:
             self.refuse(
+                STATE_COPY,
                 f"{funcs}: {g.macro or 'its definition'} also defines {', '.join(state)} "
-                "(a second copy of kernel state)"
+                "(a second copy of kernel state)",
             )
         for d in g.defs("function"):
             self._local_statics(d)
@@ -227,7 +283,9 @@ class _Planner:
             elif s["const"]:
                 self.notes.append(f"{where} is read-only data, copied")
             else:
-                self.refuse(f"{where} is function-local state a copy would not share with the running kernel")
+                self.refuse(
+                    STATE_COPY, f"{where} is function-local state a copy would not share with the running kernel"
+                )
 
     def _use(self, name: str, user: str) -> None:
         if name in self.fdef:
@@ -235,7 +293,7 @@ class _Planner:
             if g.role or name in self.externs:
                 return
             if _freed(d["section"]):
-                self.refuse(f"{user} uses {name}, which is __init/__exit code (section {d['section']})")
+                self.refuse(FREED_CODE, f"{user} uses {name}, which is __init/__exit code (section {d['section']})")
             elif self.present(name, "function"):
                 self._extern(d, "function")
             else:
@@ -246,15 +304,16 @@ class _Planner:
             if name in self.new_vars:
                 return  # refused on its own
             if _freed(d["section"]):
-                self.refuse(f"{user} uses {name}, which is __initdata (section {d['section']})")
+                self.refuse(FREED_CODE, f"{user} uses {name}, which is __initdata (section {d['section']})")
             elif self.present(name, "variable"):
                 self._extern(d, "variable")
             elif self._read_only(self.vdef[name][0]):
                 self._copy_data(self.vdef[name][0], name)
             else:
                 self.refuse(
+                    MISSING_SYMBOL,
                     f"{user} uses static variable {name}, which the running kernel does not have "
-                    "as a symbol (optimised away or new)"
+                    "as a symbol (optimised away or new)",
                 )
 
     @staticmethod
@@ -276,7 +335,7 @@ class _Planner:
 
     def _extern(self, d: dict, kind: str) -> None:
         if d["extern_decl"] is None:
-            self.refuse(f"{d['name']} cannot be declared extern: {d['extern_problem']}")
+            self.refuse(NO_EXTERN, f"{d['name']} cannot be declared extern: {d['extern_problem']}")
         self.externs[d["name"]] = Extern(d["name"], kind, d["storage"] == "static")
 
 
@@ -387,7 +446,8 @@ def _edit(p: _Planner, ed: _Editor) -> None:
                     ed.replace(g.start, g.end, d["extern_decl"])
                 else:
                     p.refuse(
-                        f"{d['name']}: its static prototype comes from macro {d['macro']} and cannot be made extern"
+                        NO_EXTERN,
+                        f"{d['name']}: its static prototype comes from macro {d['macro']} and cannot be made extern",
                     )
 
 
@@ -429,11 +489,13 @@ def generate(
     *,
     original: dict | None = None,
     alias_prefix: str = ALIAS_PREFIX,
+    context: Context | None = None,
 ) -> Generated:
     """The livepatch source for `keep` (function names) from the patched file's text and facts.
 
     present(name, kind) says whether the running kernel has that function/variable out of line;
-    `original` is the unpatched file's facts (to refuse new variables).
+    `original` is the unpatched file's facts (to refuse new variables); `context` what the TU
+    was compiled as (without it the file is taken as written, for tests of the planner alone).
     """
     data = text.encode(errors="surrogateescape") if isinstance(text, str) else text
     if hashlib.sha256(data).hexdigest() != facts["sha256"]:
@@ -442,8 +504,9 @@ def generate(
     diag = facts["diagnostics"]
     if diag["main_file_errors"]:
         p.refuse(
+            UNPARSABLE,
             f"clang could not parse {p.file} cleanly ({diag['main_file_errors']} error(s), "
-            f"first: {diag['first'][0] if diag['first'] else '?'})"
+            f"first: {diag['first'][0] if diag['first'] else '?'})",
         )
     elif diag["errors"]:
         p.notes.append(
@@ -456,6 +519,7 @@ def generate(
         if m["name"] == CREATE_TRACE_POINTS:
             ed.replace(m["start"], m["end"], "")
             p.notes.append(f"#define {CREATE_TRACE_POINTS} removed: the tracepoints are the running kernel's")
+    labels = _prologue(p, ed, context) if context else {}
     body = ed.apply().decode(errors="surrogateescape")
     aliases = {n: alias_prefix + n for n in p.replaced}
     if aliases:
@@ -473,7 +537,31 @@ def generate(
         copied=p.copied,
         externs=sorted(p.externs.values(), key=lambda e: order.get(e.name, 0)),
         aliases=aliases,
+        labels=labels,
         refusals=p.refusals,
         notes=p.notes,
         facts=facts,
     )
+
+
+def _prologue(p: _Planner, ed: _Editor, ctx: Context) -> dict[str, str]:
+    """Lines at the top of the file that make its names mean the running object's; the labels used.
+
+    The file's statics the kept code reaches get assembler names unique to this TU, so that two
+    files' same-named statics, or a static named like some module's export, each bind (as
+    livepatch relocations) to this file's copy in the running object.
+    """
+    lines = [f"/* kgenv: compiled into the patch module, this code runs as part of {ctx.objname} */"]
+    if ctx.modname:
+        lines += ["#undef KBUILD_MODNAME", f"#define KBUILD_MODNAME {ctx.modname}"]
+    statics = sorted(e.name for e in p.externs.values() if e.static)
+    if ctx.is_module:  # THIS_MODULE is &__this_module: the target module's own, by a livepatch relocation
+        statics.append(THIS_MODULE_SYMBOL)
+    else:  # built-in code, compiled as it was: no MODULE (THIS_MODULE NULL, the kernel-internal API in view)
+        lines.append("#undef MODULE")
+    labels = {ctx.label(n): n for n in statics}
+    lines += [f"#pragma redefine_extname {n} {label}" for label, n in labels.items()]
+    first = ed.data.split(b"\n", 1)[0]
+    spdx = b"SPDX-License-Identifier" in first and (first.lstrip().startswith(b"//") or first.rstrip().endswith(b"*/"))
+    ed.insert(len(first) + 1 if spdx else 0, "\n".join(lines) + "\n\n")  # the license line stays first
+    return labels

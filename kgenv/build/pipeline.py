@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 
 from kgenv import __version__
 from kgenv.build import changes as changes_mod
-from kgenv.build import diffapply, skeleton
+from kgenv.build import diffapply, gensrc, skeleton
 from kgenv.build.compile import cmd_file, compile_tus
 from kgenv.build.kbuild import build_module
 from kgenv.build.report import BootSummary, BuildReport, EnvInfo, FixInfo, FunctionRecord, ResultInfo, ToolInfo
-from kgenv.build.target import VMLINUX, Resolver, Target, gnu_build_id, load_order
+from kgenv.build.target import VMLINUX, Resolver, Target, gnu_build_id, load_order, modname_literal
 from kgenv.build.target import find as find_target
 from kgenv.elf import klp
-from kgenv.elf.symbols import STT_FILE, SymbolIndex
+from kgenv.elf.symbols import STB_LOCAL, STT_FILE, SymbolIndex
 from kgenv.env import kbuildcmd
 from kgenv.errors import RefusedError, ToolError, UserError, describe
 from kgenv.fsutil import is_sha256, open_regular, sha256_file, sha256_stream, write_atomic
@@ -49,18 +49,28 @@ ONCE_FLAGS = ("__already_done", "__print_once", "__warned")
 TREE_OUT = "/kgenv-tree"
 _COLD = re.compile(r"\.cold(\.\d+)?$")
 # refusal classes (a refused function's `reason` in report.json, the refusal line's first word)
+# refusal classes of the stages here (gensrc and klp have their own): docs/build.md's table
 ICF = "identical-code-folding"
 NOTHING_REGISTERED = "no-function-registered"
-CLASSES = (ICF, klp.SPECIAL_SECTION, NOTHING_REGISTERED)
+ASSEMBLY = "assembly-change"
+DELETES = "file-deleted"
+BUILD_FILES = "build-file-change"
+HEADERS = "header-change-needs-tu"
+DATA = "data-change"
+NO_CHANGE = "no-code-change"
+NOT_REPRODUCED = "env-does-not-reproduce"
+CLONE = "ipa-clone"
+AMBIGUOUS_SYMBOL = "ambiguous-symbol"
+BOOT_FAILED = "boot-test-failed"
 OUTPUTS = ".kgenv-outputs.json"  # in OUTDIR: the files the last run wrote there, name -> sha256
 REPORT = "report.json"
 
 
 class Refusal(RefusedError):
-    """A check said no; carries per-function records for the report."""
+    """A check said no, in one line that starts with its class; carries per-function records."""
 
-    def __init__(self, reason: str, functions: list[FunctionRecord] | None = None):
-        super().__init__(reason)
+    def __init__(self, reason: str, functions: list[FunctionRecord] | None = None, cls: str = ""):
+        super().__init__(f"{cls}: {reason}" if cls else reason)  # no cls: the reason starts with its class
         self.functions = functions or []
 
 
@@ -229,10 +239,13 @@ class Build:
             if not self.req.keep_tmp:
                 shutil.rmtree(self.tmp, ignore_errors=True)
         report = self._report(outcome, reason, code, module)
-        self.req.outdir.mkdir(parents=True, exist_ok=True)
-        if self.written:
-            write_atomic(self.req.outdir / OUTPUTS, json.dumps(self.written, indent=1, sort_keys=True) + "\n")
-        write_atomic(self.req.outdir / REPORT, report.to_json())
+        try:
+            self.req.outdir.mkdir(parents=True, exist_ok=True)
+            if self.written:
+                write_atomic(self.req.outdir / OUTPUTS, json.dumps(self.written, indent=1, sort_keys=True) + "\n")
+            write_atomic(self.req.outdir / REPORT, report.to_json())
+        except OSError as exc:  # no report, so no module either
+            raise self._take_back(exc) from None
         return Result(report, code, module)
 
     def _timed(self, stage: str, fn, *args):
@@ -274,21 +287,24 @@ class Build:
         d = self.diff = diffapply.load(self.req.diff)
         if d.assembly:
             raise Refusal(
-                f"{self.req.diff}: changes assembly file(s) {', '.join(d.assembly)}: only C functions can be replaced"
+                f"{self.req.diff}: changes assembly file(s) {', '.join(d.assembly)}: only C functions can be replaced",
+                cls=ASSEMBLY,
             )
         if any(f.deleted for f in d.files):
-            raise Refusal(f"{self.req.diff}: deletes a file; a live patch cannot remove code units")
+            raise Refusal(f"{self.req.diff}: deletes a file; a live patch cannot remove code units", cls=DELETES)
         if d.build_files:
             if not self.req.allow_build_files:
                 raise Refusal(
                     f"{self.req.diff}: changes build file(s) {_names(d.build_files)}, which make runs as root in "
-                    "the build container; review them and pass --allow-build-files"
+                    "the build container; review them and pass --allow-build-files",
+                    cls=BUILD_FILES,
                 )
             self.notes.append(f"build file(s) changed, allowed by --allow-build-files: {', '.join(d.build_files)}")
         if d.headers and not self.req.extra_tus:
             raise Refusal(
                 f"{self.req.diff}: changes header(s) {', '.join(d.headers)}; name the "
-                "translation units that include them with --tu"
+                "translation units that include them with --tu",
+                cls=HEADERS,
             )
         tus = list(dict.fromkeys([*d.translation_units, *self.req.extra_tus]))
         if not tus:
@@ -344,16 +360,18 @@ class Build:
             if data:
                 raise Refusal(
                     f"{u.source}: the fix changes data ({_names(d.name + ' ' + d.status for d in data)}); "
-                    "data and struct layout cannot be live patched without shadow variables"
+                    "data and struct layout cannot be live patched without shadow variables",
+                    cls=DATA,
                 )
             for f in u.changes.functions:
                 if f.status != changes_mod.UNCHANGED and f.section.startswith(".init"):
                     raise Refusal(
                         f"{u.source}: the fix changes __init code ({f.name}), which has already "
-                        "run and been freed in the running kernel"
+                        "run and been freed in the running kernel",
+                        cls=gensrc.FREED_CODE,
                     )
         if not any(u.changes.changed for u in self.units):
-            raise Refusal(f"{self.req.diff}: the fix changes no function's code")
+            raise Refusal(f"{self.req.diff}: the fix changes no function's code", cls=NO_CHANGE)
 
     def _map(self) -> None:
         """Every changed function must be the running kernel's, out of line and traceable."""
@@ -371,6 +389,7 @@ class Build:
                         for v in report.verdicts
                         if v.verdict == "differs"
                     ],
+                    cls=NOT_REPRODUCED,
                 )
             u.resolver = Resolver(u.target, ObjectFile(u.original, u.tu))
             folded = _Folding(u)
@@ -381,7 +400,7 @@ class Build:
                             u,
                             orig_name,
                             "refused",
-                            reason="clone",
+                            reason=CLONE,
                             note=f"only the IPA clone {orig_name} runs; its ABI differs "
                             "from the source function (patching callers not supported)",
                         )
@@ -429,21 +448,32 @@ class Build:
     def _generate(self, overlay: Path) -> None:
         from kgenv.build.source import generate_source
 
+        replaced = [n for u in self.units for n in u.replaced]
+        twins = {n for n in replaced if replaced.count(n) > 1}  # same-named statics of two files
         for u in self.units:
             keep = set(u.replaced) | {_base(n) for n in u.changes.new}
+            cmd = self.tmp / "patched" / cmd_file(u.tu)
+            context = gensrc.Context(
+                u.target.objname,
+                u.target.is_module,
+                modname_literal(kbuildcmd.read_command(cmd)),
+                f"kgenv_{_slug(u.tu)}__",
+            )
             g = generate_source(
                 self.rt,
                 self.m,
                 u.source,
                 overlay,
-                self.tmp / "patched" / cmd_file(u.tu),
+                cmd,
                 keep,
                 u.resolver.present,
                 self.tmp / "gen" / _slug(u.tu),
                 progress=self.progress,
+                context=context,
+                alias_prefix=f"livepatch_{_slug(u.tu)}__" if twins & set(u.replaced) else gensrc.ALIAS_PREFIX,
             )
             if g.refusals:
-                raise Refusal(f"{u.source}: " + "; ".join(g.refusals))
+                raise Refusal("; ".join(g.refusals) + f" (generating {u.source})")
             u.generated = g
 
     def _must_register(self) -> None:
@@ -461,7 +491,8 @@ class Build:
         sources = []
         for u in self.units:
             fname = f"{name}-{_slug(u.tu)}.c"
-            (src / fname).write_text(u.generated.text)
+            # the tree's bytes as they were (a Latin-1 comment in context stays Latin-1)
+            (src / fname).write_bytes(u.generated.text.encode(errors="surrogateescape"))
             flags = skeleton.tu_flags(
                 kbuildcmd.read_command(self.tmp / "patched" / cmd_file(u.tu)),
                 self.m.kernel.srctree,
@@ -469,7 +500,12 @@ class Build:
             )
             local = f"-I{self.m.kernel.srctree}/{PurePosixPath(u.source).parent}"
             sources.append(skeleton.Source(fname, (local, *(f for f in flags if f != local))))
-        reps = [skeleton.Replacement(f.object, f.name, f.sympos) for f in self.functions if f.verdict == "replaced"]
+        aliases = {(u.tu, n): a for u in self.units for n, a in u.generated.aliases.items()}
+        reps = [
+            skeleton.Replacement(f.object, f.name, f.sympos, aliases[f.tu, f.name])
+            for f in self.functions
+            if f.verdict == "replaced"
+        ]
         # every id from the binary the proof was made against: the recorded field must agree with it
         vmlinux = gnu_build_id(self.m.file("vmlinux"))
         if vmlinux != self.m.kernel.build_id:
@@ -491,12 +527,27 @@ class Build:
         undefined = sorted(
             {s.name for s in index.symbols if s.name and not s.defined and s.type != STT_FILE and s.symidx}
         )
-        mapping, unknown = {}, []
+        labels = {label: (u, real) for u in self.units for label, real in u.generated.labels.items()}
+        mapping: dict[str, tuple[str, int] | tuple[str, int, str]] = {}
+        unknown: list[str] = []
+        ambiguous: list[str] = []
         vmlinux = None
         for name in undefined:
+            if name in labels:  # a static of one TU (or THIS_MODULE): that TU's object, never an export
+                u, real = labels[name]
+                pos = _this_module(u) if real == gensrc.THIS_MODULE_SYMBOL else u.resolver.position(real)
+                if pos is None:
+                    unknown.append(real)
+                else:
+                    mapping[name] = (*pos, real)
+                continue
             if name in exported or name == "__fentry__":
                 continue
-            pos = next(filter(None, (u.resolver.position(name) for u in self.units)), None)
+            found = set(filter(None, (u.resolver.position(name) for u in self.units)))
+            if len(found) > 1:  # same-named globals of two objects: which one each TU means is lost in the link
+                ambiguous.append(name)
+                continue
+            pos = next(iter(found), None)
             if pos is None:
                 if vmlinux is None:
                     vmlinux = _vmlinux_resolver(self.m, self.units)
@@ -507,14 +558,21 @@ class Build:
                 mapping[name] = pos
         if unknown:
             raise Refusal(
-                f"the module needs {_names(unknown)}, which the running kernel neither exports nor has as a symbol"
+                f"the module needs {_names(unknown)}, which the running kernel neither exports nor has as a symbol",
+                cls=gensrc.MISSING_SYMBOL,
+            )
+        if ambiguous:
+            raise Refusal(
+                f"the module needs {_names(ambiguous)}, a name that means a different symbol in each of the "
+                f"patched objects ({', '.join(sorted({u.target.objname for u in self.units}))})",
+                cls=AMBIGUOUS_SYMBOL,
             )
         if mapping:
             try:
                 klp.convert(ko, mapping)
             except klp.SpecialSectionError as exc:
                 raise Refusal(str(exc), self._special_sections(exc)) from None
-        self.klp_symbols = mapping
+        self.klp_symbols = {_running_name(n, t): (t[0], t[1]) for n, t in mapping.items()}
 
     def _special_sections(self, exc: klp.SpecialSectionError) -> list[FunctionRecord]:
         """The functions whose load-time entries need the target module: replaced → refused."""
@@ -553,7 +611,7 @@ class Build:
         )
         self.boot = boot
         if not boot.passed:
-            raise Refusal(f"boot test failed: {boot.reason}")
+            raise Refusal(f"boot test failed: {boot.reason}", cls=BOOT_FAILED)
 
     def _sympos_line(self, f: FunctionRecord) -> str:
         """ "obj func sympos [offset from _text]" for the guest to find in /proc/kallsyms."""
@@ -565,15 +623,30 @@ class Build:
         return line + "\n"
 
     def _hand_off(self, ko: Path) -> Path:
+        """Module, sources and Kbuild into OUTDIR, all or none: a failed write (a full disk) takes
+        back what this run already wrote there and becomes one line naming OUTDIR."""
         out = self.req.outdir
-        out.mkdir(parents=True, exist_ok=True)
         src = self.tmp / "module"
         dest = out / f"livepatch-{self.req.name}.ko"
-        for f, target in [*((f, out / f.name) for f in sorted(src.glob("*.c")) + [src / "Kbuild"]), (ko, dest)]:
-            data = f.read_bytes()
-            write_atomic(target, data)
-            self.written[target.name] = hashlib.sha256(data).hexdigest()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for f, target in [*((f, out / f.name) for f in sorted(src.glob("*.c")) + [src / "Kbuild"]), (ko, dest)]:
+                data = f.read_bytes()
+                write_atomic(target, data)
+                self.written[target.name] = hashlib.sha256(data).hexdigest()
+        except OSError as exc:
+            raise self._take_back(exc) from None
         return dest
+
+    def _take_back(self, exc: OSError) -> UserError:
+        """Remove the outputs this run wrote (a module without its sources or its report is not
+        handed off) and say why in one line."""
+        for name in [*self.written, OUTPUTS]:
+            (self.req.outdir / name).unlink(missing_ok=True)
+        self.written.clear()
+        return UserError(
+            f"{self.req.outdir}: cannot write the outputs ({exc.strerror or exc}); the partial outputs were removed"
+        )
 
     # -- report ------------------------------------------------------------------------------
 
@@ -686,9 +759,7 @@ class _Folding:
 
 
 def _refusal_line(f: FunctionRecord) -> str:
-    if f.reason in CLASSES:
-        return f"{f.reason}: {f.name} {f.note}"
-    return f"{f.name}: {f.note}"
+    return f"{f.reason}: {f.name} {f.note}" if f.reason else f"{f.name}: {f.note}"
 
 
 def _first_difference(v) -> str:
@@ -696,17 +767,35 @@ def _first_difference(v) -> str:
     return f"+{d.offset:#x}: {d.object_insn} | {d.binary_insn}" if d else v.note
 
 
+UNFOLLOWED = "kgenv-symlink-not-followed"  # what an extracted symlink points to: nothing
+
+
 def _extract(tar: tarfile.TarFile, dest: Path) -> None:
-    """Only plain files, directories and symlinks, all inside dest (tarfile's data filter where the
-    interpreter has it; Debian bookworm's python3 3.11.2 predates it)."""
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(dest, filter="data")
-        return
+    """The touched paths as the env's tree has them, for diffapply.check to judge: directories and
+    regular files as such; a symlink (the objtree's `source`, say, often absolute) as a link to
+    nowhere, because check refuses any path through one and so never needs its target; nothing
+    below a symlink and nothing outside dest is written, on any interpreter (no tarfile filter)."""
+    links: list[PurePosixPath] = []
     for member in tar.getmembers():
         p = PurePosixPath(member.name)
-        if p.is_absolute() or ".." in p.parts or not (member.isfile() or member.isdir() or member.issym()):
+        kind_ok = member.isfile() or member.islnk() or member.isdir() or member.issym()
+        if p.is_absolute() or ".." in p.parts or not p.parts or not kind_ok:
             raise ToolError(f"unexpected entry {member.name!r} in the files read from the env's tree")
-    tar.extractall(dest)
+        if any(link in p.parents for link in links):
+            continue  # reached through a symlink: the link's target, not the tree's own path
+        target = dest.joinpath(*p.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if member.isdir():
+            target.mkdir(exist_ok=True)
+        elif member.issym():
+            os.symlink(UNFOLLOWED, target)
+            links.append(p)
+        else:
+            data = tar.extractfile(member)
+            if data is None:
+                raise ToolError(f"unexpected entry {member.name!r} in the files read from the env's tree")
+            with data, open(target, "xb") as f:  # x: never through a link an earlier entry made
+                shutil.copyfileobj(data, f)
 
 
 def _names(names) -> str:
@@ -733,6 +822,19 @@ def _exported(m: Manifest) -> set[str]:
         if len(parts) >= 2:
             out.add(parts[1])
     return out
+
+
+def _running_name(name: str, target: tuple) -> str:
+    """The running object's name of a converted symbol (a TU's label stands for its third field)."""
+    return target[2] if len(target) > 2 else name
+
+
+def _this_module(u: Unit) -> tuple[str, int] | None:
+    """(module, sympos) of a target module's own struct module, for its THIS_MODULE."""
+    if not u.target.is_module:
+        return None
+    found = [s for s in u.resolver.binary.lookup(gensrc.THIS_MODULE_SYMBOL) if s.defined and s.bind != STB_LOCAL]
+    return (u.target.objname, 0) if len(found) == 1 else None
 
 
 def _vmlinux_resolver(m: Manifest, units: list[Unit]) -> Resolver | None:

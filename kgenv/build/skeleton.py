@@ -28,6 +28,11 @@ class Replacement:
     objname: str
     old_name: str
     sympos: int
+    new_func: str = ""  # the global alias its generated file defines (default livepatch_<old_name>)
+
+    @property
+    def new(self) -> str:
+        return self.new_func or f"livepatch_{self.old_name}"
 
 
 @dataclass(frozen=True)
@@ -76,12 +81,13 @@ def render_registration(name: str, release: str, reps: list[Replacement], ids: M
     build-id guard as its pre_patch callback, requiring the build-id `ids` (see guard_ids) names."""
     if set(ids) != {VMLINUX, *(r.objname for r in reps)}:
         raise ValueError(f"guard build-ids for {sorted(ids)} do not match the patched objects")
-    decls = "\n".join(f"extern void livepatch_{r.old_name}(void);" for r in sorted(reps, key=lambda r: r.old_name))
+    order = sorted(reps, key=lambda r: (r.old_name, r.new))
+    decls = "\n".join(f"extern void {r.new}(void);" for r in order)
     funcs, objects = [], []
     for objname in sorted({VMLINUX, *(r.objname for r in reps)}, key=lambda o: (o != VMLINUX, o)):
         rows = "\n".join(
-            f'\t{{ .old_name = "{r.old_name}", .new_func = livepatch_{r.old_name}, .old_sympos = {r.sympos} }},'
-            for r in sorted(reps, key=lambda r: r.old_name)
+            f'\t{{ .old_name = "{r.old_name}", .new_func = {r.new}, .old_sympos = {r.sympos} }},'
+            for r in order
             if r.objname == objname
         )
         funcs.append(f"static struct klp_func funcs_{_c_ident(objname)}[] = {{\n{rows}\n\t{{ }}\n}};")

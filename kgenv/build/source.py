@@ -94,6 +94,8 @@ def generate_source(
     present: Callable[[str, str], bool],
     workdir: Path,
     progress=None,
+    context: gensrc.Context | None = None,
+    alias_prefix: str = gensrc.ALIAS_PREFIX,
 ) -> gensrc.Generated:
     """The reviewable livepatch C of `tu_source` (patched by `overlay`) replacing the functions in keep.
 
@@ -102,7 +104,8 @@ def generate_source(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     original, patched, text = read_facts(rt, m, tu_source, overlay, cmd_file, workdir, progress)
-    g = gensrc.generate(text, patched, keep, present, original=original)
-    (workdir / PurePosixPath(tu_source).name).write_text(g.text)
+    g = gensrc.generate(text, patched, keep, present, original=original, context=context, alias_prefix=alias_prefix)
+    # the tree's own bytes back as they were (gensrc decodes with surrogateescape; not all of it is UTF-8)
+    (workdir / PurePosixPath(tu_source).name).write_bytes(g.text.encode(errors="surrogateescape"))
     (workdir / "generated.json").write_text(json.dumps(g.to_dict(), indent=1))
     return g

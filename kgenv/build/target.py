@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,16 @@ def module_name(flags: list[str]) -> str | None:
         if f.startswith("-DKBUILD_MODNAME="):
             return f.split("=", 1)[1].strip("'\"")
     raise ToolError("module object without -DKBUILD_MODNAME in its compile command")
+
+
+def modname_literal(flags: list[str]) -> str | None:
+    """The KBUILD_MODNAME a TU was compiled with, as the C string literal Kbuild defined (built-in
+    code has one too), or None when the command has no plain one."""
+    for f in flags:
+        if f.startswith("-DKBUILD_MODNAME="):
+            value = f.split("=", 1)[1]
+            return value if re.fullmatch(r'"[A-Za-z0-9_-]+"', value) else None
+    return None
 
 
 def modules_dir(m: Manifest) -> Path:

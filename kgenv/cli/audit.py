@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from kgenv import manifest
-from kgenv.audit import DEFAULT_SAMPLE, audit
+from kgenv.audit import DEFAULT_SAMPLE, OBJECTS, audit
 from kgenv.audit.present import FORMATS, FleetRow, fleet_exit, load, render, render_fleet
 from kgenv.audit.records import Candidate
 from kgenv.errors import KgenvError, UserError
@@ -24,7 +24,9 @@ def _emit(data: str, output: Path | None) -> None:
         click.echo(data, nl=False)
 
 
-def _fleet(rt: Runtime, toolchain, cc, tus, sample_n, seed, jobs, progress, keep_tmp) -> tuple[Candidate | dict, list]:
+def _fleet(
+    rt: Runtime, toolchain, cc, tus, sample_n, seed, jobs, progress, keep_tmp, objects
+) -> tuple[Candidate | dict, list]:
     if toolchain and toolchain.startswith("image:"):
         raise UserError("--all: an image holds one kernel's tree; use --cc, --toolchain debian:SUITE/CC or host")
     rows, cand = [], None
@@ -35,7 +37,7 @@ def _fleet(rt: Runtime, toolchain, cc, tus, sample_n, seed, jobs, progress, keep
         m = manifest.load(name)
         progress.step(f"== {name}")
         try:
-            r = audit(rt, m, toolchain, cc, tus, sample_n, seed, jobs, progress, keep_tmp)
+            r = audit(rt, m, toolchain, cc, tus, sample_n, seed, jobs, progress, keep_tmp, objects)
             cand = cand or r.candidate
             rows.append(FleetRow(name, m.kernel.release, r))
         except KgenvError as e:
@@ -62,9 +64,16 @@ def _fleet(rt: Runtime, toolchain, cc, tus, sample_n, seed, jobs, progress, keep
     type=int,
     default=DEFAULT_SAMPLE,
     show_default=True,
-    help="Without --tu: how many built-in TUs to sample from the shipped vmlinux.",
+    help="Without --tu: how many TUs to sample from the shipped kernel's C units (vmlinux and modules).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Sample seed: same seed, same TUs.")
+@click.option(
+    "--objects",
+    type=click.Choice(OBJECTS),
+    default="all",
+    show_default=True,
+    help="Sample from vmlinux and modules (stratified by their numbers of units), or one of them.",
+)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("-o", "output", type=click.Path(path_type=Path), help="Write the report to FILE (atomically).")
@@ -78,7 +87,7 @@ def _fleet(rt: Runtime, toolchain, cc, tus, sample_n, seed, jobs, progress, keep
 @click.option("-v", "--verbose", is_flag=True, help="Progress even when the report goes to stdout as data.")
 @click.option("--keep-tmp", is_flag=True, help="Keep the rebuilt objects (and a host tree).")
 def audit_command(
-    env, all_envs, toolchain, cc, tus, sample_n, seed, fmt, as_json, output, from_json, jobs, verbose, keep_tmp
+    env, all_envs, toolchain, cc, tus, sample_n, seed, objects, fmt, as_json, output, from_json, jobs, verbose, keep_tmp
 ):
     """Rebuild TUs of a shipped kernel with a candidate toolchain and compare every function.
 
@@ -96,10 +105,10 @@ def audit_command(
 
     rt = runtime()
     if all_envs:
-        cand, rows = _fleet(rt, toolchain, cc, list(tus), sample_n, seed, jobs, progress, keep_tmp)
+        cand, rows = _fleet(rt, toolchain, cc, list(tus), sample_n, seed, jobs, progress, keep_tmp, objects)
         _emit(render_fleet(cand, rows, fmt), output)
         sys.exit(fleet_exit(rows))
-    report = audit(rt, manifest.load(env), toolchain, cc, list(tus), sample_n, seed, jobs, progress, keep_tmp)
+    report = audit(rt, manifest.load(env), toolchain, cc, list(tus), sample_n, seed, jobs, progress, keep_tmp, objects)
     _emit(render(report, fmt), output)
     if output:
         s = report.summary

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import cast
 
 import click
 
 from kgenv import manifest
 from kgenv.build import pipeline
 from kgenv.build.report import BuildReport
-from kgenv.errors import UserError
+from kgenv.errors import KgenvError, UserError
 from kgenv.manifest import Manifest
 from kgenv.progress import Progress
 from kgenv.runtime.base import Runtime
@@ -46,6 +47,19 @@ def make_runtime(name: str, m: Manifest) -> Runtime:
     from kgenv.runtime.docker import runtime
 
     return runtime()
+
+
+class Unavailable:
+    """Stands in for a runtime that could not start, so that the build still writes its report:
+    its first use (the check stage) raises the reason."""
+
+    name = "unavailable"
+
+    def __init__(self, error: KgenvError):
+        self.error = error
+
+    def __getattr__(self, attr: str):
+        raise self.error
 
 
 def same_image(given: str, image_id: str) -> bool:
@@ -107,7 +121,7 @@ def build_command(
     """Build a livepatch module for FIX.DIFF in env NAME's image; verify it before hand-off."""
     pipeline.check_outdir(outdir, create=False)  # first: a file, /proc or a read-only dir is an error
     if not diff.is_file():
-        raise UserError(f"{diff}: no such diff file")
+        raise UserError(f"{diff}: not a regular file" if diff.exists() else f"{diff}: no such diff file")
     if check is not None and not check.is_file():
         raise UserError(f"{check}: no such check script")
     if check is not None and not boot_test:
@@ -127,7 +141,11 @@ def build_command(
         check=check,
         allow_build_files=allow_build_files,
     )
-    b = pipeline.Build(req, make_runtime(runtime_name, m), Progress(quiet=as_json and not verbose))
+    try:
+        rt = make_runtime(runtime_name, m)
+    except KgenvError as e:  # engine down, host unlike the env: a result too, in report.json like any
+        rt = cast(Runtime, Unavailable(e))
+    b = pipeline.Build(req, rt, Progress(quiet=as_json and not verbose))
     if keep_tmp:
         click.echo(f"work directory: {b.tmp}", err=True)
     result = b.run()

@@ -86,7 +86,9 @@ def envs_restore(name: str, as_json: bool, keep_tmp: bool) -> None:
 @click.option("-o", "output", required=True, type=click.Path(path_type=Path), help="Archive file to write.")
 def envs_export(name: str, output: Path) -> None:
     """Write the env (image + manifest) to one archive file."""
-    lifecycle.export(runtime(), manifest.load(name), output)
+    lifecycle.check_export_dest(output)  # first: a bad -o is an error before the engine is reached
+    m = manifest.load(name)
+    lifecycle.export(runtime(), m, output)
     click.echo(f"{output}: {name}")
 
 
@@ -95,5 +97,6 @@ def envs_export(name: str, output: Path) -> None:
 @click.option("--force", is_flag=True)
 def envs_import(archive: Path, force: bool) -> None:
     """Load an exported env archive and save its manifest."""
-    m = lifecycle.import_(runtime(), archive, force)
+    m = lifecycle.read_export(archive)  # first: a file that is no env export needs no engine to say so
+    m = lifecycle.import_(runtime(), archive, force, m)
     click.echo(f"{m.name}: image {m.image.id[:19]} imported")

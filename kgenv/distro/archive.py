@@ -188,6 +188,9 @@ class Archive:
         except (urllib.error.URLError, OSError) as e:
             tmp.unlink(missing_ok=True)
             raise ToolError(f"{pkg.url}: download failed: {e}") from None
+        except BaseException:  # Ctrl-C: no half .deb left in the cache
+            tmp.unlink(missing_ok=True)
+            raise
         if h.hexdigest() != pkg.sha256:
             tmp.unlink(missing_ok=True)
             raise ToolError(f"{pkg.url}: sha256 differs from the archive index")

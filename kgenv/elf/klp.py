@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +72,10 @@ class KlpTarget:
 
     objname: str
     sympos: int
+    name: str = ""  # the symbol's name there, when the reference uses another (a per-TU label)
 
     def symbol_name(self, name: str) -> str:
-        return f".klp.sym.{self.objname}.{name},{self.sympos}"
+        return f".klp.sym.{self.objname}.{self.name or name},{self.sympos}"
 
 
 @dataclass(frozen=True)
@@ -132,12 +134,14 @@ def _parse(path: str, data: bytes) -> ElfFile:
 
 
 def convert(
-    path: str | os.PathLike, symbols: dict[str, tuple[str, int]], out: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    symbols: Mapping[str, tuple[str, int] | tuple[str, int, str]],
+    out: str | os.PathLike | None = None,
 ) -> KlpResult:
     """Rename the given undefined symbols to livepatch symbols and move their relocations.
 
-    `symbols` maps a symbol name to (objname, sympos); the result is written atomically to `out`
-    (default: over `path`).
+    `symbols` maps a symbol name to (objname, sympos), or to (objname, sympos, name there) when the
+    reference carries another name; the result is written atomically to `out` (default: over `path`).
     """
     path = str(path)
     try:
@@ -156,14 +160,16 @@ def convert(
 
 def _target(path: str, name: str, value) -> KlpTarget:
     """Validate one mapping entry: the kernel parses the name at the first '.' and the ','."""
-    objname, sympos = value
-    if not name or "," in name or "\0" in name:
-        raise UserError(f"{path}: symbol name {name!r} cannot become a livepatch symbol")
+    objname, sympos, *rest = value
+    real = rest[0] if rest else name
+    for n in (name, real):
+        if not n or "," in n or "\0" in n:
+            raise UserError(f"{path}: symbol name {n!r} cannot become a livepatch symbol")
     if not objname or any(c in objname for c in ".,\0/"):
         raise UserError(f"{path}: bad livepatch object name {objname!r} for {name}")
     if not isinstance(sympos, int) or sympos < 0:
         raise UserError(f"{path}: bad sympos {sympos!r} for {name}")
-    return KlpTarget(objname, sympos)
+    return KlpTarget(objname, sympos, real if rest else "")
 
 
 def _rewrite(img: _Image, targets: dict[str, KlpTarget]):

@@ -1,9 +1,12 @@
 """`kgenv envs`: list, show, verify (image self-check), restore, export and import env images."""
 
+import hashlib
 import io
 import json
+import os
 import shlex
 import tarfile
+import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,7 +15,7 @@ from kgenv import manifest
 from kgenv.distro import debian
 from kgenv.distro.archive import Archive
 from kgenv.errors import ToolError, UserError
-from kgenv.fsutil import sha256_cached
+from kgenv.fsutil import OUTPUT_MODE, sha256_cached
 from kgenv.image import tree
 from kgenv.image.build import build, from_manifest
 from kgenv.manifest import Manifest
@@ -133,30 +136,51 @@ def _tag(rt: Runtime, m: Manifest) -> None:
     rt.tag(m.image.id, repo, tag)
 
 
+MANIFEST_MEMBER = "kgenv-manifest.toml"
+MAX_JSON_MEMBER = 16 << 20  # manifest.json, the image config and the env manifest are a few kB
+
+
 def export(rt: Runtime, m: Manifest, dest: Path) -> None:
-    """The image as a docker-archive file plus the manifest, for hosts without a registry."""
+    """The image as a docker-archive file plus the manifest, for hosts without a registry. Written
+    beside dest and renamed: any failure (a full disk) leaves neither dest nor the temp file."""
+    check_export_dest(dest)
     if rt.image_id(m.image.id) is None:
         raise UserError(f"{m.name}: image {m.image.id[:19]} not in the engine")
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    rt.save(m.image.id, tmp)
-    with tarfile.open(tmp, "a") as tar:
-        data = m.to_toml().encode()
-        info = tarfile.TarInfo("kgenv-manifest.toml")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    tmp.replace(dest)
-
-
-def import_(rt: Runtime, archive: Path, force: bool = False) -> Manifest:
-    """Load an exported env: the image must carry the manifest's ID; the manifest is then saved."""
     try:
-        with tarfile.open(archive) as tar:
-            data = tar.extractfile(tar.getmember("kgenv-manifest.toml"))
-            if data is None:
-                raise tarfile.TarError("kgenv-manifest.toml is not a regular file")
-            m = manifest.parse(data.read().decode(), f"{archive}:kgenv-manifest.toml")
-    except (tarfile.TarError, KeyError, OSError) as e:
-        raise UserError(f"{archive}: not a kgenv env export ({e})") from None
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UserError(f"-o {dest}: cannot write there ({e.strerror or e})") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        rt.save(m.image.id, tmp)
+        with tarfile.open(tmp, "a") as tar:
+            data = m.to_toml().encode()
+            info = tarfile.TarInfo(MANIFEST_MEMBER)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        os.chmod(tmp, OUTPUT_MODE)
+        tmp.replace(dest)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"-o {dest}: cannot write the export ({e.strerror or e}); nothing was left there") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_export_dest(dest: Path) -> None:
+    """-o of `envs export`, before the engine is asked anything: a file to be, in a directory."""
+    if dest.is_dir():
+        raise UserError(f"-o {dest}: is a directory")
+    if not dest.parent.is_dir():
+        raise UserError(f"-o {dest}: {dest.parent} is not a directory")
+
+
+def import_(rt: Runtime, archive: Path, force: bool = False, m: Manifest | None = None) -> Manifest:
+    """Load an exported env: the image must carry the manifest's ID; the manifest is then saved.
+    `m`: what read_export(archive) already returned."""
+    m = m or read_export(archive)
     if manifest.path_of(m.name).exists() and not force:
         raise UserError(f"{manifest.path_of(m.name)}: env exists; use --force to replace it")
     got = rt.load(archive)
@@ -165,6 +189,63 @@ def import_(rt: Runtime, archive: Path, force: bool = False) -> Manifest:
     _tag(rt, m)
     manifest.save(m, force=force)
     return m
+
+
+def read_export(archive: Path) -> Manifest:
+    """The manifest of an env export, once the file is seen to be one: a tar holding the manifest
+    and a docker-archive of one image whose config hashes to the manifest's image ID (so neither a
+    foreign tar nor another image reaches the engine). One-line UserError otherwise."""
+    if not archive.is_file():  # a FIFO would block the tar reader
+        raise UserError(f"{archive}: not a regular file")
+    try:
+        with tarfile.open(archive) as tar:
+            text = _member(tar, archive, MANIFEST_MEMBER).decode()
+            m = manifest.parse(text, f"{archive}:{MANIFEST_MEMBER}")
+            _check_image(tar, archive, m)
+    except UnicodeDecodeError:
+        raise UserError(f"{archive}: {MANIFEST_MEMBER} is not UTF-8 text") from None
+    except tarfile.ReadError:  # its message lists every compression tried, on five lines
+        raise UserError(f"{archive}: not a kgenv env export (not a tar archive, or a truncated one)") from None
+    except (tarfile.TarError, OSError) as e:
+        raise UserError(f"{archive}: not a kgenv env export ({' '.join(str(e).split())})") from None
+    return m
+
+
+def _member(tar: tarfile.TarFile, archive: Path, name: str, limit: int | None = MAX_JSON_MEMBER) -> bytes:
+    """A regular member's bytes (none with limit=None: it only has to be there)."""
+    try:
+        info = tar.getmember(name)
+    except KeyError:
+        raise UserError(f"{archive}: not a kgenv env export (no {name} in it)") from None
+    if not info.isfile():
+        raise UserError(f"{archive}: not a kgenv env export ({name} is not a regular file)")
+    if limit is None:
+        return b""
+    if info.size > limit:
+        raise UserError(f"{archive}: not a kgenv env export ({name} is {info.size} bytes)")
+    f = tar.extractfile(info)
+    return f.read() if f else b""
+
+
+def _check_image(tar: tarfile.TarFile, archive: Path, m: Manifest) -> None:
+    """docker save's manifest.json names one image: its config (whose sha256 is the image ID) and layers."""
+    try:
+        entries = json.loads(_member(tar, archive, "manifest.json"))
+    except ValueError:
+        entries = None
+    entry = entries[0] if isinstance(entries, list) and len(entries) == 1 else None
+    if not (
+        isinstance(entry, dict)
+        and isinstance(entry.get("Config"), str)
+        and isinstance(entry.get("Layers"), list)
+        and all(isinstance(x, str) for x in entry["Layers"])
+    ):
+        raise UserError(f"{archive}: not a kgenv env export (its manifest.json does not describe one image)")
+    digest = "sha256:" + hashlib.sha256(_member(tar, archive, entry["Config"])).hexdigest()
+    if digest != m.image.id:
+        raise UserError(f"{archive}: its image is {digest[:19]}, not the manifest's {m.image.id[:19]}")
+    for layer in entry["Layers"]:
+        _member(tar, archive, layer, limit=None)
 
 
 def as_json(obj) -> str:

@@ -163,30 +163,34 @@ def write(src: Path, entries: list[str], dest: Path, epoch: int) -> SourceTarbal
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
     names = "\0".join(["."] + [f"./{e}" for e in entries]) + "\0"
-    r = subprocess.run(
-        [
-            "tar",
-            "-C",
-            str(src),
-            "--null",
-            "--no-recursion",
-            "-T",
-            "-",
-            "--format=gnu",
-            "--sort=none",
-            f"--mtime=@{epoch}",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "--mode=u=rwX,go=rX",
-            "--hard-dereference",
-            f"--transform=s,^\\.,{TOP},S",
-            "-cf",
-            str(tmp),
-        ],
-        input=names.encode(errors="surrogateescape"),
-        capture_output=True,
-    )
+    try:
+        r = subprocess.run(
+            [
+                "tar",
+                "-C",
+                str(src),
+                "--null",
+                "--no-recursion",
+                "-T",
+                "-",
+                "--format=gnu",
+                "--sort=none",
+                f"--mtime=@{epoch}",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "--mode=u=rwX,go=rX",
+                "--hard-dereference",
+                f"--transform=s,^\\.,{TOP},S",
+                "-cf",
+                str(tmp),
+            ],
+            input=names.encode(errors="surrogateescape"),
+            capture_output=True,
+        )
+    except BaseException:  # Ctrl-C while tar runs: no half tarball left in the cache
+        tmp.unlink(missing_ok=True)
+        raise
     if r.returncode:
         tmp.unlink(missing_ok=True)
         raise ToolError(f"{src}: cannot tar the source tree: {r.stderr.decode(errors='replace').strip()[:200]}")

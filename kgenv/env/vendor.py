@@ -168,8 +168,12 @@ def _store(path: Path, store: Path, role: str) -> tuple[Path, str]:
     dest = store / f"{role}-{digest[:16]}"
     if not dest.exists():
         tmp = store / f".{role}.tmp"
-        shutil.copyfile(path, tmp)
-        tmp.replace(dest)
+        try:
+            shutil.copyfile(path, tmp)
+            tmp.replace(dest)
+        except BaseException:  # a full cache or Ctrl-C leaves no half copy
+            tmp.unlink(missing_ok=True)
+            raise
     return dest, digest
 
 

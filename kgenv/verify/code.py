@@ -409,7 +409,7 @@ class ModuleComparer:
                 code = tsym.type == STT_FUNC or (sec is not None and sec.is_exec)
                 shown = _show(_reloc_key(self.obj.index, r, off, ocode))
                 return TargetMismatch(off, shown, self._describe(got, other, boff, bcode), code)
-            return "data" if want[0] in ("string", "family") else "code"
+            return "data" if want[0] in ("string", "family", "const") else "code"
 
         return check
 
@@ -418,11 +418,14 @@ class ModuleComparer:
             secs = self.bindex.elf.sections
             sec = secs[got[1]] if 0 < got[1] < len(secs) else None
             return sec is not None and _family(sec.name) == want[1]
-        return want[0] in ("at", "sym", "string") and want == got
+        return want[0] in ("at", "sym", "string", "const") and want == got
 
     def _obj_loc(self, r: Reloc, off: int, ocode: bytes) -> tuple:
         """Where an object relocation points, placed in the module (see the class docstring)."""
         t = self.obj.symbol(r.sym)
+        const = _merged_const(self.obj.index, t, r, ocode, off)
+        if const is not None:
+            return const
         if t.type == STT_SECTION:
             sec = self.obj.index.section_of(t)
             if sec is None:
@@ -458,6 +461,10 @@ class ModuleComparer:
             sec = index.section_of(t)
             if sec is not None and sec.flags & SHF_MERGE and sec.flags & SHF_STRINGS:
                 return ("string", _string(index, sec, r.addend + _reach_k(r, code, off)))
+        const = _merged_const(index, t, r, code, off)
+        if const is not None:
+            return const
+        if t.type == STT_SECTION:
             return ("at", t.shndx, t.value + r.addend)
         if not t.defined:
             return ("sym", t.name, r.addend)
@@ -505,6 +512,24 @@ def _string(index, sec, start: int) -> bytes | None:
     data = bytes(index.elf.section_data(sec))
     end = data.find(b"\0", start) if 0 <= start < len(data) else -1
     return data[start:end] if end >= 0 else None
+
+
+def _merged_const(index, t: Symbol, r: Reloc, code: bytes, off: int) -> tuple | None:
+    """A reference into a merged constant pool (`.rodata.cst2/4/8/16`: SHF_MERGE, fixed entsize, no
+    strings) by the constant it reads, ("const", entsize, bytes); None for any other target.
+    `ld -r` merges the pools of a module's objects (equal constants share one slot) and the
+    assembler names such a target by a local `.LCn` label, so only the value is comparable, as
+    for merged strings."""
+    if not t.defined:
+        return None
+    sec = index.section_of(t)
+    if sec is None or not sec.flags & SHF_MERGE or sec.flags & SHF_STRINGS or sec.entsize <= 0:
+        return None
+    start = t.value + r.addend + _reach_k(r, code, off)
+    data = bytes(index.elf.section_data(sec))
+    if not 0 <= start <= len(data) - sec.entsize:
+        return None
+    return ("const", sec.entsize, data[start : start + sec.entsize])
 
 
 def _extra_reloc(off: int, checked: int, data: int) -> CodeResult:
