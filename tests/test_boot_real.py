@@ -145,3 +145,30 @@ def test_kernel_panic_ends_the_run_with_the_oops(debian_kernel, oops_ko, tmp_pat
     (run,) = runs
     assert not run.timed_out and run.returncode is not None  # QEMU ended on the panic, not at the timeout
     assert any("RIP: 0010:kgenv_oops_init" in line for line in boot.kernel_log)
+
+
+@pytest.fixture(scope="session")
+def pinned_ko(env, docker_rt, livepatch_sample_src, boot_dir) -> Path:
+    """The kernel's sample pinned as kgenv pins a patch whose new functions may be pointed to."""
+    src = boot_dir / "pinned-src" / "livepatch-pinned.c"
+    src.parent.mkdir()
+    text = (livepatch_sample_src / "livepatch-sample.c").read_text()
+    enable = "return klp_enable_patch(&patch);"
+    assert text.count(enable) == 1, "the kernel's sample changed: fix the test"
+    src.write_text(
+        text.replace(
+            enable, "int ret = klp_enable_patch(&patch);\n\tif (!ret)\n\t\t__module_get(THIS_MODULE);\n\treturn ret;"
+        )
+    )
+    return build_module(env, docker_rt, [src], boot_dir / "pinned")
+
+
+@pytest.mark.parametrize("told", [True, False])
+def test_a_pinned_patch_stays_loaded(debian_kernel, pinned_ko, check_patched, tmp_path, told):
+    """Pinned: rmmod must be refused (the unload phase proves it); a pin the boot was not told of fails."""
+    boot = boot_test(pinned_ko, debian_kernel.vmlinuz, check=check_patched, serial_log=_log(tmp_path), pinned=told)
+    if told:
+        assert boot.result == "pass", (boot.reason, boot.kernel_log)
+        assert boot.phases["unload"] == "ok" and "pinned: stays loaded" in Path(boot.serial_log).read_text()
+    else:
+        assert boot.result == "fail" and boot.phases["unload"] == "fail", boot.reason

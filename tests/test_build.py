@@ -74,6 +74,11 @@ def test_accepted_fix_builds_verifies_and_boots(builds, name):
     klp_syms = [s for s in index.symbols if s.name.startswith(".klp.sym.")]
     assert len(klp_syms) == len(rep.result.klp_symbols)
     assert all(s.shndx == 0xFF20 for s in klp_syms)
+    # no load-time dependency on a module it patches: the patch may come before the target
+    raw = bytes(index.elf.section_data(index.elf.section(".modinfo")))
+    modinfo = dict(kv.split(b"=", 1) for kv in raw.split(b"\0") if b"=" in kv)
+    depends = set(filter(None, modinfo[b"depends"].decode().split(",")))
+    assert not depends & {f.object for f in rep.replaced()}, depends
     # two levels deep, reproducer names the image
     assert rep.env.image_id in rep.kgenv.reproducer
     for group in rep.to_dict().values():

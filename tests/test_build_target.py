@@ -111,3 +111,11 @@ def test_same_named_statics_of_two_files_register_apart():
     assert '{ .old_name = "show", .new_func = livepatch_fs_a__show, .old_sympos = 1 },' in text
     assert '{ .old_name = "show", .new_func = livepatch_fs_b__show, .old_sympos = 2 },' in text
     assert '{ .old_name = "other", .new_func = livepatch_other, .old_sympos = 0 },' in text
+
+
+def test_registration_pins_only_when_asked():
+    reps, ids = [skeleton.Replacement(VMLINUX, "f", 0)], {VMLINUX: "6a" * 20}
+    assert "__module_get(THIS_MODULE)" not in skeleton.render_registration("fix", "r", reps, ids)
+    pinned = skeleton.render_registration("fix", "r", reps, ids, pinned=True)
+    assert "int ret = klp_enable_patch(&patch);\n\t/* kgenv:" in pinned
+    assert "\tif (!ret)\n\t\t__module_get(THIS_MODULE);\n\treturn ret;" in pinned

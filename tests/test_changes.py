@@ -3,6 +3,7 @@
 import subprocess
 
 import pytest
+from synthetic_objects import SPECIAL
 
 from kgenv.build import changes
 from kgenv.build.changes import CHANGED, NEW, REMOVED, UNCHANGED
@@ -278,3 +279,120 @@ def test_unusable_objects_are_user_errors(tmp_path):
     for bad, what in ((junk, "junk.o"), (exe, "not a relocatable object"), (tmp_path / "none.o", "cannot read")):
         with pytest.raises(UserError, match=what):
             changes.compare(good, bad)
+
+
+# -- special-section payloads: entries pointing into a function are part of its fingerprint ------
+
+
+def special_diff(tmp_path, *edits):
+    return diff(tmp_path, *edits, src=SPECIAL)
+
+
+def same_code(tmp_path, fn):
+    name = f".text.{fn}"
+    assert section_bytes(tmp_path, "orig", name) == section_bytes(tmp_path, "patched", name), fn
+
+
+def test_special_sections_identical_builds_change_nothing(tmp_path):
+    ch = special_diff(tmp_path)
+    assert {"jl_user", "alt_user", "alt_call", "ex_user", "sc_user"} <= set(statuses(ch))
+    assert not_unchanged(ch) == {}
+    for sec in ("__jump_table", ".altinstructions", ".altinstr_replacement", "__ex_table", ".static_call_sites"):
+        assert open_elf(tmp_path / "orig.o").section(sec) is not None, sec
+
+
+def test_static_branch_key_swap_is_a_change(tmp_path):
+    ch = special_diff(tmp_path, ("STATIC_BRANCH(&key_a)", "STATIC_BRANCH(&key_b)"))
+    assert not_unchanged(ch) == {"jl_user": CHANGED}
+    same_code(tmp_path, "jl_user")
+
+
+def test_static_branch_direction_is_a_change(tmp_path):
+    # the key field's low bit is the branch's default direction (static_branch_likely vs unlikely)
+    src = SPECIAL.replace('"i"(0) :: yes', '"i"(branch) :: yes').replace(
+        "#define STATIC_BRANCH(key)",
+        "#define STATIC_BRANCH(key) STATIC_BRANCH_DIR(key, 0)\n#define STATIC_BRANCH_DIR(key, branch)",
+    )
+    ch = diff(tmp_path, ("STATIC_BRANCH(&key_a)", "STATIC_BRANCH_DIR(&key_a, 1)"), src=src)
+    assert not_unchanged(ch) == {"jl_user": CHANGED}
+    same_code(tmp_path, "jl_user")
+
+
+def test_alternative_feature_bit_is_a_change(tmp_path):
+    ch = special_diff(tmp_path, ('"lfence", 18)', '"lfence", 17)'))
+    assert not_unchanged(ch) == {"alt_user": CHANGED}
+    same_code(tmp_path, "alt_user")
+
+
+def test_alternative_replacement_bytes_are_a_change(tmp_path):
+    ch = special_diff(tmp_path, ('"lfence", 18)', '"mfence", 18)'))
+    assert not_unchanged(ch) == {"alt_user": CHANGED}
+    same_code(tmp_path, "alt_user")
+
+
+def test_alternative_replacement_callee_is_a_change(tmp_path):
+    ch = special_diff(tmp_path, ('"call fallback_a"', '"call fallback_b"'))
+    assert not_unchanged(ch) == {"alt_call": CHANGED}
+    same_code(tmp_path, "alt_call")
+
+
+def test_new_alternative_elsewhere_moves_replacements_but_changes_nothing_else(tmp_path):
+    # the new function's replacement comes first in .altinstr_replacement: the others' move
+    ch = special_diff(
+        tmp_path, ("void alt_user(void)", 'void alt_new(void) { ALTERNATIVE("nop", "pause", 5); }\nvoid alt_user(void)')
+    )
+    assert not_unchanged(ch) == {"alt_new": NEW}
+
+
+def test_exception_fixup_target_is_a_change(tmp_path):
+    ch = special_diff(tmp_path, ("EX_LOAD(v, p, 2b, 3)", "EX_LOAD(v, p, 3b, 3)"))
+    assert not_unchanged(ch) == {"ex_user": CHANGED}
+    same_code(tmp_path, "ex_user")
+
+
+def test_exception_fixup_type_is_a_change(tmp_path):
+    ch = special_diff(tmp_path, ("EX_LOAD(v, p, 2b, 3)", "EX_LOAD(v, p, 2b, 4)"))
+    assert not_unchanged(ch) == {"ex_user": CHANGED}
+
+
+def test_static_call_key_is_a_change(tmp_path):
+    ch = special_diff(tmp_path, ("STATIC_CALL_SITE(__SCK__hook_a)", "STATIC_CALL_SITE(__SCK__hook_b)"))
+    assert not_unchanged(ch) == {"sc_user": CHANGED}
+    same_code(tmp_path, "sc_user")
+
+
+def test_special_entries_survive_moved_lines(tmp_path):
+    ch = special_diff(
+        tmp_path,
+        ("/*ANCHOR*/", "int later(int x) { return x + 3; }"),
+        ("struct static_key {", "\n\nstruct static_key {"),
+    )
+    assert not_unchanged(ch) == {"later": NEW}
+
+
+def test_bug_table_line_only_change_is_unchanged(tmp_path):
+    # the WARN entry differs in its line field alone (issue 13: a line move is no change)
+    ch = diff(tmp_path, ("/*ANCHOR*/", "\n"))
+    assert not_unchanged(ch) == {}
+    old, new = (section_bytes(tmp_path, n, "__bug_table") for n in ("orig", "patched"))
+    assert [i for i in range(len(old)) if old[i] != new[i]] and all(
+        changes.BUG_LINE <= i % changes.BUG_ENTRY < changes.BUG_FLAGS for i in range(len(old)) if old[i] != new[i]
+    )
+
+
+def test_static_cpu_has_feature_byte_is_a_change(tmp_path):
+    # bit 18 -> 26: the same bit mask in the same .altinstr_aux bytes, another byte of the caps
+    # (a relocation addend) and another feature in .altinstructions: only the payload differs
+    ch = special_diff(tmp_path, ("STATIC_CPU_HAS(18)", "STATIC_CPU_HAS(26)"))
+    assert not_unchanged(ch) == {"cpu_user": CHANGED}
+    same_code(tmp_path, "cpu_user")
+    assert section_bytes(tmp_path, "orig", ".altinstr_aux") == section_bytes(tmp_path, "patched", ".altinstr_aux")
+
+
+def test_new_static_cpu_has_elsewhere_changes_nothing_else(tmp_path):
+    # the new bit test comes first in .altinstr_aux: cpu_user's jumps there at another offset
+    ch = special_diff(
+        tmp_path,
+        ("int cpu_user(int x)", "int cpu_new(int x) { return STATIC_CPU_HAS(5) ? x : 0; }\nint cpu_user(int x)"),
+    )
+    assert not_unchanged(ch) == {"cpu_new": NEW}

@@ -482,6 +482,7 @@ int direct(int x) { return t_a(x) + call(outside); }
         ({"t_b"}, (), True, False),  # t_a: a macro twin compiled in, although the running kernel has it
         ({"t_b"}, ("t_a",), False, True),  # t_a exists only in the patch module
         ({"direct"}, (), False, False),  # a call of t_a and the running kernel's outside: nothing to say
+        ({"t_b", "t_a"}, (), True, False),  # t_a replaced: its address would be the patch's copy
     ],
 )
 def test_function_pointers_lead_into_the_running_kernel(tmp_path, keep, absent, refused, noted):
@@ -489,5 +490,6 @@ def test_function_pointers_lead_into_the_running_kernel(tmp_path, keep, absent, 
     by = {d["name"]: d for d in facts["decls"] if d["is_definition"]}
     assert by["t_b"]["addr_refs"] == ["t_a", "outside"] and by["direct"]["addr_refs"] == ["outside"]
     g = generate((tmp_path / "mini.c").read_text(), facts, keep, everywhere_but(*absent))
-    assert any("takes the address of t_a" in r for r in g.refusals) == refused
+    assert any(r.startswith("pointer-into-patch: t_b takes the address of t_a") for r in g.refusals) == refused
     assert any("takes the address of t_a" in n for n in g.notes) == noted
+    assert g.pinned_by == (["t_a"] if noted else [])

@@ -79,4 +79,4 @@ def test_kbuild_file_gives_gcc_the_words_back(tmp_path):
     recipe = "\nall:\n\t@printf '%s\\n' $(CFLAGS_t-a.o)\n"
     (tmp_path / "Makefile").write_text("pound := \\#\n" + kbuild + recipe)
     out = subprocess.run(["make", "-s", "-C", str(tmp_path)], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == flags + ["-Wno-unused-function", "-Wno-unused-variable"]
+    assert out.splitlines() == flags + ["-Wno-unused-function", "-Wno-unused-variable", "-Werror=pragmas"]

@@ -84,10 +84,12 @@ def boot_test(
     memory_mb: int = 512,
     cpus: int = 1,
     targets: Sequence[str | Path] = (),
+    pinned: bool = False,
 ) -> Boot:
     """Boot `kernel` with `module` in a busybox initramfs and return the Boot record.
 
     `targets` are shipped modules the patch applies to, loaded before it (dependencies first).
+    `pinned`: the module pins itself once enabled, so the unload phase proves rmmod is refused.
     Raises UserError/ToolError for bad input or a missing QEMU/busybox; a patch that does not
     load, transition, pass its check or revert is a Boot with result "fail", never an exception.
     """
@@ -110,6 +112,7 @@ def boot_test(
             transition_timeout=transition_timeout,
             check_timeout=CHECK_TIMEOUT,
             targets=[_existing(t, "target module") for t in targets],
+            pinned=pinned,
         )
         cmd = qemu.command(qemu_bin, kernel, initrd, serial_log, memory_mb=memory_mb, cpus=cpus)
         if keep_tmp:  # enough to re-run the same boot by hand

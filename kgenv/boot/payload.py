@@ -37,11 +37,11 @@ def _is_dynamic(path: Path) -> bool:
         raise ToolError(f"{path}: not an ELF executable ({e})") from e
 
 
-def env_file(name: str, has_check: bool, transition_timeout: int, check_timeout: int) -> bytes:
+def env_file(name: str, has_check: bool, transition_timeout: int, check_timeout: int, pinned: bool = False) -> bytes:
     """Shell assignments the guest /init sources."""
     return (
         f"NAME={name}\nHAS_CHECK={int(has_check)}\n"
-        f"TRANSITION_TIMEOUT={transition_timeout}\nCHECK_TIMEOUT={check_timeout}\n"
+        f"TRANSITION_TIMEOUT={transition_timeout}\nCHECK_TIMEOUT={check_timeout}\nPINNED={int(pinned)}\n"
     ).encode()
 
 
@@ -57,6 +57,7 @@ def build(
     check_timeout: int,
     targets: Sequence[Path] = (),
     guest_init: Path = GUEST_INIT,
+    pinned: bool = False,
 ) -> Path:
     """Write the initramfs (uncompressed: unpacking gzip under TCG costs more than it saves)."""
     if not guest_init.is_file():
@@ -69,7 +70,7 @@ def build(
     a.add_file("bin/busybox", busybox.read_bytes(), 0o755)
     a.add_symlink("bin/sh", "busybox")
     a.add_file("init", guest_init.read_bytes(), 0o755)
-    a.add_file("kgenv/env", env_file(name, check is not None, transition_timeout, check_timeout))
+    a.add_file("kgenv/env", env_file(name, check is not None, transition_timeout, check_timeout, pinned))
     a.add_file("kgenv/module.ko", Path(module).read_bytes())
     a.add_file("kgenv/check", Path(check).read_bytes() if check else b"", 0o755)
     a.add_file("kgenv/sympos", sympos.encode())

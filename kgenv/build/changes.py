@@ -11,6 +11,7 @@ from pathlib import Path
 from kgenv.elf.disasm import decode, insn_at
 from kgenv.elf.reader import SHF_ALLOC, SHF_MERGE, SHF_STRINGS, SHT_NOBITS, SHT_RELA
 from kgenv.elf.relocs import PC_RELATIVE, Reloc, relocations
+from kgenv.elf.special import ALTINSTRUCTIONS, LAYOUTS, TableEntry, TableLayout, points_at, table_entries
 from kgenv.elf.symbols import STB_LOCAL, STT_OBJECT, STT_SECTION, Symbol
 from kgenv.verify.code import masked_pair
 from kgenv.verify.mapping import ObjectFile
@@ -26,6 +27,8 @@ _LOCAL_NUMBER = re.compile(r"\.\d+$")
 # compiler-made constants holding a function's own name: they follow the code, not the fix
 _NAME_CONSTANTS = ("__func__", "__FUNCTION__", "__PRETTY_FUNCTION__")
 _DATA_PREFIXES = (".data", ".bss", ".rodata")
+# code outside functions is read up to its first unconditional transfer, at most this many bytes
+_SNIPPET_MAX, _SNIPPET_END = 64, frozenset({"jmp", "ret", "ud2", "int3"})
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,7 @@ class _Side:
         self.shared = self._shared_names()
         self.incoming = self._incoming()
         self._shallow: dict[int, tuple] = {}
+        self._snippets: set[tuple[int, int]] = set()
 
     @cached_property
     def bugs(self) -> list[tuple]:
@@ -247,7 +251,7 @@ class _Side:
         masked = bytes(masked_pair(code, code, relocs, sym.value)[0])
         insns = decode(code) if any(r.type in PC_RELATIVE for r in relocs) else []
         targets = tuple((r.offset - sym.value, r.type, self._target(r, insns, r.offset - sym.value)) for r in relocs)
-        return masked, targets, self._refs_into(sym), self._bugs_in(sym)
+        return masked, targets, self._refs_into(sym), self._bugs_in(sym), self._specials_in(sym)
 
     def _data_fp(self, sym: Symbol) -> tuple:
         sec = self.index.section_of(sym)
@@ -285,6 +289,8 @@ class _Side:
 
     def _holder(self, shndx: int, sec, where: int) -> tuple:
         holder = self.index.containing(shndx, where)
+        if holder is None and sec.is_exec and (shndx, where) not in self._snippets:
+            return self._snippet(shndx, sec, where)
         if holder is None:
             # anonymous data (jump tables, constant pools): its bytes stand for it
             return ("anon", base_name(sec.name), where, _digest(self.index.elf.section_data(sec)))
@@ -295,6 +301,25 @@ class _Side:
             # local constants (__func__ and friends) are not reported as data: compare content
             return ("const", name, where - holder.value, _digest(self.index.code(holder)))
         return ("sym", name, where - holder.value)
+
+    def _snippet(self, shndx: int, sec, where: int) -> tuple:
+        """Code outside any function (static_cpu_has's bit test in .altinstr_aux) by content: up to
+        its first unconditional jump or return. Its offset moves whenever the TU gains or loses
+        such a snippet, so neither the offset nor the section's other bytes may stand for it."""
+        data = bytes(self.index.elf.section_data(sec))
+        insns = decode(data[where : where + _SNIPPET_MAX])
+        end = next((i.offset + i.size for i in insns if i.mnemonic in _SNIPPET_END), None)
+        if end is None:
+            return ("anon", base_name(sec.name), where, _digest(data))
+        self._snippets.add((shndx, where))  # a snippet jumping to itself is compared by offset
+        try:
+            relocs = [r for r in self.obj.relocs(shndx)[1] if where <= r.offset < where + end]
+            code = data[where : where + end]
+            masked = bytes(masked_pair(code, code, relocs, where)[0])
+            targets = tuple((r.offset - where, r.type, self._target(r, insns, r.offset - where)) for r in relocs)
+        finally:
+            self._snippets.discard((shndx, where))
+        return ("snippet", base_name(sec.name), masked, targets)
 
     def _string(self, sec, where: int) -> bytes | None:
         data = bytes(self.index.elf.section_data(sec))
@@ -329,6 +354,81 @@ class _Side:
                 (name, typ, where - sym.value)
                 for name, typ, where in refs
                 if sym.value <= where < sym.value + max(sym.size, 1)
+            )
+        )
+
+    # -- special-section payloads --------------------------------------------------------------
+
+    @cached_property
+    def specials(self) -> dict[int, list[tuple[int, str, tuple]]]:
+        """Code section -> (offset, table, normalised payload) of each special-section entry about
+        code there (elf/special.py: jump labels, alternatives, exception table, static calls,
+        paravirt sites). The position alone is in _refs_into; this is the rest of the entry: a
+        static branch's key and target, a fixup and its type, a feature bit and the replacement."""
+        out: dict[int, list[tuple[int, str, tuple]]] = {}
+        alts: list[tuple[TableEntry, TableLayout]] = []
+        for layout in LAYOUTS:
+            for entry in table_entries(self.index, layout):
+                if layout is ALTINSTRUCTIONS and entry.regular:
+                    alts.append((entry, layout))  # after the rest: replacements hold entries too
+                elif entry.code is not None:
+                    out.setdefault(entry.code[0], []).append(
+                        (entry.code[1], entry.section, self._payload(entry, layout))
+                    )
+        for entry, layout in alts:
+            if entry.code is not None:
+                out.setdefault(entry.code[0], []).append(
+                    (entry.code[1], entry.section, self._payload(entry, layout, out))
+                )
+        return out
+
+    def _payload(self, entry: TableEntry, layout: TableLayout, nested: dict | None = None) -> tuple:
+        """An entry without its position: bytes with relocated fields zeroed, each relocated field
+        as what it points at (a symbol + addend, a function + offset), an alternative's replacement
+        as its code."""
+        raw = bytearray(entry.data)
+        fields = []
+        repl = layout.field("repl")[0] if layout is ALTINSTRUCTIONS and entry.regular else -1
+        for r in entry.relocs:
+            raw[r.offset : r.offset + r.width] = bytes(r.width)
+            if r.offset == 0:
+                continue  # the code field: the entry's position, the function's own business
+            if r.offset == repl and nested is not None:
+                off, _ = layout.field("replacementlen")
+                fields.append((r.offset, r.type, self._replacement(r, entry.data[off], nested)))
+            else:
+                fields.append((r.offset, r.type, self._target(r, [], 0)))
+        return bytes(raw), tuple(fields), entry.regular
+
+    def _replacement(self, r: Reloc, length: int, nested: dict) -> tuple:
+        """An alternative's replacement code by content (its place in .altinstr_replacement moves
+        whenever another alternative of the TU is added): bytes, relocations, entries about it."""
+        where = points_at(self.index, r)
+        if where is None:
+            return ("replacement", None)
+        shndx, start = where
+        code = bytes(self.index.elf.section_data(self.sections[shndx]))[start : start + length]
+        relocs = [x for x in self.obj.relocs(shndx)[1] if start <= x.offset < start + length]
+        masked = bytes(masked_pair(code, code, relocs, start)[0])
+        insns = decode(code) if any(x.type in PC_RELATIVE for x in relocs) else []
+        targets = tuple((x.offset - start, x.type, self._target(x, insns, x.offset - start)) for x in relocs)
+        inner = tuple(
+            sorted(
+                ((w - start, sec, payload) for w, sec, payload in nested.get(shndx, []) if start <= w < start + length),
+                key=repr,
+            )
+        )
+        return ("replacement", masked, targets, inner)
+
+    def _specials_in(self, sym: Symbol) -> tuple:
+        return tuple(
+            sorted(
+                (
+                    (where - sym.value, sec, payload)
+                    for where, sec, payload in self.specials.get(sym.shndx, [])
+                    if sym.value <= where < sym.value + max(sym.size, 1)
+                ),
+                key=repr,
             )
         )
 

@@ -88,6 +88,7 @@ class Generated:
     externs: list[Extern] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)  # replaced function -> global alias
     labels: dict[str, str] = field(default_factory=dict)  # assembler name -> the running object's symbol
+    pinned_by: list[str] = field(default_factory=list)  # new functions a pointer may lead to: pin the module
     refusals: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     facts: dict | None = None  # cfacts' JSON, for --keep-tmp
@@ -99,6 +100,7 @@ class Generated:
             "externs": [f"{e.kind} {e.name}{' (static)' if e.static else ''}" for e in self.externs],
             "aliases": self.aliases,
             "labels": self.labels,
+            "pinned_by": self.pinned_by,
             "refusals": self.refusals,
             "notes": self.notes,
         }
@@ -170,6 +172,7 @@ class _Planner:
         self.copied: list[str] = []
         self.refusals: list[str] = []
         self.notes: list[str] = []
+        self.pinned_by: list[str] = []  # new functions whose address may escape into kernel state
 
     def refuse(self, cls: str, why: str) -> None:
         line = f"{cls}: {why}"
@@ -204,27 +207,38 @@ class _Planner:
             )
 
     def _check_pointers(self) -> None:
-        """A function pointer the kept code takes must not lead into the patch module where the
-        running kernel has the function: stored away, it would outlive a disabled, removed patch."""
+        """Function pointers the kept code or copied data takes must lead into the running kernel
+        wherever it has the function: a pointer stored away outlives a disabled, removed patch, and
+        compares unequal to the one the kernel's own code stored (kpatch binds them to the original)."""
         for g in self.groups:
             if g.role not in ("replaced", "copied"):
                 continue
-            for d in g.defs("function"):
-                for name in d.get("addr_refs", ()):
-                    if name in self.externs or name in self.replaced or name not in self.fdef:
-                        continue  # the running kernel's, or the replacement itself (the livepatch contract)
-                    mate = self.fdef[name][0]
-                    if name not in self.copied and self.present(name, "function"):
+            for d in g.members:
+                if not d["is_definition"] or d["kind"] not in ("function", "variable"):
+                    continue
+                # data initialisers only take addresses; code also calls
+                taken = d.get("addr_refs", ()) if d["kind"] == "function" else d["refs"]
+                for name in taken:
+                    if name in self.externs or name not in self.fdef:
+                        continue  # the running kernel's (a livepatch relocation), or not a function of the file
+                    if name in self.replaced:
+                        self.refuse(
+                            POINTER_INTO_PATCH,
+                            f"{d['name']} takes the address of {name}, which this patch replaces: the pointer "
+                            "would be the patch's copy, not the running kernel's function",
+                        )
+                    elif name not in self.copied and self.present(name, "function"):
+                        mate = self.fdef[name][0]
                         self.refuse(
                             POINTER_INTO_PATCH,
                             f"{d['name']} takes the address of {name}, which {mate.macro or 'its definition'} "
-                            "compiles into the patch module although the running kernel has it: the pointer "
-                            "would lead into the patch module",
+                            "compiles into the patch module although the running kernel has it",
                         )
-                    else:
+                    elif name not in self.pinned_by:
+                        self.pinned_by.append(name)
                         self.notes.append(
                             f"{d['name']} takes the address of {name}, new in the patch module: "
-                            "the module must stay loaded while that pointer is in use"
+                            "the module pins itself once enabled (it can be disabled, never removed)"
                         )
 
     def _check_replaceable(self, d: dict) -> None:
@@ -538,6 +552,7 @@ def generate(
         externs=sorted(p.externs.values(), key=lambda e: order.get(e.name, 0)),
         aliases=aliases,
         labels=labels,
+        pinned_by=p.pinned_by,
         refusals=p.refusals,
         notes=p.notes,
         facts=facts,
@@ -554,6 +569,8 @@ def _prologue(p: _Planner, ed: _Editor, ctx: Context) -> dict[str, str]:
     lines = [f"/* kgenv: compiled into the patch module, this code runs as part of {ctx.objname} */"]
     if ctx.modname:
         lines += ["#undef KBUILD_MODNAME", f"#define KBUILD_MODNAME {ctx.modname}"]
+    else:
+        p.notes.append("the original compile had no plain KBUILD_MODNAME: messages carry the patch module's name")
     statics = sorted(e.name for e in p.externs.values() if e.static)
     if ctx.is_module:  # THIS_MODULE is &__this_module: the target module's own, by a livepatch relocation
         statics.append(THIS_MODULE_SYMBOL)

@@ -24,7 +24,15 @@ from kgenv.build import diffapply, gensrc, skeleton
 from kgenv.build.compile import cmd_file, compile_tus
 from kgenv.build.kbuild import build_module
 from kgenv.build.report import BootSummary, BuildReport, EnvInfo, FixInfo, FunctionRecord, ResultInfo, ToolInfo
-from kgenv.build.target import VMLINUX, Resolver, Target, gnu_build_id, load_order, modname_literal
+from kgenv.build.target import (
+    VMLINUX,
+    Resolver,
+    Target,
+    gnu_build_id,
+    kallsyms_pos,
+    load_order,
+    modname_literal,
+)
 from kgenv.build.target import find as find_target
 from kgenv.elf import klp
 from kgenv.elf.symbols import STB_LOCAL, STT_FILE, SymbolIndex
@@ -212,7 +220,7 @@ class Build:
         self.functions: list[FunctionRecord] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="kgenv-build-"))
         self.diff: diffapply.FixDiff | None = None
-        self.klp_symbols: dict[str, tuple[str, int]] = {}
+        self.klp_symbols: list[str] = []  # "<obj>.<name>,<sympos>", one per converted symbol
         self.guard_build_ids: dict[str, str] = {}  # what the module's pre_patch guard requires (kbuild)
         self.boot: Boot | None = None
         self.notes: list[str] = []  # what the report must say about how this build was allowed
@@ -515,14 +523,16 @@ class Build:
         modules = {u.target.objname: gnu_build_id(u.target.binary_path) for u in self.units if u.target.is_module}
         self.guard_build_ids = skeleton.guard_ids(vmlinux, modules)
         (src / f"{name}.c").write_text(
-            skeleton.render_registration(name, self.m.kernel.release, reps, self.guard_build_ids)
+            skeleton.render_registration(name, self.m.kernel.release, reps, self.guard_build_ids, pinned=self._pinned())
         )
         (src / "Kbuild").write_text(skeleton.render_kbuild(name, f"{name}.c", sources))
         return build_module(self.rt, self.m, src, self.tmp / "kbuild-out", allow_undefined=True, progress=self.progress)
 
     def _klp(self, ko: Path) -> None:
-        """Undefined symbols the kernel does not export become .klp.sym relocations."""
+        """Undefined symbols become .klp.sym relocations, but for exports of vmlinux and of modules
+        the patch does not target (the module loader binds those)."""
         exported = _exported(self.m)
+        targets = {u.target.objname for u in self.units if u.target.is_module}
         index = SymbolIndex.open(ko)
         undefined = sorted(
             {s.name for s in index.symbols if s.name and not s.defined and s.type != STT_FILE and s.symidx}
@@ -541,9 +551,19 @@ class Build:
                 else:
                     mapping[name] = (*pos, real)
                 continue
-            if name in exported or name == "__fentry__":
+            if name == "__fentry__":
                 continue
-            found = set(filter(None, (u.resolver.position(name) for u in self.units)))
+            # a module unit's own global: its module's symbol, even where another object exports the
+            # name (the loader would bind that export), and never a dependency on a target module
+            own = {
+                (u.target.objname, kallsyms_pos(u.resolver.binary, sym))
+                for u in self.units
+                if u.target.is_module and (sym := u.resolver.find(name, elsewhere=False)) is not None and sym.defined
+            }
+            owner = exported.get(name)
+            if not own and owner is not None and owner not in targets:
+                continue  # vmlinux's or another module's export: the module loader binds it
+            found = own or set(filter(None, (u.resolver.position(name) for u in self.units)))
             if len(found) > 1:  # same-named globals of two objects: which one each TU means is lost in the link
                 ambiguous.append(name)
                 continue
@@ -572,7 +592,7 @@ class Build:
                 klp.convert(ko, mapping)
             except klp.SpecialSectionError as exc:
                 raise Refusal(str(exc), self._special_sections(exc)) from None
-        self.klp_symbols = {_running_name(n, t): (t[0], t[1]) for n, t in mapping.items()}
+        self.klp_symbols = sorted(f"{t[0]}.{_running_name(n, t)},{t[1]}" for n, t in mapping.items())
 
     def _special_sections(self, exc: klp.SpecialSectionError) -> list[FunctionRecord]:
         """The functions whose load-time entries need the target module: replaced → refused."""
@@ -608,10 +628,14 @@ class Build:
             sympos=sympos,
             targets=list(dict.fromkeys(extra)),
             keep_tmp=self.req.keep_tmp,
+            pinned=self._pinned(),
         )
         self.boot = boot
         if not boot.passed:
             raise Refusal(f"boot test failed: {boot.reason}", cls=BOOT_FAILED)
+
+    def _pinned(self) -> bool:
+        return any(u.generated.pinned_by for u in self.units)
 
     def _sympos_line(self, f: FunctionRecord) -> str:
         """ "obj func sympos [offset from _text]" for the guest to find in /proc/kallsyms."""
@@ -669,7 +693,7 @@ class Build:
                 reason,
                 str(module) if module else "",
                 sha256_file(module) if module else "",
-                tuple(sorted(f"{o}.{n},{p}" for n, (o, p) in self.klp_symbols.items())),
+                tuple(self.klp_symbols),
                 self.guard_build_ids,
             ),
             functions=tuple(self.functions),
@@ -815,12 +839,13 @@ def _slug(tu: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", str(PurePosixPath(tu).with_suffix("")))
 
 
-def _exported(m: Manifest) -> set[str]:
-    out = set()
+def _exported(m: Manifest) -> dict[str, str]:
+    """Exported symbol -> the object exporting it (vmlinux or a module name), from Module.symvers."""
+    out = {}
     for line in m.file("symvers").read_text().splitlines():
         parts = line.split("\t")
-        if len(parts) >= 2:
-            out.add(parts[1])
+        if len(parts) >= 3:
+            out[parts[1]] = parts[2].rsplit("/", 1)[-1].replace("-", "_")
     return out
 
 

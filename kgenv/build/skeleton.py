@@ -75,7 +75,16 @@ def guard_ids(build_id: str, modules: Mapping[str, str] | None = None) -> dict[s
     return out
 
 
-def render_registration(name: str, release: str, reps: list[Replacement], ids: Mapping[str, str]) -> str:
+# a pointer to a function new in the patch may be stored in kernel state: the module must outlive it
+PIN = (
+    "\t/* kgenv: pointers to this module's new functions may outlive it; once enabled it stays loaded */\n"
+    "\tif (!ret)\n\t\t__module_get(THIS_MODULE);"
+)
+
+
+def render_registration(
+    name: str, release: str, reps: list[Replacement], ids: Mapping[str, str], pinned: bool = False
+) -> str:
     """The module's registration file from kernel/livepatch/livepatch.c.in. Every klp_object
     (vmlinux always, with no functions when only modules are patched) gets the template's
     build-id guard as its pre_patch callback, requiring the build-id `ids` (see guard_ids) names."""
@@ -104,6 +113,7 @@ def render_registration(name: str, release: str, reps: list[Replacement], ids: M
         ("NAME", name),
         ("RELEASE", release),
         ("BUILD_ID", ids[VMLINUX]),
+        ("PIN", PIN if pinned else ""),
     ):
         text = text.replace(f"@{key}@", value)
     return text
@@ -114,7 +124,7 @@ def render_kbuild(name: str, registration: str, sources: list[Source]) -> str:
     # the flags are the words gcc got: quoted for the recipe's shell, then '$' and '#' escaped for make
     cflags = [
         f"CFLAGS_{s.filename.removesuffix('.c')}.o := {kbuildcmd.make_escape(shlex.join(s.cflags))} "
-        "-Wno-unused-function -Wno-unused-variable"
+        "-Wno-unused-function -Wno-unused-variable -Werror=pragmas"  # a #pragma redefine_extname must apply
         for s in sources
     ]
     text = (TEMPLATES / "Kbuild.in").read_text()

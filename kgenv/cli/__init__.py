@@ -1,7 +1,9 @@
 """The command line: options become records, each command calls one stage; the one error boundary."""
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -31,12 +33,13 @@ class Kgenv(click.Group):
         **extra: Any,
     ) -> NoReturn:
         """Exit codes come from here, never from click's own handling (standalone_mode is ignored)."""
+        handlers = on_interrupt()
         try:
             rc = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except KgenvError as e:
             fail(str(e), e.exit_code)
-        except (click.exceptions.Abort, KeyboardInterrupt):
-            fail("interrupted")
+        except (click.exceptions.Abort, KeyboardInterrupt) as e:  # click turns KeyboardInterrupt into Abort
+            fail("terminated (SIGTERM)" if Terminated in (type(e), type(e.__cause__)) else "interrupted")
         except click.ClickException as e:
             e.show()
             sys.exit(e.exit_code)
@@ -44,7 +47,39 @@ class Kgenv(click.Group):
             if os.environ.get("KGENV_DEBUG"):
                 raise
             fail(f"{describe(e)} (KGENV_DEBUG=1 shows where)")
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
         sys.exit(rc if isinstance(rc, int) else 0)  # ctx.exit(n) comes back as a return value
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: a KeyboardInterrupt, so every cleanup that Ctrl-C runs runs for it too."""
+
+
+def on_interrupt() -> dict[int, Any]:
+    """SIGINT and SIGTERM (farms, CI, service managers) stop kgenv the same way: the build
+    containers this process started are killed (their runs remove them) and the signal becomes an
+    exception in the main thread, so work dirs are removed as for Ctrl-C; exit 2, one line.
+    The previous handlers, to put back (tests call main in-process; other threads cannot set any)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {
+        signal.SIGINT: signal.signal(signal.SIGINT, _interrupted),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupted),
+    }
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    # once: a second signal must not cut the cleanup short (SIGKILL still ends kgenv at once)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # containers run in the engine, outside kgenv's process group: stop them from a thread (never
+    # from inside the handler, which may have interrupted the docker client holding a lock)
+    docker = sys.modules.get("kgenv.runtime.docker")
+    if docker is not None:
+        threading.Thread(target=docker.stop_all, daemon=True).start()
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 @click.group(cls=Kgenv, context_settings={"help_option_names": ["-h", "--help"]})

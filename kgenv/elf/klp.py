@@ -45,7 +45,7 @@ SPECIAL_SECTION = "special-section-in-target-module"
 # nobody reviewed is refused rather than silently left zero.
 MODULE_TARGET_SECTIONS = (".text", ".rodata", ".data")  # each name or name + ".*"
 MODULE_TARGET_EXCLUDED = frozenset({".altinstr_replacement", ".data..ro_after_init", ".data..percpu"})
-_LIVEPATCH_ALIAS = "livepatch_"  # gensrc's global alias of each replaced function
+_LIVEPATCH_ALIAS = "livepatch_"  # gensrc's global aliases of replaced functions start so
 
 
 class SpecialSectionError(RefusedError):
@@ -295,7 +295,7 @@ def _site_function(sites: _Sites, shndx: int, relocs: list, offset: int) -> str:
     call site, alternative's instruction); else the object holding the entry."""
     index, elf = sites.index, sites.index.elf
     if elf.sections[shndx].is_exec:
-        fn = index.containing(shndx, offset)
+        fn = index.containing(shndx, offset, avoid=_LIVEPATCH_ALIAS)
         if fn is not None:
             return fn.name.removeprefix(_LIVEPATCH_ALIAS)
         for sec in elf.sections:
@@ -335,7 +335,7 @@ def _code_field(sites: _Sites, relocs: list, offset: int, skip: int = -1) -> str
         if not index.elf.sections[sym.shndx].is_exec:
             continue
         where = r.addend if sym.type == STT_SECTION else sym.value + r.addend
-        fn = index.containing(sym.shndx, where)
+        fn = index.containing(sym.shndx, where, avoid=_LIVEPATCH_ALIAS)
         if fn is not None:
             return fn.name.removeprefix(_LIVEPATCH_ALIAS)
     return None

@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -227,19 +228,42 @@ def mount_links(root: Path, mounts: Sequence[Mount]) -> Callable[[str], str]:
 
 def _run(argv: list[str], env: dict[str, str], workdir: str, progress: Progress | None) -> RunResult:
     try:
+        # its own process group, so that kgenv stopping (SIGTERM, Ctrl-C) stops all of it, make's children too
         proc = subprocess.Popen(
-            argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            argv,
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     except OSError as e:
         raise ToolError(f"host runtime: cannot run {argv[0]}: {e.strerror}") from None
     assert proc.stdout is not None  # stdout=PIPE
     lines = []
-    for raw in proc.stdout:
-        line = raw.decode(errors="replace").rstrip("\n")
-        lines.append(line)
-        if progress:
-            progress.tick(line)
-    return RunResult(proc.wait(), "\n".join(lines))
+    try:
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            lines.append(line)
+            if progress:
+                progress.tick(line)
+        return RunResult(proc.wait(), "\n".join(lines))
+    finally:
+        if proc.poll() is None:  # interrupted: the tree is restored next, so nothing may still write
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(grace)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 # -- the fingerprint -------------------------------------------------------------------------
