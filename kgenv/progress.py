@@ -19,18 +19,21 @@ class Progress:
         if self.quiet:
             return
         stamp = f"[{time.monotonic() - self._t0:6.1f}s]"
-        if self.live:
-            self.stream.write(f"\r\033[K{stamp} {message}\n")
-        else:
-            self.stream.write(f"{stamp} {message}\n")
-        self.stream.flush()
+        self._write(f"\r\033[K{stamp} {message}\n" if self.live else f"{stamp} {message}\n")
 
     def tick(self, message: str) -> None:
         """Transient detail (download bytes, build output); shown only on a terminal."""
         if self.quiet or not self.live:
             return
-        self.stream.write(f"\r\033[K  {message[:120]}")
-        self.stream.flush()
+        self._write(f"\r\033[K  {message[:120]}")
+
+    def _write(self, text: str) -> None:
+        """Progress is never the work: a closed reader (`| head`) silences it, the build goes on."""
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
+            self.quiet = True
 
 
 QUIET = Progress(quiet=True)

@@ -493,3 +493,31 @@ def test_function_pointers_lead_into_the_running_kernel(tmp_path, keep, absent, 
     assert any(r.startswith("pointer-into-patch: t_b takes the address of t_a") for r in g.refusals) == refused
     assert any("takes the address of t_a" in n for n in g.notes) == noted
     assert g.pinned_by == (["t_a"] if noted else [])
+
+
+REBIND = """\
+#include "mini.h"
+int call(int (*f)(int));
+static int helper(int x);
+int user(int x) { return call(helper) + helper(x); }
+static int helper(int x)
+{
+	return x + 2;
+}
+"""
+
+
+def test_the_address_of_a_replaced_function_is_the_running_kernels(tmp_path):
+    """user passes helper's address: it must be the running kernel's helper; the replacement is
+    defined under another name and reached through the livepatch redirect."""
+    facts = parse(tmp_path, REBIND)
+    ctx = Context("vmlinux", False, '"mini"', "kgenv_mini__")
+    g = generate((tmp_path / "mini.c").read_text(), facts, {"user", "helper"}, everywhere_but(), context=ctx)
+    assert g.refusals == [] and g.replaced == ["user", "helper"]
+    assert "static int kgenv_new_helper(int x)\n{\n\treturn x + 2;" in g.text
+    assert "\nint helper(int x);\n" in g.text  # the static prototype now declares the running one
+    assert any("user takes the address of helper" in n for n in g.notes) and g.pinned_by == []
+    syms = compile_c(tmp_path, g.text, "-fno-pic")
+    undefined = {n for n, (_, defined, _) in syms.items() if not defined}
+    assert undefined == {"call", "kgenv_mini__helper"}  # helper: the running kernel's, by label
+    assert syms["livepatch_helper"][:2] == ("STB_GLOBAL", True) and syms["kgenv_new_helper"][1]

@@ -285,3 +285,20 @@ def test_an_unreachable_engine_still_writes_report_json(tmp_path, monkeypatch):
     rep = build_report.load(tmp_path / "out" / "report.json")
     assert rep.result.outcome == "error" and rep.result.exit_code == 2
     assert rep.result.reason == line.removeprefix("kgenv: ") and list(rep.stages) == ["check"]
+
+
+def test_a_closed_progress_reader_does_not_stop_the_work():
+    """`kgenv build … 2>&1 | head`: once the reader is gone, progress falls silent; the build goes on."""
+    import io
+
+    from kgenv.progress import Progress
+
+    class Closed(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    p = Progress(stream=Closed())
+    p.step("compile")
+    p.tick("make")
+    p.step("changes")
+    assert p.quiet

@@ -29,6 +29,9 @@ NOINSTR_SECTION = ".noinstr.text"
 # makes the trace headers included after it define the tracepoints: the running kernel's must be used
 CREATE_TRACE_POINTS = "CREATE_TRACE_POINTS"
 ALIAS_PREFIX = "livepatch_"
+# a replaced function whose address the kept code takes is defined under this name; its own name
+# then means the running kernel's function (kpatch likewise binds such pointers to the original)
+NEW_PREFIX = "kgenv_new_"
 # SYSCALL_DEFINEn also defines the syscall's ftrace metadata; the running kernel's stays in charge,
 # so the patch empties SYSCALL_METADATA (what CONFIG_FTRACE_SYSCALLS=n does) before the kept syscall
 SYSCALL_MACROS = ("SYSCALL_DEFINE",)
@@ -173,6 +176,7 @@ class _Planner:
         self.refusals: list[str] = []
         self.notes: list[str] = []
         self.pinned_by: list[str] = []  # new functions whose address may escape into kernel state
+        self.rebound: list[str] = []  # replaced functions whose own name means the running one
 
     def refuse(self, cls: str, why: str) -> None:
         line = f"{cls}: {why}"
@@ -222,11 +226,7 @@ class _Planner:
                     if name in self.externs or name not in self.fdef:
                         continue  # the running kernel's (a livepatch relocation), or not a function of the file
                     if name in self.replaced:
-                        self.refuse(
-                            POINTER_INTO_PATCH,
-                            f"{d['name']} takes the address of {name}, which this patch replaces: the pointer "
-                            "would be the patch's copy, not the running kernel's function",
-                        )
+                        self._point_at_original(name, d["name"])
                     elif name not in self.copied and self.present(name, "function"):
                         mate = self.fdef[name][0]
                         self.refuse(
@@ -240,6 +240,25 @@ class _Planner:
                             f"{d['name']} takes the address of {name}, new in the patch module: "
                             "the module pins itself once enabled (it can be disabled, never removed)"
                         )
+
+    def _point_at_original(self, name: str, user: str) -> None:
+        """The address of a replaced function is the running kernel's: the new definition takes
+        another name, and the function's own name becomes a declaration of the running one."""
+        d = self.fdef[name][1]
+        if d["macro"] or d["extern_decl"] is None:
+            self.refuse(
+                POINTER_INTO_PATCH,
+                f"{user} takes the address of {name}, which this patch replaces and "
+                f"{'macro ' + d['macro'] if d['macro'] else 'its type'} keeps from being renamed: the pointer "
+                "would be the patch's copy, not the running kernel's function",
+            )
+        elif name not in self.rebound:
+            self.rebound.append(name)
+            self.externs[name] = Extern(name, "function", d["storage"] == "static")
+            self.notes.append(
+                f"{user} takes the address of {name}: it is the running kernel's {name} (the replacement "
+                f"is defined as {NEW_PREFIX}{name}; calls reach it through the livepatch redirect)"
+            )
 
     def _check_replaceable(self, d: dict) -> None:
         name, section = d["name"], d["section"]
@@ -441,6 +460,14 @@ def _edit(p: _Planner, ed: _Editor) -> None:
     first_syscall = next((g for g in p.groups if g.syscall), None)
     if first_syscall:
         ed.insert(first_syscall.start, NO_SYSCALL_METADATA)
+    for name in p.rebound:
+        d = p.fdef[name][1]
+        at = d["name_offset"]
+        if ed.data[at : at + len(name)] != name.encode():
+            p.refuse(POINTER_INTO_PATCH, f"{name}: its definition's name is not where clang says; cannot rename it")
+            continue
+        ed.insert(p.fdef[name][0].start, d["extern_decl"])  # the running kernel's, for the uses below
+        ed.replace(at, at + len(name), NEW_PREFIX + name)
     for g in p.groups:
         if g.role:
             continue
@@ -472,7 +499,8 @@ def _declarations(p: _Planner, g: _Group, data: bytes) -> str:
     for d in g.members:
         if d["kind"] == "type" and d["is_definition"]:
             if g.macro:
-                p.notes.append(f"type {d['name'] or '(unnamed)'} defined by macro {g.macro} is dropped with it")
+                if d["name"]:  # an unnamed one (module_param's, sysfs attributes') nothing else can use
+                    p.notes.append(f"type {d['name']} defined by macro {g.macro} is dropped with it")
             elif d["name"]:
                 out.append(data[d["start"] : d["end"]].decode(errors="surrogateescape") + ";")
     seen = set()
@@ -536,13 +564,15 @@ def generate(
     labels = _prologue(p, ed, context) if context else {}
     body = ed.apply().decode(errors="surrogateescape")
     aliases = {n: alias_prefix + n for n in p.replaced}
+    defined = {n: NEW_PREFIX + n if n in p.rebound else n for n in p.replaced}
     if aliases:
         body = (
             body.rstrip("\n")
             + "\n\n/* livepatch: global names of the replaced functions for the registration file */\n"
         )
         body += "".join(
-            f'extern typeof({n}) {a} __attribute__((alias("{n}"), __copy__({n})));\n' for n, a in aliases.items()
+            f'extern typeof({defined[n]}) {a} __attribute__((alias("{defined[n]}"), __copy__({defined[n]})));\n'
+            for n, a in aliases.items()
         )
     order = {d["name"]: d["start"] for d in facts["decls"]}
     return Generated(

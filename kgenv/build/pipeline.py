@@ -223,7 +223,7 @@ class Build:
         self.klp_symbols: list[str] = []  # "<obj>.<name>,<sympos>", one per converted symbol
         self.guard_build_ids: dict[str, str] = {}  # what the module's pre_patch guard requires (kbuild)
         self.boot: Boot | None = None
-        self.notes: list[str] = []  # what the report must say about how this build was allowed
+        self.notes: list[str] = []  # what the report must say: how this build was allowed, what the generator did
         self.written: dict[str, str] = {}  # OUTDIR files this run wrote (hand-off), name -> sha256
 
     # -- running -----------------------------------------------------------------------------
@@ -483,6 +483,8 @@ class Build:
             if g.refusals:
                 raise Refusal("; ".join(g.refusals) + f" (generating {u.source})")
             u.generated = g
+            # fresh once-flags, pins, copies: reviewable, once each
+            self.notes += [f"{u.source}: {n}" for n in dict.fromkeys(g.notes)]
 
     def _must_register(self) -> None:
         """The safety net under every stage above: a module that registers no function is never built."""
@@ -589,7 +591,7 @@ class Build:
             )
         if mapping:
             try:
-                klp.convert(ko, mapping)
+                klp.convert(ko, mapping, names=self._function_names())
             except klp.SpecialSectionError as exc:
                 raise Refusal(str(exc), self._special_sections(exc)) from None
         self.klp_symbols = sorted(f"{t[0]}.{_running_name(n, t)},{t[1]}" for n, t in mapping.items())
@@ -633,6 +635,12 @@ class Build:
         self.boot = boot
         if not boot.passed:
             raise Refusal(f"boot test failed: {boot.reason}", cls=BOOT_FAILED)
+
+    def _function_names(self) -> dict[str, str]:
+        """The module's symbols that stand for a replaced function: its alias and renamed definition."""
+        return {
+            sym: n for u in self.units for n, a in u.generated.aliases.items() for sym in (a, gensrc.NEW_PREFIX + n)
+        }
 
     def _pinned(self) -> bool:
         return any(u.generated.pinned_by for u in self.units)

@@ -112,7 +112,7 @@ class FixInfo(_Flat):
     diff_sha256: str
     files: tuple[str, ...]
     tus: tuple[str, ...]
-    notes: tuple[str, ...] = ()  # e.g. build files changed under --allow-build-files; the key only when set
+    notes: tuple[str, ...] = ()  # build files allowed, the generator's notes (fresh state, pins); the key only when set
 
     def to_dict(self) -> dict:
         d = super().to_dict()

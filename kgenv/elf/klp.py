@@ -137,11 +137,13 @@ def convert(
     path: str | os.PathLike,
     symbols: Mapping[str, tuple[str, int] | tuple[str, int, str]],
     out: str | os.PathLike | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> KlpResult:
     """Rename the given undefined symbols to livepatch symbols and move their relocations.
 
     `symbols` maps a symbol name to (objname, sympos), or to (objname, sympos, name there) when the
     reference carries another name; the result is written atomically to `out` (default: over `path`).
+    `names` maps defined symbols of the module to the function they stand for, for refusals.
     """
     path = str(path)
     try:
@@ -152,7 +154,7 @@ def convert(
         raise UserError(f"{path}: module is signed; rewrite the unsigned module, then sign it")
     img = _Image(path, data)
     targets = {k: _target(path, k, v) for k, v in symbols.items()}
-    result = _rewrite(img, targets)
+    result = _rewrite(img, targets, names or {})
     dest = str(out or path)
     _write_atomic(dest, bytes(img.data), path)
     return KlpResult(dest, *result)
@@ -172,15 +174,16 @@ def _target(path: str, name: str, value) -> KlpTarget:
     return KlpTarget(objname, sympos, real if rest else "")
 
 
-def _rewrite(img: _Image, targets: dict[str, KlpTarget]):
+def _rewrite(img: _Image, targets: dict[str, KlpTarget], names: Mapping[str, str]):
     symtab = _symtab_index(img)
     converted = _convert_symbols(img, symtab, targets)
     objnames = {i: targets[name].objname for i, name in converted.items()}
-    _refuse_module_targets(img, objnames, converted)
+    # a refusal names what the module's symbols stand for: functions and the running object's symbols
+    _refuse_module_targets(img, objnames, converted, {**names, **{n: t.name for n, t in targets.items() if t.name}})
     klp = _split_relocations(img, symtab, objnames)
     _finish(img, klp)
-    names = tuple(sorted(targets[n].symbol_name(n) for n in converted.values()))
-    return names, tuple(s[0] for s in klp), sum(len(s[2]) for s in klp)
+    symbols = tuple(sorted(targets[n].symbol_name(n) for n in converted.values()))
+    return symbols, tuple(s[0] for s in klp), sum(len(s[2]) for s in klp)
 
 
 def _symtab_index(img: _Image) -> int:
@@ -255,11 +258,16 @@ def _split_relocations(img: _Image, symtab: int, objnames: dict[int, str]) -> li
 
 
 class _Sites:
-    """Symbols by symbol table index, for naming where a refused relocation sits."""
+    """Symbols by symbol table index, for naming where a refused relocation sits; `names` maps a
+    symbol of the module to the function it stands for (aliases, renamed replacements)."""
 
-    def __init__(self, index: SymbolIndex):
+    def __init__(self, index: SymbolIndex, names: Mapping[str, str]):
         self.index = index
         self.by_idx = {s.symidx: s for s in index.symbols}
+        self.names = names
+
+    def function(self, sym) -> str:
+        return self.names.get(sym.name) or sym.name.removeprefix(_LIVEPATCH_ALIAS)
 
 
 def module_target_allowed(section: str) -> bool:
@@ -269,7 +277,9 @@ def module_target_allowed(section: str) -> bool:
     return any(section == p or section.startswith(p + ".") for p in MODULE_TARGET_SECTIONS)
 
 
-def _refuse_module_targets(img: _Image, objnames: dict[int, str], converted: dict[int, str]) -> None:
+def _refuse_module_targets(
+    img: _Image, objnames: dict[int, str], converted: dict[int, str], names: Mapping[str, str]
+) -> None:
     """A .klp.rela.<module> section may only patch the patch module's own code and plain data."""
     named: _Sites | None = None
     found: dict[str, list[tuple[str, str, str]]] = {}
@@ -281,9 +291,9 @@ def _refuse_module_targets(img: _Image, objnames: dict[int, str], converted: dic
             obj = objnames.get(r.sym)
             if obj is None or obj == "vmlinux":
                 continue
-            named = named or _Sites(SymbolIndex(img.elf))
+            named = named or _Sites(SymbolIndex(img.elf), names)
             site = _site_function(named, sec.index, relocs, r.offset)
-            found.setdefault(obj, []).append((site, sec.name, converted[r.sym]))
+            found.setdefault(obj, []).append((site, sec.name, names.get(converted[r.sym], converted[r.sym])))
     for obj, sites in sorted(found.items()):
         raise SpecialSectionError(obj, sorted(dict.fromkeys(sites)))
 
@@ -297,7 +307,7 @@ def _site_function(sites: _Sites, shndx: int, relocs: list, offset: int) -> str:
     if elf.sections[shndx].is_exec:
         fn = index.containing(shndx, offset, avoid=_LIVEPATCH_ALIAS)
         if fn is not None:
-            return fn.name.removeprefix(_LIVEPATCH_ALIAS)
+            return sites.function(fn)
         for sec in elf.sections:
             if sec.index == shndx or not sec.flags & SHF_ALLOC:
                 continue
@@ -337,7 +347,7 @@ def _code_field(sites: _Sites, relocs: list, offset: int, skip: int = -1) -> str
         where = r.addend if sym.type == STT_SECTION else sym.value + r.addend
         fn = index.containing(sym.shndx, where, avoid=_LIVEPATCH_ALIAS)
         if fn is not None:
-            return fn.name.removeprefix(_LIVEPATCH_ALIAS)
+            return sites.function(fn)
     return None
 
 
