@@ -56,6 +56,8 @@ HOST_TOOLS = {
     "strip": "binutils",
     "strings": "binutils",
     "chromium": "chromium",
+    # bench
+    "diff": "diffutils",
 }
 
 # What runs a program the AST cannot name (argv built elsewhere), by file:function -> those programs.
@@ -82,7 +84,7 @@ KBUILD_HOST |= {"awk", "xz", "sh", "bash"}
 SCRIPTS = {"docker", "dockerd", "python3"}
 
 # The base system of a fresh Debian: Essential or Priority required (checked below where dpkg is).
-BASE = {"tar", "dpkg", "bash", "dash", "coreutils", "perl-base", "mawk"}
+BASE = {"tar", "dpkg", "bash", "dash", "coreutils", "perl-base", "mawk", "diffutils"}
 
 CALLS = {"run", "Popen", "check_output", "check_call", "call"}
 SOURCES = ("kgenv", "tests", "bench")

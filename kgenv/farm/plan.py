@@ -35,6 +35,7 @@ class Options:
     boot_test: bool = False
     jobs: int = 1
     root: Path | None = None  # one more directory plan paths may lie in (resolved); else only the plan's own
+    boot_without_check: bool = False  # a built fix without a check boots as a load/enable/disable/unload proof
 
 
 def roots(path: Path, options: Options) -> tuple[Path, ...]:
@@ -77,22 +78,25 @@ def _only(table: dict, allowed: set[str], path: Path, where: str) -> None:
 def _options(table, path: Path) -> Options:
     if not isinstance(table, dict):
         raise UserError(f"{path}: [options] must be a table")
-    _only(table, {"boot_test", "jobs", "root"}, path, "options.")
+    _only(table, {"boot_test", "boot_without_check", "jobs", "root"}, path, "options.")
     boot = table.get("boot_test", False)
+    bare = table.get("boot_without_check", False)
     jobs = table.get("jobs", 1)
     if not isinstance(boot, bool):
         raise UserError(f"{path}: options.boot_test must be true or false")
+    if not isinstance(bare, bool):
+        raise UserError(f"{path}: options.boot_without_check must be true or false")
     if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= 64:
         raise UserError(f"{path}: options.jobs must be an integer from 1 to 64")
     root = table.get("root")
     if root is None:
-        return Options(boot, jobs)
+        return Options(boot, jobs, None, bare)
     if not isinstance(root, str) or not root:
         raise UserError(f"{path}: options.root must be a directory path (relative to the plan, or absolute)")
     resolved = (path.resolve().parent / root).resolve()
     if not resolved.is_dir():
         raise UserError(f"{path}: options.root: {root}: no such directory")
-    return Options(boot, jobs, resolved)
+    return Options(boot, jobs, resolved, bare)
 
 
 def _inside(f: Path, path: Path, where: str, value: str, options: Options) -> Path:
@@ -173,8 +177,11 @@ def _fix(name: str, table, path: Path, options: Options) -> Fix:
         raise UserError(f"{path}: {where}.expected must be one of {', '.join(OUTCOMES)}")
     diff = _file(table.get("diff"), path, f"{where}.diff", options)
     check = _file(table["check"], path, f"{where}.check", options) if table.get("check") else None
-    if options.boot_test and expected == "built" and check is None:
-        raise UserError(f"{path}: {where}.check is required when options.boot_test is on")
+    if options.boot_test and expected == "built" and check is None and not options.boot_without_check:
+        raise UserError(
+            f"{path}: {where}.check is required when options.boot_test is on "
+            "(options.boot_without_check = true boots it as a load/unload proof)"
+        )
     tus = table.get("tus", [])
     if not isinstance(tus, list) or not all(isinstance(t, str) and t.endswith(".o") for t in tus):
         raise UserError(f"{path}: {where}.tus must be a list of object paths (fs/foo.o)")
