@@ -75,7 +75,11 @@ def same_image(given: str, image_id: str) -> bool:
 @click.option("--name", help="Patch name (livepatch-<name>.ko); default from the diff's file name.")
 @click.option("--image", metavar="ID", help="Require the env's image to be this ID (full, or 12+ hex digits).")
 @click.option(
-    "--tu", "tus", multiple=True, metavar="PATH.o", help="Also rebuild this translation unit (for header changes)."
+    "--tu",
+    "tus",
+    multiple=True,
+    metavar="PATH.o",
+    help="Also rebuild and compare this TU (header changes are refused for now).",
 )
 @click.option("--boot-test", is_flag=True, help="Boot the shipped kernel in QEMU and prove the module.")
 @click.option(
