@@ -29,7 +29,6 @@ from kgenv.build.target import (
     Resolver,
     Target,
     gnu_build_id,
-    kallsyms_pos,
     load_order,
     modname_literal,
 )
@@ -542,7 +541,7 @@ class Build:
             {s.name for s in index.symbols if s.name and not s.defined and s.type != STT_FILE and s.symidx}
         )
         labels = {label: (u, real) for u in self.units for label, real in u.generated.labels.items()}
-        mapping: dict[str, tuple[str, int] | tuple[str, int, str]] = {}
+        mapping: dict[str, tuple[str, int, str]] = {}  # symbol here -> (object, sympos, its name there)
         unknown: list[str] = []
         ambiguous: list[str] = []
         vmlinux = None
@@ -559,11 +558,7 @@ class Build:
                 continue
             # a module unit's own global: its module's symbol, even where another object exports the
             # name (the loader would bind that export), and never a dependency on a target module
-            own = {
-                (u.target.objname, kallsyms_pos(u.resolver.binary, sym))
-                for u in self.units
-                if u.target.is_module and (sym := u.resolver.find(name, elsewhere=False)) is not None and sym.defined
-            }
+            own = {pos for u in self.units if u.target.is_module and (pos := u.resolver.own_position(name))}
             owner = exported.get(name)
             if not own and owner is not None and owner not in targets:
                 continue  # vmlinux's or another module's export: the module loader binds it
@@ -579,7 +574,7 @@ class Build:
             if pos is None:
                 unknown.append(name)
             else:
-                mapping[name] = pos
+                mapping[name] = (*pos, name)
         if unknown:
             raise Refusal(
                 f"the module needs {_names(unknown)}, which the running kernel neither exports nor has as a symbol",
@@ -596,7 +591,7 @@ class Build:
                 klp.convert(ko, mapping, names=self._function_names())
             except klp.SpecialSectionError as exc:
                 raise Refusal(str(exc), self._special_sections(exc)) from None
-        self.klp_symbols = sorted(f"{t[0]}.{_running_name(n, t)},{t[1]}" for n, t in mapping.items())
+        self.klp_symbols = sorted(f"{obj}.{real},{pos}" for obj, pos, real in mapping.values())
 
     def _special_sections(self, exc: klp.SpecialSectionError) -> list[FunctionRecord]:
         """The functions whose load-time entries need the target module: replaced → refused."""
@@ -857,11 +852,6 @@ def _exported(m: Manifest) -> dict[str, str]:
         if len(parts) >= 3:
             out[parts[1]] = parts[2].rsplit("/", 1)[-1].replace("-", "_")
     return out
-
-
-def _running_name(name: str, target: tuple) -> str:
-    """The running object's name of a converted symbol (a TU's label stands for its third field)."""
-    return target[2] if len(target) > 2 else name
 
 
 def _this_module(u: Unit) -> tuple[str, int] | None:

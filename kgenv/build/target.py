@@ -164,6 +164,12 @@ class Resolver:
         inlined everywhere is absent from the object, and a same-named global elsewhere is not it."""
         return self.find(name, elsewhere=False) is not None
 
+    def own_position(self, name: str) -> tuple[str, int] | None:
+        """(objname, sympos) of `name` only where this TU's object names it and the running object
+        itself defines it (not a symbol it takes from elsewhere)."""
+        sym = self.find(name, elsewhere=False)
+        return None if sym is None or not sym.defined else (self.target.objname, kallsyms_pos(self.binary, sym))
+
     def position(self, name: str) -> tuple[str, int] | None:
         """(objname, sympos) for a livepatch relocation to `name`, or None if not in the binary."""
         sym = self.find(name)

@@ -305,7 +305,7 @@ def _site_function(sites: _Sites, shndx: int, relocs: list, offset: int) -> str:
     call site, alternative's instruction); else the object holding the entry."""
     index, elf = sites.index, sites.index.elf
     if elf.sections[shndx].is_exec:
-        fn = index.containing(shndx, offset, avoid=_LIVEPATCH_ALIAS)
+        fn = index.containing(shndx, offset)
         if fn is not None:
             return sites.function(fn)
         for sec in elf.sections:
@@ -345,7 +345,7 @@ def _code_field(sites: _Sites, relocs: list, offset: int, skip: int = -1) -> str
         if not index.elf.sections[sym.shndx].is_exec:
             continue
         where = r.addend if sym.type == STT_SECTION else sym.value + r.addend
-        fn = index.containing(sym.shndx, where, avoid=_LIVEPATCH_ALIAS)
+        fn = index.containing(sym.shndx, where)
         if fn is not None:
             return sites.function(fn)
     return None

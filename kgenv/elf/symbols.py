@@ -210,25 +210,20 @@ class SymbolIndex:
                 return sec
         return None
 
-    def containing(self, shndx: int, offset: int, avoid: str = "") -> Symbol | None:
-        """The named symbol of a section that covers `offset` (functions and objects first; names
-        starting with `avoid`, e.g. aliases, only when nothing else covers it)."""
+    def containing(self, shndx: int, offset: int) -> Symbol | None:
+        """The named symbol of a section that covers `offset` (functions and objects first)."""
         keys, syms = self._section_sorted(shndx)
         i = bisect.bisect_right(keys, offset) - 1
         best = None
-
-        def rank(s: Symbol) -> tuple[bool, bool]:
-            return s.type != STT_NOTYPE, not (avoid and s.name.startswith(avoid))
-
         while i >= 0:
             s = syms[i]
             if s.value <= offset < s.value + max(s.size, 1):
-                if best is None or rank(s) > rank(best):
+                if best is None or (best.type == STT_NOTYPE and s.type != STT_NOTYPE):
                     best = s
             if offset - s.value > 1 << 20:
                 break
             i -= 1
-            if best is not None and rank(best) == (True, True):
+            if best is not None and best.type != STT_NOTYPE:
                 break
         return best
 
