@@ -14,7 +14,8 @@ import sys
 import time
 
 from kgenv import manifest
-from kgenv.audit import audit, modunits
+from kgenv.audit import audit
+from kgenv.env import modunits
 from kgenv.runtime.docker import runtime
 
 NAMED = ["drivers/usb/core/quirks.c", "net/bridge/br_stp.c", "fs/ext4/inline.c"]

@@ -12,9 +12,11 @@ import pytest
 
 from kgenv import audit as audit_pkg
 from kgenv import manifest
-from kgenv.audit import modunits, present, sample
+from kgenv.audit import present, sample
 from kgenv.audit.rebuild import Built
 from kgenv.audit.records import TU_IDENTICAL, AuditReport, Candidate, FunctionDiff, TuResult
+from kgenv.elf import dwarfunits
+from kgenv.env import modunits
 from kgenv.errors import ToolError
 from kgenv.manifest import FileRef
 
@@ -200,11 +202,11 @@ def _ko(tmp_path: Path) -> Path:
 
 def test_module_units_read_through_relocations(tmp_path):
     ko = _ko(tmp_path)
-    assert modunits.compile_units(ko.read_bytes()) == ["drivers/demo/core.c", "drivers/demo/extra.c"]
-    assert len(modunits.build_id(ko.read_bytes())) == 40
+    assert dwarfunits.compile_units(ko.read_bytes()) == ["drivers/demo/core.c", "drivers/demo/extra.c"]
+    assert len(dwarfunits.build_id(ko.read_bytes())) == 40
     stripped = tmp_path / "stripped.ko"
     subprocess.run(["objcopy", "--strip-debug", str(ko), str(stripped)], check=True)
-    assert modunits.compile_units(stripped.read_bytes()) == []
+    assert dwarfunits.compile_units(stripped.read_bytes()) == []
 
 
 def test_module_units_from_the_dbg_package_once(m, tmp_path, monkeypatch):
@@ -233,7 +235,7 @@ def test_module_units_from_the_dbg_package_once(m, tmp_path, monkeypatch):
     mods, why = modunits.module_units(env, shipped)
     assert why == "" and set(mods) == {"demo_mod"}
     assert mods["demo_mod"]["units"] == ["drivers/demo/core.c", "drivers/demo/extra.c"]
-    assert mods["demo_mod"]["build_id"] == modunits.build_id(ko.read_bytes())
+    assert mods["demo_mod"]["build_id"] == dwarfunits.build_id(ko.read_bytes())
     deb.unlink()  # cached by build-id: the package is not read again
     assert modunits.module_units(env, shipped) == (mods, "")
     assert modunits.cached(env) == mods

@@ -18,8 +18,8 @@ from pathlib import PurePosixPath
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from kgenv.audit import modunits
 from kgenv.build.target import VMLINUX, shipped_modules
+from kgenv.env import modunits
 from kgenv.errors import KgenvError, ToolError, UserError
 from kgenv.fsutil import cache_dir, write_atomic
 from kgenv.manifest import Manifest

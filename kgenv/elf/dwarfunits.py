@@ -1,38 +1,24 @@
-"""The C compile units of each shipped module, from the modules' DWARF (the `-dbg` package's copies).
+"""The compile units of an ELF object's DWARF, read without pyelftools' DIE tree (fast enough for every
+module of a kernel): each C unit's name and the files its line table names (the headers it used).
 
-A shipped `.ko` is stripped of its DWARF; Debian's `-dbg` package carries the same modules with it.
-The package is read once as a stream (no module is unpacked to disk: ~5 GB for bookworm's 6.1),
-every module's compile-unit names are taken from the top DIE of each unit, and the result is cached
-by the kernel's build-id together with each module's own build-id. A vendor's own build dir ships
-its modules unstripped: then they are read where they are.
-
-Modules are relocatable objects (`ld -r` of their TUs): the offsets in a unit header and in its
-top DIE are relocations (RELA, the field holds 0), so the few fields read here are resolved through
-`.rela.debug_info` rather than by relocating the whole section.
+Modules are relocatable objects (`ld -r` of their TUs): the offsets in a unit header, in its top DIE
+and in a line table header are relocations (RELA, the field holds 0), so the few fields read here
+are resolved through `.rela.debug_info` / `.rela.debug_line` rather than by relocating whole sections.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import io
-import json
+import posixpath
 import struct
-import subprocess
-import tarfile
-from pathlib import Path, PurePosixPath
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
 
-from kgenv.errors import ToolError
-from kgenv.fsutil import cache_dir, write_atomic
-from kgenv.manifest import Manifest
-
-FORMAT = 1  # bump when the cached record changes
 DW_FORM_strp, DW_FORM_line_strp, DW_FORM_string, DW_FORM_indirect, DW_FORM_implicit_const = 0x0E, 0x1F, 0x08, 0x16, 0x21
-DW_AT_name, DW_AT_producer = 0x03, 0x25
+DW_AT_name, DW_AT_stmt_list, DW_AT_producer = 0x03, 0x10, 0x25
 DW_UT_compile, DW_UT_partial = 0x01, 0x03
 # fixed-size forms: form -> bytes (offset-sized forms are resolved per unit)
 _FIXED = {
@@ -43,6 +29,7 @@ _OFFSET = {0x0E, 0x10, 0x17, 0x1D, 0x1F}  # strp, ref_addr, sec_offset, strp_sup
 _LEB = {0x0D, 0x0F, 0x15, 0x1A, 0x1B, 0x22, 0x23}  # sdata, udata, ref_udata, strx, addrx, loclistx, rnglistx
 _BLOCK = {0x0A: 1, 0x03: 2, 0x04: 4}  # block1/2/4: length prefix size; block and exprloc: uleb length
 R_X86_64_64, R_X86_64_32 = 1, 10
+DW_LNCT_path, DW_LNCT_directory_index = 0x1, 0x2
 
 
 def _uleb(data: bytes, off: int) -> tuple[int, int]:
@@ -85,30 +72,50 @@ class _Relocs:
 
 def compile_units(data: bytes) -> list[str]:
     """Relative names of the GNU C compile units of an ELF object (a `.ko` or an executable)."""
+    return sorted(unit_files(data, with_files=False))
+
+
+def unit_files(data: bytes, with_files: bool = True) -> dict[str, list[str]]:
+    """Each GNU C compile unit's relative name -> the files its line table names, relative to the
+    source tree (the unit's own .c among them); empty lists unless with_files."""
     elf = ELFFile(io.BytesIO(data))
     names = [s.name for s in elf.iter_sections()]
     secs = {s.name: s for s in elf.iter_sections()}
     info = secs.get(".debug_info")
     if info is None or info.header.sh_type == "SHT_NOBITS":
-        return []
+        return {}
 
     def raw(name: str) -> bytes:
         s = secs.get(name)
         return s.data() if s is not None and s.header.sh_type != "SHT_NOBITS" else b""
 
-    relocs = None
-    if elf.header.e_type == "ET_REL" and ".rela.debug_info" in secs:
-        relocs = _Relocs(raw(".rela.debug_info"), raw(".symtab"), names)
+    relocs = line_relocs = None
+    if elf.header.e_type == "ET_REL":
+        symtab = raw(".symtab")
+        if ".rela.debug_info" in secs:
+            relocs = _Relocs(raw(".rela.debug_info"), symtab, names)
+        if ".rela.debug_line" in secs:
+            line_relocs = _Relocs(raw(".rela.debug_line"), symtab, names)
     strs = {".debug_str": raw(".debug_str"), ".debug_line_str": raw(".debug_line_str")}
-    out = []
-    for name, producer in _top_dies(info.data(), raw(".debug_abbrev"), relocs, strs):
+    lines = raw(".debug_line") if with_files else b""
+    out: dict[str, list[str]] = {}
+    for name, producer, stmt in _top_dies(info.data(), raw(".debug_abbrev"), relocs, strs):
         if producer.startswith("GNU C") and name.endswith(".c") and not name.startswith(("/", ".")):
-            out.append(name)
-    return sorted(set(out))
+            files = out.setdefault(name, [])
+            if lines and stmt is not None:
+                try:
+                    files += _line_files(lines, stmt, line_relocs, strs)
+                except (IndexError, ValueError, struct.error, KeyError):
+                    files.append(UNREADABLE)
+    return {n: sorted(set(f)) for n, f in out.items()}
+
+
+UNREADABLE = "?"  # a line table this reader cannot follow: the unit may use any file
 
 
 def _top_dies(info: bytes, abbrev: bytes, relocs: _Relocs | None, strs: dict[str, bytes]):
-    """(DW_AT_name, DW_AT_producer) of each compile unit; a unit this reader cannot follow is skipped."""
+    """(DW_AT_name, DW_AT_producer, DW_AT_stmt_list or None) of each compile unit; a unit this reader
+    cannot follow is skipped."""
     off = 0
     while off + 11 <= len(info):
         (length,) = struct.unpack_from("<I", info, off)
@@ -136,7 +143,7 @@ def _offset(info: bytes, at: int, osize: int, relocs: _Relocs | None, default: s
     return default, int.from_bytes(info[at : at + osize], "little")
 
 
-def _unit(info: bytes, hdr: int, osize: int, abbrev: bytes, relocs, strs) -> tuple[str, str] | None:
+def _unit(info: bytes, hdr: int, osize: int, abbrev: bytes, relocs, strs) -> tuple[str, str, int | None] | None:
     (version,) = struct.unpack_from("<H", info, hdr)
     if version >= 5:
         unit_type, addr_size = info[hdr + 2], info[hdr + 3]
@@ -155,25 +162,108 @@ def _unit(info: bytes, hdr: int, osize: int, abbrev: bytes, relocs, strs) -> tup
     if attrs is None:
         return None
     got: dict[int, str] = {}
+    stmt = None
     for at, form, implicit in attrs:
         if form == DW_FORM_indirect:
             form, die = _uleb(info, die)
         if at in (DW_AT_name, DW_AT_producer):
-            if form == DW_FORM_string:
-                nul = info.index(b"\0", die)
-                got[at] = info[die:nul].decode()
-            elif form in (DW_FORM_strp, DW_FORM_line_strp):
-                default = ".debug_str" if form == DW_FORM_strp else ".debug_line_str"
-                sec, pos = _offset(info, die, osize, relocs, default)
-                table = strs.get(sec, b"")
-                nul = table.index(b"\0", pos)
-                got[at] = table[pos:nul].decode()
-            else:
+            text = _string(info, die, form, osize, relocs, strs)
+            if text is None:
                 return None  # strx & co: needs .debug_str_offsets (split DWARF); not what Kbuild makes
-            if len(got) == 2:
-                return got[DW_AT_name], got[DW_AT_producer]
+            got[at] = text
+        elif at == DW_AT_stmt_list and form in _OFFSET:
+            stmt = _offset(info, die, osize, relocs, ".debug_line")[1]
         die = _skip(info, die, form, osize, addr_size, implicit)
+    if len(got) == 2:
+        return got[DW_AT_name], got[DW_AT_producer], stmt
     return None
+
+
+def _string(data: bytes, at: int, form: int, osize: int, relocs, strs) -> str | None:
+    """A string attribute, inline or through .debug_str/.debug_line_str; None for other forms."""
+    if form == DW_FORM_string:
+        return data[at : data.index(b"\0", at)].decode(errors="replace")
+    if form in (DW_FORM_strp, DW_FORM_line_strp):
+        sec, pos = _offset(data, at, osize, relocs, ".debug_str" if form == DW_FORM_strp else ".debug_line_str")
+        table = strs.get(sec, b"")
+        return table[pos : table.index(b"\0", pos)].decode(errors="replace")
+    return None
+
+
+def _line_files(lines: bytes, off: int, relocs, strs) -> list[str]:
+    """The file names of the line table header at `off`, joined with their directories."""
+    (length,) = struct.unpack_from("<I", lines, off)
+    osize, at = 4, off + 4
+    if length == 0xFFFFFFFF:
+        osize, at = 8, at + 8
+    (version,) = struct.unpack_from("<H", lines, at)
+    at += 2
+    if version >= 5:
+        at += 2  # address_size, segment_selector_size
+    at += osize + 4  # header_length; min_inst_length, max_ops, default_is_stmt, line_base
+    if version < 4:
+        at -= 1  # no maximum_operations_per_instruction before DWARF 4
+    at += 1  # line_range
+    opcode_base = lines[at]
+    at += opcode_base  # opcode_base itself and standard_opcode_lengths
+    if version < 5:
+        dirs, at = _strings(lines, at)
+        dirs.insert(0, "")
+        files = []
+        while lines[at]:
+            name_end = lines.index(b"\0", at)
+            name = lines[at:name_end].decode(errors="replace")
+            d, at = _uleb(lines, name_end + 1)
+            _, at = _uleb(lines, at)
+            _, at = _uleb(lines, at)
+            files.append(posixpath.normpath(posixpath.join(dirs[d] if d < len(dirs) else "", name)))
+        return files
+    dirs_v5, at = _entries(lines, at, osize, relocs, strs)
+    files_v5, at = _entries(lines, at, osize, relocs, strs)
+    names = [e.get(DW_LNCT_path, "") for e in dirs_v5]
+    out = []
+    for e in files_v5:
+        d = e.get(DW_LNCT_directory_index, 0)
+        base = names[d] if isinstance(d, int) and d < len(names) else ""
+        out.append(posixpath.normpath(posixpath.join(str(base), str(e.get(DW_LNCT_path, "")))))
+    return out
+
+
+def _strings(data: bytes, at: int) -> tuple[list[str], int]:
+    out = []
+    while data[at]:
+        end = data.index(b"\0", at)
+        out.append(data[at:end].decode(errors="replace"))
+        at = end + 1
+    return out, at + 1
+
+
+def _entries(lines: bytes, at: int, osize: int, relocs, strs) -> tuple[list[dict], int]:
+    """A DWARF 5 directory or file table: its format, then its entries (path and directory index kept)."""
+    count = lines[at]
+    at += 1
+    fmt = []
+    for _ in range(count):
+        kind, at = _uleb(lines, at)
+        form, at = _uleb(lines, at)
+        fmt.append((kind, form))
+    n, at = _uleb(lines, at)
+    out = []
+    for _ in range(n):
+        entry: dict[int, str | int] = {}
+        for kind, form in fmt:
+            if kind == DW_LNCT_path:
+                text = _string(lines, at, form, osize, relocs, strs)
+                if text is None:
+                    raise KeyError(form)
+                entry[kind] = text
+            elif kind == DW_LNCT_directory_index and form in (0x0B, 0x05, 0x0F):  # data1, data2, udata
+                entry[kind] = (
+                    _uleb(lines, at)[0] if form == 0x0F else int.from_bytes(lines[at : at + _FIXED[form]], "little")
+                )
+            at = _skip(lines, at, form, osize, 8, 0)
+        out.append(entry)
+    return out, at
 
 
 def _abbrev(abbrev: bytes, off: int, code: int) -> list[tuple[int, int, int]] | None:
@@ -233,121 +323,3 @@ def build_id(data: bytes) -> str:
     except ELFError:
         return ""
     return ""
-
-
-def module_name(path: str) -> str:
-    """The module's name as the kernel knows it: the file name without .ko, '-' read as '_'."""
-    return PurePosixPath(path).name.removesuffix(".ko").replace("-", "_")
-
-
-def record(path: str, data: bytes) -> dict:
-    """One module's cache entry."""
-    try:
-        units = compile_units(data)
-    except ELFError as e:
-        raise ToolError(f"{path}: cannot read its DWARF: {e}") from None
-    return {"path": path, "build_id": build_id(data), "units": units}
-
-
-def cache_path(m: Manifest) -> Path:
-    return cache_dir() / "audit" / f"modunits-{m.kernel.build_id or 'unknown'}.json"
-
-
-def cached(m: Manifest) -> dict[str, dict] | None:
-    """The module → {path, build_id, units} map when it is cached (never reads a package)."""
-    p = cache_path(m)
-    try:
-        d = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    return d.get("modules") if isinstance(d, dict) and d.get("format") == FORMAT else None
-
-
-def module_units(m: Manifest, shipped: dict[str, Path], progress=None) -> tuple[dict[str, dict], str]:
-    """The module map (cached by build-id) and where it came from: 'dbg-package', 'modules' (unstripped
-    shipped modules), or '' with the reason when no module DWARF can be found."""
-    found = cached(m)
-    if found is not None:
-        return found, ""
-    if not shipped:
-        return {}, "no shipped modules"
-    first = next(iter(shipped.values()))
-    if first.is_file() and compile_units(first.read_bytes()):
-        modules = _from_files(shipped, progress)
-        source = "modules"
-    else:
-        deb = dbg_deb(m)
-        if deb is None:
-            return {}, "no DWARF for the modules: neither unstripped modules nor the -dbg package in the cache"
-        modules = _from_deb(m, deb, set(shipped), progress)
-        source = f"debs/{deb.name}"
-    write_atomic(cache_path(m), json.dumps({"format": FORMAT, "source": source, "modules": modules}, sort_keys=True))
-    return modules, ""
-
-
-def _from_files(shipped: dict[str, Path], progress) -> dict[str, dict]:
-    out = {}
-    for i, (name, ko) in enumerate(sorted(shipped.items()), 1):
-        if progress:
-            progress.tick(f"module units {i}/{len(shipped)}: {name}")
-        out[name] = record(str(ko), ko.read_bytes())
-    return out
-
-
-def dbg_deb(m: Manifest) -> Path | None:
-    """The env's `-dbg` package in the download cache, named by the vmlinux's recorded package."""
-    ref = m.files.get("vmlinux")
-    if ref is None or "=" not in ref.package:
-        return None
-    name, version = ref.package.split("=", 1)
-    hits = sorted((cache_dir() / "debs").glob(f"{name}_{version.split(':', 1)[-1]}_*.deb"))
-    return hits[0] if hits else None
-
-
-def _from_deb(m: Manifest, deb: Path, wanted: set[str], progress) -> dict[str, dict]:
-    """Stream the package once; the vmlinux in it must be the env's (sha256), so the modules are its twins."""
-    prefix = f"./usr/lib/debug/lib/modules/{m.kernel.release}/"
-    vmlinux = m.file_ref("vmlinux")
-    out: dict[str, dict] = {}
-    seen_vmlinux = False
-    if progress:
-        progress.step(f"read module DWARF from {deb.name} (once per kernel)")
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = "./" + member.name.removeprefix("./")
-                is_vmlinux = name == f"./usr/lib/debug/boot/{PurePosixPath(vmlinux.path).name}"
-                if not (is_vmlinux or (name.startswith(prefix) and name.endswith(".ko"))):
-                    continue
-                f = tar.extractfile(member)
-                if f is None:
-                    continue
-                if is_vmlinux:
-                    h = hashlib.sha256()
-                    while chunk := f.read(1 << 22):
-                        h.update(chunk)
-                    if h.hexdigest() != vmlinux.sha256:
-                        raise ToolError(f"{deb}: its vmlinux is not env {m.name}'s (sha256 differs)")
-                    seen_vmlinux = True
-                    continue
-                mod = module_name(name)
-                if mod not in wanted:
-                    continue
-                if progress:
-                    progress.tick(f"module units: {len(out)}/{len(wanted)} {mod}")
-                out[mod] = record(name.removeprefix(prefix), f.read())
-    except (tarfile.TarError, OSError) as e:
-        raise ToolError(f"{deb}: cannot read: {e}") from None
-    finally:
-        if proc.stdout:
-            proc.stdout.close()
-        proc.wait()
-    if proc.returncode:
-        raise ToolError(f"{deb}: dpkg-deb --fsys-tarfile failed (exit {proc.returncode})")
-    if not seen_vmlinux:
-        raise ToolError(f"{deb}: holds no vmlinux matching env {m.name}'s")
-    return out
