@@ -1,8 +1,10 @@
 """Real-fix corpus: every C file Debian changed between two kernel source versions, built as a livepatch.
 
     python bench/real_fixes.py [--old 6.1.170-3 --new 6.1.176-1] [--env debian-6.1.0-47-amd64]
-                               [--sample N --seed S] [-j N] [-o OUTDIR] [--work DIR] [--no-boot] [--prepare-only]
-                               [--headers included|none]
+                               [--sample N --seed S | --cases A.c,B.c] [-j N] [-o OUTDIR] [--work DIR]
+                               [--no-boot] [--prepare-only] [--headers included|none]
+
+The older kernel's env is recorded in bench/envs/ (`KGENV_ENVS`); `kgenv envs restore` brings it back.
 
 1. Fetch both `linux-source-X.Y` .debs through kgenv's archive code (signed index, sha256-checked, cached) and
    unpack only their `.c`/`.h` files (Debian's linux-source has its patches applied).
@@ -328,6 +330,43 @@ def classify(jobs: list[dict], outdir: Path) -> list[dict]:
     return rows
 
 
+# refusals issue 13 counts as legitimate: what the fix really changes cannot be live patched
+# (data, struct layouts and prototypes, freed __init code, assembly, no ftrace site), there is
+# nothing to patch, or the fix is not for this tree
+LEGITIMATE = {
+    "data-change",
+    "struct-layout-change",
+    "signature-change",
+    "init-code",
+    "assembly-change",
+    "not-traceable",
+    "no-code-change",
+    "fix-does-not-compile",
+}
+
+
+def bar(rows: list[dict]) -> dict:
+    """Issue 13's measures: errors, env-does-not-reproduce, refusals outside the legitimate classes,
+    and the share of the other cases (those that change only function code kgenv can replace) that
+    built and boot-loaded."""
+    kinds = [r["class"].removeprefix("refused:") for r in rows]
+    code_only = [k for k in kinds if k not in LEGITIMATE and k != "not-run"]
+    loaded = code_only.count("boot-loaded")
+    other = {
+        r["class"]
+        for r, k in zip(rows, kinds, strict=True)
+        if r["class"].startswith("refused:") and k not in LEGITIMATE
+    }
+    return {
+        "errors": kinds.count("error"),
+        "env_does_not_reproduce": kinds.count("env-does-not-reproduce"),
+        "other_refusals": sorted(other),
+        "code_only": len(code_only),
+        "code_only_boot_loaded": loaded,
+        "code_only_rate": round(loaded / len(code_only), 3) if code_only else None,
+    }
+
+
 def summary_markdown(rows: list[dict], meta: dict) -> str:
     counts = Counter(r["class"] for r in rows)
     secs = [r["seconds"] for r in rows if r["class"] != "not-run"]
@@ -343,6 +382,14 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
         out.append(f"| {kind} | {n} | {'<br>'.join(examples).replace('|', '/')} |")
     if secs:
         out += ["", f"seconds per case: median {statistics.median(secs):.1f}, max {max(secs):.1f} (n={len(secs)})"]
+    b = bar(rows)
+    out += [
+        "",
+        f"bar: errors {b['errors']}, env-does-not-reproduce {b['env_does_not_reproduce']}, "
+        f"refusals outside the legitimate classes {', '.join(b['other_refusals']) or 'none'}; "
+        f"code-only cases boot-loaded {b['code_only_boot_loaded']}/{b['code_only']}"
+        + (f" ({b['code_only_rate']:.0%})" if b["code_only_rate"] is not None else ""),
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -361,7 +408,13 @@ def corpus(a: argparse.Namespace, work: Path, plan_dir: Path) -> tuple[list[Case
     else:
         changes = tree_changes(old, new)
         changes_file.write_text(json.dumps(asdict(changes), indent=1) + "\n")
-    built = debian_built(m)
+    if a.cases:  # named cases (CI's sample): no scan of the shipped DWARF for what Debian builds
+        unknown = sorted(set(a.cases) - set(changes.changed_c()))
+        if unknown:
+            raise SystemExit(f"--cases: not a changed .c file of {a.old} -> {a.new}: {', '.join(unknown)}")
+        built = {c: "?" for c in a.cases}
+    else:
+        built = debian_built(m)
     candidates = [c for c in changes.changed_c() if c in built]
     picked = sample(candidates, a.sample, a.seed)
     known_file = plan_dir / "deps.json"  # source -> the tree files its TU includes (or null: no .cmd)
@@ -400,6 +453,7 @@ def main() -> int:
     ap.add_argument("--new", default="6.1.176-1")
     ap.add_argument("--env", default="debian-6.1.0-47-amd64")
     ap.add_argument("--sample", type=int, default=None)
+    ap.add_argument("--cases", type=lambda v: v.split(","), default=None, help="comma-separated changed .c files")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("-o", "--outdir", type=Path, default=None)
@@ -413,7 +467,7 @@ def main() -> int:
     )
     ap.add_argument("--prepare-only", action="store_true", help="write the cases and the plan, run nothing")
     a = ap.parse_args()
-    os.environ.setdefault("KGENV_ENVS", str(REPO / "envs"))
+    os.environ.setdefault("KGENV_ENVS", str(REPO / "bench" / "envs"))  # the older kernel's recorded env
     from kgenv.fsutil import cache_dir
 
     work = (a.work or cache_dir() / "real-fixes").resolve()
@@ -421,6 +475,7 @@ def main() -> int:
     plan_dir.mkdir(parents=True, exist_ok=True)
     cases, stats = corpus(a, work, plan_dir)
     sel = f"sample{a.sample}-seed{a.seed}" if a.sample else "all"
+    sel = f"cases-{sha256(','.join(a.cases).encode()).hexdigest()[:8]}" if a.cases else sel
     sel += "-noboot" if a.no_boot else ""
     sel += "-conly" if a.headers == "none" else ""
     (plan_dir / f"corpus-{sel}.json").write_text(
@@ -462,7 +517,7 @@ def main() -> int:
         "farm_seconds": round(wall, 1),
         **{k: v for k, v in stats.items() if not isinstance(v, list | dict)},
     }
-    (outdir / "real_fixes.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    (outdir / "real_fixes.json").write_text(json.dumps({"meta": meta, "bar": bar(rows), "rows": rows}, indent=1) + "\n")
     print(summary_markdown(rows, meta))
     return 0 if r.returncode in (0, 1) else 2
 

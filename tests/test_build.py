@@ -41,6 +41,7 @@ def builds(env, docker_rt, tmp_path_factory):
                 env=env,
                 outdir=out,
                 name=name,
+                extra_tus=tuple(expect(name).get("tus", ())),  # --tu: the units a header change reaches
                 boot_test=boot,
                 check=check if boot else None,
             )
@@ -69,6 +70,8 @@ def test_accepted_fix_builds_verifies_and_boots(builds, name):
     assert (out / f"{name}.c").is_file() and (out / "Kbuild").is_file()
     for sym in expect(name).get("klp_symbols", []):
         assert sym in rep.result.klp_symbols
+    for phrase in expect(name).get("notes", []):  # what the report must tell a reviewer
+        assert any(phrase in n for n in rep.fix.notes), (phrase, rep.fix.notes)
     # the klp symbols really are SHN_LIVEPATCH in the handed-off module
     index = SymbolIndex.open(ko)
     klp_syms = [s for s in index.symbols if s.name.startswith(".klp.sym.")]

@@ -113,9 +113,9 @@ def test_every_refusal_class_is_in_the_docs_table():
         v
         for mod, names in (
             (pipeline, ("ICF", "NOTHING_REGISTERED", "ASSEMBLY", "DELETES", "BUILD_FILES", "HEADERS", "DATA")),
-            (pipeline, ("NO_CHANGE", "NOT_REPRODUCED", "CLONE", "AMBIGUOUS_SYMBOL", "BOOT_FAILED")),
+            (pipeline, ("NO_CHANGE", "NOT_REPRODUCED", "CLONE", "AMBIGUOUS_SYMBOL", "BOOT_FAILED", "NO_COMPILE")),
             (gensrc, ("NO_DEFINITION", "NEW_STATE", "STATE_COPY", "NOTRACE", "FREED_CODE", "MISSING_SYMBOL")),
-            (gensrc, ("NO_EXTERN", "POINTER_INTO_PATCH", "UNPARSABLE")),
+            (gensrc, ("NO_EXTERN", "POINTER_INTO_PATCH", "UNPARSABLE", "ALIAS_SPLIT")),
             (klp, ("SPECIAL_SECTION",)),
         )
         for v in (getattr(mod, n) for n in names)

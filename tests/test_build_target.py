@@ -7,6 +7,7 @@ from kgenv.build import skeleton
 from kgenv.build.skeleton import tu_flags
 from kgenv.build.target import VMLINUX, Resolver, Target, gnu_build_id, module_name
 from kgenv.errors import UserError
+from kgenv.fsutil import cache_dir
 from kgenv.verify.mapping import ObjectFile
 
 
@@ -55,12 +56,48 @@ def test_module_name_and_flags_from_the_kbuild_command():
 @pytest.mark.docker
 def test_module_targets_load_after_their_dependencies(env):
     """From the shipped modules' own depends= (Debian ships no modules.dep: depmod runs on install)."""
-    from kgenv.build.target import load_order, shipped_modules
+    from kgenv.build.target import load_plan, shipped_modules
 
     shipped = shipped_modules(env)
-    order = [p.name for p in load_order(env, Target("ext4", shipped["ext4"]))]
+    order = [p.name for p in load_plan(env, [Target("ext4", shipped["ext4"])]).paths]
     assert order[-1] == "ext4.ko" and "jbd2.ko" in order and "mbcache.ko" in order
-    assert [p.name for p in load_order(env, Target("binfmt_misc", shipped["binfmt_misc"]))] == ["binfmt_misc.ko"]
+    assert [p.name for p in load_plan(env, [Target("binfmt_misc", shipped["binfmt_misc"])]).paths] == ["binfmt_misc.ko"]
+    assert load_plan(env, [Target(VMLINUX, env.file("vmlinux"))]).paths == ()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("target", ["btrfs", "batman_adv", "dm_cache", "nf_conntrack"])
+def test_softdep_pre_modules_load_before_what_needs_them(env, target):
+    """libcrc32c's init allocates the "crc32c" hash, which its `softdep=pre: crc32c` names by alias:
+    crc32c_generic (and crc32c-intel, optional: TCG's CPU has no SSE4.2) come before it."""
+    from kgenv.build.target import load_plan, shipped_modules
+
+    shipped = shipped_modules(env)
+    plan = load_plan(env, [Target(target, shipped[target])])
+    names = [p.name for p in plan.paths]
+    assert len(names) == len(set(names)) and names[-1] == shipped[target].name
+    assert names.index("crc32c_generic.ko") < names.index("libcrc32c.ko")
+    assert names.index("crc32c-intel.ko") < names.index("libcrc32c.ko")
+    optional = {p.name for p in plan.optional}
+    assert {"crc32c_generic.ko", "crc32c-intel.ko"} <= optional
+    # what depends= reaches is needed: its failure to load stays fatal in the guest
+    assert "libcrc32c.ko" not in optional and shipped[target].name not in optional
+    assert plan.notes == ()
+    # the scan of every module's aliases is kept per kernel, under its build-id
+    assert (cache_dir() / "modules" / f"modindex-{env.kernel.build_id}.json").is_file()
+
+
+@pytest.mark.docker
+def test_two_targets_share_one_order_and_a_needed_module_is_never_optional(env):
+    from kgenv.build.target import load_plan, shipped_modules
+
+    shipped = shipped_modules(env)
+    # xt_LOG asks for nf_log_syslog by softdep only; nf_log_syslog's own chain is then optional too
+    alone = load_plan(env, [Target("xt_LOG", shipped["xt_LOG"])])
+    assert shipped["nf_log_syslog"] in alone.optional
+    both = load_plan(env, [Target("xt_LOG", shipped["xt_LOG"]), Target("nf_log_syslog", shipped["nf_log_syslog"])])
+    assert shipped["nf_log_syslog"] in both.paths and shipped["nf_log_syslog"] not in both.optional
+    assert len(both.paths) == len(set(both.paths))
 
 
 # -- the build-id guard ---------------------------------------------------------------------------

@@ -5,11 +5,12 @@ import subprocess
 import pytest
 from synthetic_objects import SPECIAL
 
-from kgenv.build import changes
+from kgenv.build import changes, diffapply
 from kgenv.build.changes import CHANGED, NEW, REMOVED, UNCHANGED
 from kgenv.elf.reader import open_elf
 from kgenv.elf.symbols import SymbolIndex
 from kgenv.errors import UserError
+from kgenv.verify.mapping import ObjectFile
 
 FLAGS = [
     "-O2",
@@ -375,3 +376,121 @@ def test_new_static_cpu_has_elsewhere_changes_nothing_else(tmp_path):
         ("int cpu_user(int x)", "int cpu_new(int x) { return STATIC_CPU_HAS(5) ? x : 0; }\nint cpu_user(int x)"),
     )
     assert not_unchanged(ch) == {"cpu_new": NEW}
+
+
+# -- dynamic-debug descriptors and __UNIQUE_ID (issue 13: renumbered or moved, not changed) ------
+
+DDEBUG = r"""
+extern int printk(const char *fmt, ...);
+struct _ddebug {
+        const char *modname, *function, *filename, *format;
+        unsigned int lineno:18, class_id:6, flags:8;
+        struct { int enabled; void *entries; } key;
+} __attribute__((aligned(8)));
+#define PASTE_(a, b) a##b
+#define PASTE(a, b) PASTE_(a, b)
+#define UNIQUE_ID(prefix) PASTE(PASTE(__UNIQUE_ID_, prefix), __COUNTER__)
+#define PR_DEBUG_(id, fmt, ...) do {                                                    \
+        static struct _ddebug __attribute__((section("__dyndbg"), used)) id =          \
+                { "x", __func__, __FILE__, fmt, __LINE__, 63, 0 };                      \
+        if (id.flags) printk(fmt, ##__VA_ARGS__);                                       \
+} while (0)
+#define PR_DEBUG(fmt, ...) PR_DEBUG_(UNIQUE_ID(ddebug), fmt, ##__VA_ARGS__)
+static int unique_user(int x) { int UNIQUE_ID(tmp) = x; return x; }
+int first(int x) { PR_DEBUG("first %d\n", x); return x + 1; }
+/*ANCHOR*/
+int second(int x) { PR_DEBUG("second %d\n", x); return x + 2; }
+int third(int x) { PR_DEBUG("third %d\n", x); PR_DEBUG("third again\n"); return x + unique_user(x); }
+"""
+
+
+def ddebug_diff(tmp_path, *edits):
+    return diff(tmp_path, *edits, src=DDEBUG)
+
+
+def descriptor_names(tmp_path, name):
+    index = SymbolIndex(open_elf(tmp_path / f"{name}.o"))
+    return sorted(s.name for s in index.symbols if s.name.startswith("__UNIQUE_ID_ddebug"))
+
+
+def test_descriptor_renumbered_by_an_earlier_macro_use_is_unchanged(tmp_path):
+    # kpatch's case: a min() (its __UNIQUE_ID locals) added to one function renumbers every
+    # later __UNIQUE_ID; here a new pr_debug in first() renumbers and moves the others' descriptors
+    ch = ddebug_diff(tmp_path, ("return x + 1; }", 'PR_DEBUG("added\\n"); return x + 1; }'))
+    before, after = descriptor_names(tmp_path, "orig"), descriptor_names(tmp_path, "patched")
+    assert len(after) == len(before) + 1 and set(before) - set(after)  # renumbered, not just one more
+    assert not_unchanged(ch) == {"first": CHANGED} and data(ch) == {}
+
+
+def test_blank_lines_move_descriptor_lines_but_change_nothing(tmp_path):
+    ch = ddebug_diff(tmp_path, ("/*ANCHOR*/", "\n\n\n"))
+    assert not_unchanged(ch) == {} and data(ch) == {}
+    assert section_bytes(tmp_path, "orig", "__dyndbg") != section_bytes(tmp_path, "patched", "__dyndbg")
+
+
+def test_descriptor_format_change_changes_its_user(tmp_path):
+    ch = ddebug_diff(tmp_path, ('"second %d\\n"', '"second: %d\\n"'))
+    assert not_unchanged(ch) == {"second": CHANGED} and data(ch) == {}
+
+
+def test_unique_id_counter_is_not_part_of_the_name():
+    assert changes.base_name("__UNIQUE_ID_ddebug412") == "__UNIQUE_ID_ddebug"
+    assert changes.base_name("__UNIQUE_ID_ddebug412.7", local_object=True) == "__UNIQUE_ID_ddebug"
+    assert changes.base_name("__UNIQUE_ID_license267") == "__UNIQUE_ID_license"
+    assert changes.base_name("UNIQUE_ID_x12") == "UNIQUE_ID_x12"
+
+
+# -- __LINE__ arguments that only moved with the lines (issue 13: a blank line is no change) ---------
+
+LINES = r"""
+extern int _printk(const char *fmt, ...);
+extern void report_line(int line);
+/*ANCHOR*/
+int noisy(int x) { if (x) _printk("%s (%d): oops\n", __FILE__, __LINE__); return x; }
+int other(int x) { if (x) report_line(__LINE__); return x; }
+"""
+
+
+def hunk(old_start, new_start, *lines):
+    """A diffapply hunk from its start lines and its body lines."""
+    olds = sum(1 for line in lines if not line.startswith("+"))
+    news = sum(1 for line in lines if not line.startswith("-"))
+    return diffapply.Hunk(old_start, olds, new_start, news, "@@", tuple(lines))
+
+
+def test_line_map_follows_the_hunks():
+    m = changes.line_map([hunk(3, 3, " a", "+new", " b"), hunk(10, 11, " c", "-gone", "-gone2", " d")])
+    assert [m(n) for n in (1, 3, 4, 5, 9, 10, 11, 12, 13, 20)] == [1, 3, 5, 6, 10, 11, None, None, 12, 19]
+
+
+def test_line_argument_moved_by_the_diff_is_no_change(tmp_path):
+    orig = build(tmp_path, "orig", LINES)
+    patched = build(tmp_path, "patched", LINES.replace("/*ANCHOR*/", "/*ANCHOR*/\n"))
+    moved = changes.line_map([hunk(4, 4, " /*ANCHOR*/", "+")])
+    assert statuses(changes.compare(orig, patched))["noisy"] == CHANGED  # without the diff's lines
+    ch = changes.compare(orig, patched, lines=moved)
+    # noisy's __LINE__ feeds _printk: it moved with the lines; report_line is not known to take one
+    assert not_unchanged(ch) == {"other": CHANGED}
+    # a shift other than the diff's is a change (a constant the fix edited, not a moved line)
+    ch = changes.compare(orig, patched, lines=lambda line: line + 2)
+    assert not_unchanged(ch) == {"noisy": CHANGED, "other": CHANGED}
+
+
+def test_local_statics_are_the_ones_the_function_references(tmp_path):
+    # two functions with a `static int count` each (gcc numbers them count.N): told apart by value
+    src = (
+        "int f(int x) { static int count = 11; count += x; return count; }\n"
+        "int g(int x) { static int count = 22; static int other; count -= x; other++; return count; }\n"
+        "int h(int x) { return x; }\n"
+    )
+    obj = ObjectFile(build(tmp_path, "orig", src))
+
+    def value(name):
+        sym = next(s for s in obj.index.symbols if s.name == name)
+        return int.from_bytes(bytes(obj.index.code(sym)), "little")
+
+    f, g = changes.local_statics(obj, "f", "count"), changes.local_statics(obj, "g", "count")
+    assert len(f) == len(g) == 1 and [value(f[0]), value(g[0])] == [11, 22]
+    (other,) = changes.local_statics(obj, "g", "other")
+    assert other.startswith("other.") and value(other) == 0
+    assert changes.local_statics(obj, "h", "count") == [] and changes.local_statics(obj, "f", "other") == []

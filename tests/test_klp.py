@@ -385,3 +385,22 @@ def test_module_target_in_alternative_replacement_is_refused(tmp_path):
 )
 def test_module_target_allowlist(section, allowed):
     assert klp.module_target_allowed(section) is allowed
+
+
+def test_a_target_module_leaves_depends(tmp_path):
+    """modpost's depends= names the target whose export the module used; once that symbol is a
+    livepatch symbol the patch must load without the target: only other modules stay."""
+    src = tmp_path / "m.c"
+    src.write_text(
+        SRC + 'static const char modinfo[] __attribute__((section(".modinfo"), used)) =\n'
+        '\t"license=GPL\\0depends=nf_conntrack,libcrc32c,nf-defrag-ipv4\\0vermagic=6.1\\0";\n'
+    )
+    obj = tmp_path / "m.o"
+    subprocess.run(["gcc", *FLAGS, "-c", str(src), "-o", str(obj)], check=True)
+    before = sections(obj)[".modinfo"][1]
+    klp.convert(obj, {"hidden_func": ("nf_conntrack", 0), "hidden_var": ("nf_defrag_ipv4", 0)})
+    after = sections(obj)[".modinfo"][1]
+    assert len(after) == len(before)
+    assert [e for e in after.split(b"\0") if e] == [b"license=GPL", b"depends=libcrc32c", b"vermagic=6.1"]
+    klp.convert(obj, {"other_func": ("vmlinux", 0)})  # vmlinux targets change nothing
+    assert sections(obj)[".modinfo"][1] == after

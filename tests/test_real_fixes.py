@@ -177,6 +177,15 @@ def test_refusal_class_and_summary():
     md = rf.summary_markdown(rows, meta)
     assert "| boot-loaded | 2 |" in md and "`b`: init-code: f is __init" in md
     assert "median 10.0, max 30.0 (n=3)" in md
+    assert "code-only cases boot-loaded 2/2 (100%)" in md
+
+
+def test_the_bar_counts_code_only_cases_and_wrong_refusals():
+    kinds = ["boot-loaded", "boot-failed", "refused:ipa-clone", "refused:data-change", "error", "not-run"]
+    b = rf.bar([{"class": k} for k in kinds])
+    assert b["errors"] == 1 and b["env_does_not_reproduce"] == 0
+    assert b["other_refusals"] == ["refused:ipa-clone"]  # a class issue 13 does not accept
+    assert (b["code_only"], b["code_only_boot_loaded"], b["code_only_rate"]) == (4, 1, 0.25)
 
 
 def test_colliding_case_names_get_a_digest(tmp_path):

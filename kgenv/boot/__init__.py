@@ -7,7 +7,7 @@ import shlex
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -84,11 +84,13 @@ def boot_test(
     memory_mb: int = 512,
     cpus: int = 1,
     targets: Sequence[str | Path] = (),
+    optional: Collection[str | Path] = (),
     pinned: bool = False,
 ) -> Boot:
     """Boot `kernel` with `module` in a busybox initramfs and return the Boot record.
 
-    `targets` are shipped modules the patch applies to, loaded before it (dependencies first).
+    `targets` are shipped modules the patch applies to, loaded before it (dependencies first);
+    the guest goes on when one of those also in `optional` (a softdep's module) fails to load.
     `pinned`: the module pins itself once enabled, so the unload phase proves rmmod is refused.
     Raises UserError/ToolError for bad input or a missing QEMU/busybox; a patch that does not
     load, transition, pass its check or revert is a Boot with result "fail", never an exception.
@@ -112,6 +114,7 @@ def boot_test(
             transition_timeout=transition_timeout,
             check_timeout=CHECK_TIMEOUT,
             targets=[_existing(t, "target module") for t in targets],
+            optional={Path(t) for t in optional},
             pinned=pinned,
         )
         cmd = qemu.command(qemu_bin, kernel, initrd, serial_log, memory_mb=memory_mb, cpus=cpus)

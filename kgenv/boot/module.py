@@ -4,27 +4,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
+from kgenv.elf.reader import open_elf
 from kgenv.errors import UserError
+
+
+def modinfo_entries(path: Path) -> list[tuple[str, str]]:
+    """Every key=value string of the .modinfo section, in order (alias= and softdep= repeat)."""
+    try:
+        elf = open_elf(path)
+    except UserError as e:
+        raise UserError(f"{path}: not a readable kernel module ({e})") from None
+    try:
+        sec = elf.section(".modinfo")
+        if sec is None:
+            raise UserError(f"{path}: no .modinfo section, not a kernel module")
+        data = bytes(elf.section_data(sec))
+    finally:
+        elf.close()
+    out = []
+    for item in data.split(b"\0"):
+        key, eq, value = item.decode("utf-8", "replace").partition("=")
+        if eq:
+            out.append((key, value))
+    return out
 
 
 def modinfo(path: Path) -> dict[str, str]:
     """The key=value strings of the .modinfo section (first value wins)."""
-    try:
-        with open(path, "rb") as f:
-            section = ELFFile(f).get_section_by_name(".modinfo")
-            data = section.data() if section else None
-    except (OSError, ELFError) as e:
-        raise UserError(f"{path}: not a readable kernel module ({e})") from e
-    if data is None:
-        raise UserError(f"{path}: no .modinfo section, not a kernel module")
     info: dict[str, str] = {}
-    for item in data.split(b"\0"):
-        key, eq, value = item.decode("utf-8", "replace").partition("=")
-        if eq:
-            info.setdefault(key, value)
+    for key, value in modinfo_entries(path):
+        info.setdefault(key, value)
     return info
 
 

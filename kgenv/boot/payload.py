@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
@@ -45,6 +45,13 @@ def env_file(name: str, has_check: bool, transition_timeout: int, check_timeout:
     ).encode()
 
 
+def target_member(n: int, ko: Path, optional: bool) -> str:
+    """The archive name of the n-th module the guest loads first; an optional one (only a softdep
+    asks for it) ends in .optional.ko, and the guest goes on when it fails to load."""
+    stem = ko.name.removesuffix(".ko")
+    return f"kgenv/target/{n:03d}-{stem}{'.optional' if optional else ''}.ko"
+
+
 def build(
     dest: Path,
     *,
@@ -56,6 +63,7 @@ def build(
     transition_timeout: int,
     check_timeout: int,
     targets: Sequence[Path] = (),
+    optional: Collection[Path] = (),
     guest_init: Path = GUEST_INIT,
     pinned: bool = False,
 ) -> Path:
@@ -76,6 +84,6 @@ def build(
     a.add_file("kgenv/sympos", sympos.encode())
     if targets:
         a.add_dir("kgenv/target")
-    for n, ko in enumerate(targets):  # numbered: the guest loads them in this order
-        a.add_file(f"kgenv/target/{n:02d}-{Path(ko).name}", Path(ko).read_bytes())
+    for n, ko in enumerate(targets):  # numbered: the guest loads them in this (glob) order
+        a.add_file(target_member(n, Path(ko), Path(ko) in optional), Path(ko).read_bytes())
     return a.write(dest)

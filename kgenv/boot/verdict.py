@@ -93,6 +93,7 @@ def decide(t: Transcript, run: Run, *, timeout: float, module: str, kernel: str,
         verdict = "fail"
         reason, _ = _failure(t, run, timeout)
         stuck = [f"stuck: {m.get('comm')} (pid {m.get('pid')})" for m in t.of("stuck")]
+        stuck += [f"optional {m.get('optional')} did not load: {m.msg}" for m in info if m.get("optional")]
         extra = [ln for ln in t.console if ln.startswith(("stack> ", "check> "))]
         # A crash is shown whole, as printed; otherwise only the lines about this failure.
         log = t.panic or tuple(stuck) + tuple(extra) + relevant_lines(

@@ -86,11 +86,13 @@ class Decl:
     section: str | None = None
     notrace: bool = False
     const: bool = False
+    alias: str | None = None  # alias("target"): no body, yet it defines the name at the target's address
     storage_tokens: list = field(default_factory=list)  # [start, end] of literal static/inline words
     refs: list = field(default_factory=list)  # file-scope functions/variables used
     addr_refs: list = field(default_factory=list)  # functions used other than as a direct call's callee
     type_refs: list = field(default_factory=list)
-    local_statics: list = field(default_factory=list)  # {name, type, const, line, section}
+    # {name, type, const, line, section, start, end, extern_decl, extern_problem}
+    local_statics: list = field(default_factory=list)
 
 
 # --- the compile command -------------------------------------------------------------------
@@ -141,7 +143,17 @@ def pretty(lib, ci, cursor) -> str:
 
 def printed_section(text: str) -> str | None:
     """The last section("...") clang printed among a declaration's attributes."""
-    key, found, pos = 'section("', None, 0
+    return _printed_string_attribute(text, 'section("')
+
+
+def printed_alias(text: str) -> str | None:
+    """The target of an alias("...") attribute clang printed (`__alias(x)` expands to one)."""
+    return _printed_string_attribute(text, 'alias("')
+
+
+def _printed_string_attribute(text: str, key: str) -> str | None:
+    """The (unescaped) string of the last `key` attribute, key ending in `("`."""
+    found, pos = None, 0
     while (pos := text.find(key, pos)) >= 0:
         i, out = pos + len(key), []
         while i < len(text) and text[i] != '"':
@@ -381,6 +393,8 @@ def _body_facts(cursor):
                 types[r.spelling] = None
         elif kind == _VAR_DECL and c.storage_class.name == "STATIC":
             ci, lib = _lib()
+            # start/end: where the declaration is written (inside a macro's use: that use's extent)
+            decl, problem = extern_decl(c, c.spelling, None)
             statics.append(
                 {
                     "name": c.spelling,
@@ -388,6 +402,10 @@ def _body_facts(cursor):
                     "const": _const(c.type),
                     "line": c.location.line,
                     "section": printed_section(pretty(lib, ci, c)),
+                    "start": c.extent.start.offset,
+                    "end": c.extent.end.offset,
+                    "extern_decl": decl,
+                    "extern_problem": problem,
                 }
             )
     if cursor.kind.name == "VAR_DECL":
@@ -471,7 +489,7 @@ def _settle(decls: list[Decl], toks: Tokens) -> None:
         d.start = toks.head_start(d.start, floor)
         if d.kind == "type":
             d.end = toks.semicolon_after(d.end) or d.end
-        elif not (d.kind == "function" and d.is_definition):
+        elif not (d.kind == "function" and d.is_definition and not d.alias):  # an alias ends at its ';'
             i = bisect_right(starts, d.end - 1)
             d.end = toks.statement_end(d.end, starts[i] if i < len(starts) else len(toks.data))
         if d.kind in ("function", "variable") and d.macro is None:
@@ -512,6 +530,9 @@ def _decl(c, ci, lib, toks: Tokens, macros: list) -> Decl:
             d.const = _const(c.type)
         if definition:
             d.refs, d.addr_refs, d.type_refs, d.local_statics = _body_facts(c)
+        d.alias = printed_alias(printed)
+        if d.alias:  # the object defines the name (as the target): kept or dropped like a definition
+            d.is_definition, d.refs = True, [d.alias]
     return d
 
 

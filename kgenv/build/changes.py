@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,9 +25,26 @@ BUG_ENTRY, BUG_LINE, BUG_FLAGS = 12, 8, 10
 
 _CLONE = re.compile(r"\.(isra|constprop|part|cold|lto_priv|localalias|clone)\.\d+")
 _LOCAL_NUMBER = re.compile(r"\.\d+$")
+# __UNIQUE_ID(prefix) pastes __COUNTER__ on: one more use anywhere earlier renumbers every later one
+_UNIQUE_ID = re.compile(r"^(__UNIQUE_ID_\w*?)\d+(?=$|\.)")
+# dynamic-debug descriptors: metadata of the pr_debug sites, registered per module (the patch
+# module registers its own); compared as part of the code using them, their line number left out
+DDEBUG_SECTION = "__dyndbg"
+# struct _ddebug on 6.1 x86-64: modname, function, filename, format, then lineno:18 in the u32 at 32
+DDEBUG_SIZE, DDEBUG_LINE, DDEBUG_LINE_MASK = 56, 32, (1 << 18) - 1
 # compiler-made constants holding a function's own name: they follow the code, not the fix
 _NAME_CONSTANTS = ("__func__", "__FUNCTION__", "__PRETTY_FUNCTION__")
 _DATA_PREFIXES = (".data", ".bss", ".rodata")
+# function-local state whose fresh copy in the patch module is harmless whatever its initialiser:
+# print-once flags, printk_ratelimited's state, lock class keys (mutex_init and friends)
+HARMLESS_STATE = ("__already_done", "__print_once", "__warned", "_rs", "__key")
+# functions called with __LINE__ as an argument (printk(... __FILE__, __LINE__), might_sleep() and
+# friends): a `mov $line, %reg` feeding one of them may move with the lines (kpatch's list, facts only)
+LINE_USERS = frozenset(
+    {"_printk", "printk", "__warn_printk", "__might_sleep", "__might_resched", "__might_fault"}
+    | {"lockdep_rcu_suspicious"}
+)
+_MOV_IMM = re.compile(r"^(\w+), (0x[0-9a-f]+|\d+)$")  # capstone's Intel syntax: mov edx, 0x3c2
 # code outside functions is read up to its first unconditional transfer, at most this many bytes
 _SNIPPET_MAX, _SNIPPET_END = 64, frozenset({"jmp", "ret", "ud2", "int3"})
 
@@ -108,17 +126,89 @@ class Changes:
         }
 
 
+def refused_data(ch: Changes) -> list[DataChange]:
+    """The data changes a live patch cannot carry out: a changed initial value or size of a variable
+    the running kernel has (its copy is in memory and is never re-initialised; read-only data too:
+    the new code would read the old table), and a removed global (other objects may still use the
+    running kernel's copy while the new code no longer does). A new variable is the patch module's
+    own and starts fresh; a removed static was used only by the code the patch replaces."""
+    out = []
+    for d in ch.data:
+        harmless = base_name(d.name, True) in HARMLESS_STATE
+        if d.status == CHANGED and not harmless or d.status == REMOVED and d.binding != "local":
+            out.append(d)
+    return out
+
+
+def local_statics(obj: ObjectFile, function: str, name: str) -> list[str]:
+    """The function-local statics `name.N` the code of `function` (and its .cold part) references in
+    an object: the symbols a patch binds to, as kpatch correlates them. gas refers to a local
+    through its section symbol; with -fdata-sections that section holds the static alone."""
+    index, found = obj.index, []
+    for f in obj.functions():
+        if f.name != function and base_name(f.name) != f"{function}.cold":
+            continue
+        for r in obj.relocs_in(f):
+            t = obj.symbol(r.sym)
+            if t.type == STT_SECTION:
+                held = [s for s in index.symbols if s.shndx == t.shndx and s.type == STT_OBJECT]
+                t = held[0] if len(held) == 1 else t
+            if (
+                t.type == STT_OBJECT
+                and t.bind == STB_LOCAL
+                and t.defined
+                and _LOCAL_NUMBER.search(t.name)
+                and base_name(t.name, True) == name
+                and t.name not in found
+            ):
+                found.append(t.name)
+    return found
+
+
 def base_name(name: str, local_object: bool = False) -> str:
-    """A name without the numbers gcc gives clones (and function-scope statics): foo.isra.0 -> foo.isra."""
-    name = _CLONE.sub(r".\1", name)
+    """A name without the numbers gcc gives clones (and function-scope statics): foo.isra.0 -> foo.isra,
+    and without __UNIQUE_ID's counter: __UNIQUE_ID_ddebug412 -> __UNIQUE_ID_ddebug."""
+    name = _UNIQUE_ID.sub(r"\1", _CLONE.sub(r".\1", name))
     return _LOCAL_NUMBER.sub("", name) if local_object else name
 
 
-def compare(original: str | Path, patched: str | Path, tu: str = "") -> Changes:
-    """Compare two builds of one TU (built with -ffunction-sections -fdata-sections)."""
+LineMap = Callable[[int], int | None]
+
+
+def line_map(hunks: Iterable) -> LineMap:
+    """Old line -> new line of the file a diff's hunks patch (None: a line the diff removed)."""
+    moved: dict[int, int | None] = {}
+    shifts: list[tuple[int, int]] = []  # (first old line after a hunk, new - old from there on)
+    for h in hunks:
+        o, n = max(h.old_start, 1), max(h.new_start, 1)
+        for line in h.lines:
+            if line.startswith("+"):
+                n += 1
+                continue
+            moved[o] = n if line.startswith(" ") else None
+            o += 1
+            n += 0 if line.startswith("-") else 1
+        shifts.append((o, n - o))
+
+    def new_line(old: int) -> int | None:
+        if old in moved:
+            return moved[old]
+        return old + next((d for start, d in reversed(shifts) if old >= start), 0)
+
+    return new_line
+
+
+def compare(original: str | Path, patched: str | Path, tu: str = "", lines: LineMap | None = None) -> Changes:
+    """Compare two builds of one TU (built with -ffunction-sections -fdata-sections). With `lines`
+    (the diff's line map), a function whose only difference is a __LINE__ argument that moved
+    with the lines is unchanged."""
     a, b = _Side(original), _Side(patched)
     a.shared = b.shared = a.shared | b.shared  # ambiguous on either side: compare callee bytes
     funcs = _pair_all(a.functions(), b.functions())
+    if lines is not None:
+        funcs = [
+            (o, n, UNCHANGED if s == CHANGED and o and n and _line_only(a, b, o, n, lines) else s) for o, n, s in funcs
+        ]
     data = _pair_all(a.variables(), b.variables())
     return Changes(
         tu or str(patched), tuple(_function_change(*p) for p in funcs), tuple(_data_change(*p) for p in data)
@@ -161,6 +251,43 @@ def _pair_group(olds: list[_Item], news: list[_Item]) -> list[_Pair]:
                 news.remove(n)
     out += [(None, n, NEW) for n in news] + [(o, None, REMOVED) for o in olds]
     return out
+
+
+def _without_line(descriptor: bytes) -> bytes:
+    """A dynamic-debug descriptor without its line number (a blank line above moves it)."""
+    word = int.from_bytes(descriptor[DDEBUG_LINE : DDEBUG_LINE + 4], "little") & ~DDEBUG_LINE_MASK
+    return descriptor[:DDEBUG_LINE] + word.to_bytes(4, "little") + descriptor[DDEBUG_LINE + 4 :]
+
+
+def _line_only(a: _Side, b: _Side, old: _Item, new: _Item, lines: LineMap) -> bool:
+    """The two builds differ only in `mov $line, %reg` instructions feeding a LINE_USERS call,
+    each old immediate a line the diff moved to exactly the new one (an unchanged text line)."""
+    if old.fp[1:] != new.fp[1:] or old.sym.size != new.sym.size:
+        return False  # relocations, special entries or size differ: more than a line number
+    x, y = decode(bytes(a.index.code(old.sym))), decode(bytes(b.index.code(new.sym)))
+    if len(x) != len(y):
+        return False
+    calls = _call_targets(a, old.sym)
+    moved = False
+    for i, (p, q) in enumerate(zip(x, y, strict=True)):
+        if p.raw == q.raw:
+            continue
+        m, k = _MOV_IMM.match(p.operands), _MOV_IMM.match(q.operands)
+        if not (m and k and p.mnemonic == q.mnemonic == "mov" and p.size == q.size and m[1] == k[1]):
+            return False
+        before, after = int(m[2], 0), int(k[2], 0)
+        if before == after or lines(before) != after:
+            return False
+        call = next((c for c in x[i + 1 :] if c.mnemonic == "call"), None)
+        if call is None or calls.get(call.offset + 1) not in LINE_USERS:
+            return False
+        moved = True
+    return moved
+
+
+def _call_targets(side: _Side, sym: Symbol) -> dict[int, str]:
+    """Offset in the function of a relocated field -> the name of the symbol it names."""
+    return {r.offset - sym.value: side.obj.symbol(r.sym).name for r in side.obj.relocs_in(sym)}
 
 
 def _digest(data) -> bytes:
@@ -260,6 +387,8 @@ class _Side:
         raw = bytes(sym.size) if sec.type == SHT_NOBITS else bytes(self.index.code(sym))
         relocs = self.obj.relocs_in(sym)
         masked = bytes(masked_pair(raw, raw, relocs, sym.value)[0])
+        if sec.name == DDEBUG_SECTION and sym.size == DDEBUG_SIZE:
+            masked = _without_line(masked)
         targets = tuple((r.offset - sym.value, r.type, self._target(r, [], 0)) for r in relocs)
         return masked, targets, sym.size, bool(sec.flags & SHF_WRITE)
 
@@ -296,6 +425,9 @@ class _Side:
             return ("anon", base_name(sec.name), where, _digest(self.index.elf.section_data(sec)))
         if holder.is_func:
             return ("sym", self._callee(holder.name, holder), where - holder.value)
+        if sec.name == DDEBUG_SECTION and holder.type == STT_OBJECT:
+            # its place moves with every pr_debug added before it: the descriptor by content
+            return ("ddebug", where - holder.value, self._data_fp(holder))
         name = base_name(holder.name, holder.bind == STB_LOCAL and holder.type == STT_OBJECT)
         if holder.type == STT_OBJECT and not sec.flags & SHF_WRITE and holder.bind == STB_LOCAL:
             # local constants (__func__ and friends) are not reported as data: compare content

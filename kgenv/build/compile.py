@@ -1,5 +1,6 @@
 """Compile translation units inside an env image with the kernel's recorded make line."""
 
+import re
 import shlex
 import shutil
 from pathlib import Path, PurePosixPath
@@ -13,6 +14,31 @@ from kgenv.runtime.base import Mount, Runtime
 OUT = "/kgenv-out"
 OVERLAY = "/kgenv-overlay"
 STAGE = ".kgenv-container"  # the container's output mount inside outdir; emptied into outdir, then removed
+LOG = "/tmp/kgenv-make.log"  # inside the container
+# a compiler diagnostic that stops the build: `file:line[:col]: [fatal ]error: message`
+ERROR_LINE = re.compile(r"^(\S+?:\d+(?::\d+)?: (?:fatal )?error: .+)$", re.MULTILINE)
+_ERROR_SHELL = r"^[^ ]+:[0-9]+(:[0-9]+)?: (fatal )?error: "
+
+
+class CompileError(ToolError):
+    """make failed; `first_error` is the compiler's first error line, "" when it printed none
+    (a killed container, a make or objtool failure)."""
+
+    def __init__(self, message: str, first_error: str = ""):
+        super().__init__(message)
+        self.first_error = first_error
+
+
+def first_error(output: str, srctree: str = "") -> str:
+    """The first `file:line: error:` line of a build's output, one printable line of at most 300
+    characters, the file relative to the tree."""
+    m = ERROR_LINE.search(output)
+    if not m:
+        return ""
+    line = "".join(c if c.isprintable() else "?" for c in m.group(1))
+    if srctree:
+        line = line.removeprefix(srctree.rstrip("/") + "/")
+    return line[:300]
 
 
 def _checked(tu: str) -> str:
@@ -69,7 +95,11 @@ def compile_tus(
     if overlay:
         mounts.append(Mount(overlay.resolve(), OVERLAY))
         steps.append(f"cp -a {OVERLAY}/. .")
-    steps.append(shlex.join(make_command(make, m.kernel.objtree, *tus)) + " 2>&1 | tail -n 40")
+    # the first error line before the log's tail: a fix with many errors would push it out of the tail
+    steps.append(
+        f"if {shlex.join(make_command(make, m.kernel.objtree, *tus))} >{LOG} 2>&1; then tail -n 40 {LOG}; "
+        f"else grep -m1 -E {shlex.quote(_ERROR_SHELL)} {LOG}; tail -n 40 {LOG}; exit 1; fi"
+    )
     steps += [_copy_out(obj, t) for t in tus]
     if progress:
         progress.step(f"compile {len(tus)} unit(s) in {(image or m.image.id)[7:19]}")
@@ -78,7 +108,10 @@ def compile_tus(
     )
     try:
         if r.exit_code:
-            raise ToolError(f"compile of {', '.join(tus)} failed in env {m.name}:\n{r.output[-2000:]}")
+            raise CompileError(
+                f"compile of {', '.join(tus)} failed in env {m.name}:\n{r.output[-2000:]}",
+                first_error(r.output, m.kernel.srctree),
+            )
         for t in tus:
             for rel in (t, cmd_file(t)):
                 copy_regular(stage / rel, outdir / rel, root=stage)

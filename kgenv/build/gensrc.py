@@ -32,6 +32,8 @@ ALIAS_PREFIX = "livepatch_"
 # a replaced function whose address the kept code takes is defined under this name; its own name
 # then means the running kernel's function (kpatch likewise binds such pointers to the original)
 NEW_PREFIX = "kgenv_new_"
+# sections a new variable may have and still be the patch module's plain data
+NEW_STATE_SECTIONS = frozenset({None, ".data..read_mostly"})
 # SYSCALL_DEFINEn also defines the syscall's ftrace metadata; the running kernel's stays in charge,
 # so the patch empties SYSCALL_METADATA (what CONFIG_FTRACE_SYSCALLS=n does) before the kept syscall
 SYSCALL_MACROS = ("SYSCALL_DEFINE",)
@@ -57,6 +59,7 @@ MISSING_SYMBOL = "not-in-running-binary"
 NO_EXTERN = "no-extern-declaration"
 POINTER_INTO_PATCH = "pointer-into-patch"
 UNPARSABLE = "unparsable-source"
+ALIAS_SPLIT = "alias-without-target"
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class Context:
     is_module: bool
     modname: str | None  # the original compile's KBUILD_MODNAME value (a C string literal)
     label_prefix: str  # unique per TU: the assembler names of its statics and THIS_MODULE
+    # (function, static) -> the symbol (name.N) of that function's local static the original
+    # object's code of the function references, or None: the running kernel's copy to bind to
+    local_static: Callable[[str, str], str | None] | None = None
 
     def label(self, name: str) -> str:
         return f"{self.label_prefix}{name}"
@@ -170,6 +176,18 @@ class _Planner:
                 for n, (_, d) in self.vdef.items()
                 if n not in before and not n.startswith("__UNIQUE_ID") and not d["const"]
             }
+        # the original file's function-local statics by function (None: not known, all are the kernel's)
+        self.old_locals: dict[str, list[str]] | None = None
+        if original is not None:
+            self.old_locals = {
+                d["name"]: [s["name"] for s in d["local_statics"]]
+                for d in original["decls"]
+                if d["kind"] == "function" and d["is_definition"]
+            }
+        self.local_static: Callable[[str, str], str | None] | None = None  # Context.local_static
+        self.label: Callable[[str], str] = str  # Context.label
+        self.bound: list[tuple[dict, str]] = []  # (local static, its assembler name) bound to the kernel's
+        self.local_labels: dict[str, str] = {}  # assembler name -> the running object's name.N
         self.externs: dict[str, Extern] = {}
         self.replaced: list[str] = []
         self.copied: list[str] = []
@@ -184,10 +202,16 @@ class _Planner:
             self.refusals.append(line)
 
     def plan(self, keep: set[str]) -> None:
+        self._alias_facts()
         kept = []
         for name in sorted(keep, key=lambda n: self.fdef[n][1]["start"] if n in self.fdef else -1):
-            if name not in self.fdef:
+            if name not in self.fdef and self.present(name, "function"):
                 self.refuse(NO_DEFINITION, f"{name}: no definition of it in {self.file}")
+                continue
+            if name not in self.fdef:
+                # new in the patched object, defined by an included file: a header's inline gcc now
+                # emits out of line (a new jhash() call); the generated file's includes bring it back
+                self.notes.append(f"{name}: a new out-of-line copy of an inline from a header, compiled in again")
                 continue
             g, d = self.fdef[name]
             if self.present(name, "function"):
@@ -201,14 +225,33 @@ class _Planner:
         for g in kept:
             self._scan(g)
         self._check_pointers()
-        for name in sorted(self.new_vars):
-            d = self.vdef[name][1]
-            kind = "static" if d["storage"] == "static" else "global"
-            self.refuse(
-                NEW_STATE,
-                f"new {kind} variable {name}: the running kernel has no such state "
-                "(shadow variables are not supported yet)",
-            )
+        self._check_aliases()
+
+    def _alias_facts(self) -> None:
+        """An alias (`__attribute__((alias("T")))`, cfacts counts it a definition) is T's code or
+        data under another name: in T's section (freed with __init code), as traceable as T."""
+        for table in (self.fdef, self.vdef):
+            for _, d in table.values():
+                target = table.get(d.get("alias") or "")
+                if target:
+                    d["section"] = d["section"] or target[1]["section"]
+                    d["notrace"] = d["notrace"] or target[1]["notrace"]
+
+    def _check_aliases(self) -> None:
+        """A kept alias needs its target defined beside it (gcc: no alias of a declaration). A
+        dropped one, like any definition, is a declaration of the running kernel's symbol when kept
+        code uses it: there it is T's address (a replaced T's redirect covers it) or, a weak alias
+        overridden, the overriding function — what the original's calls reached."""
+        for g in self.groups:
+            for d in g.members if g.role else ():
+                target = d.get("alias") if d["is_definition"] else None
+                mate = (self.fdef.get(target or "") or self.vdef.get(target or "") or (None,))[0]
+                if target and (mate is None or not mate.role or target in self.rebound):
+                    self.refuse(
+                        ALIAS_SPLIT,
+                        f"{d['name']} is an alias of {target}: the patch must define it, which needs {target} "
+                        f"defined beside it, but {target} stays the running kernel's",
+                    )
 
     def _check_pointers(self) -> None:
         """Function pointers the kept code or copied data takes must lead into the running kernel
@@ -316,9 +359,42 @@ class _Planner:
             elif s["const"]:
                 self.notes.append(f"{where} is read-only data, copied")
             else:
+                self._local_state(d, s, where)
+
+    def _local_state(self, d: dict, s: dict, where: str) -> None:
+        """A function-local static: new in the fix (the patch module's, fresh), or the running
+        kernel's copy, bound by name.N (kpatch correlates them likewise) — never a second copy."""
+        name, fn = s["name"], d["name"]
+        old = self.old_locals
+        if old is not None and name not in old.get(fn, ()):
+            if any(name in names for names in old.values()):
                 self.refuse(
-                    STATE_COPY, f"{where} is function-local state a copy would not share with the running kernel"
+                    STATE_COPY,
+                    f"{where} is new in {fn}, but another function of the original file has a static "
+                    f"{name}: if the fix moved it, a fresh copy would not carry its state",
                 )
+            else:
+                self.notes.append(
+                    f"{where} is new state, the patch module's own: it starts fresh when the patch "
+                    "loads (nothing from before the patch is in it)"
+                )
+            return
+        real = self.local_static(fn, name) if self.local_static else None
+        if [x["name"] for x in d["local_statics"]].count(name) > 1:
+            problem = f"{fn} declares several statics named {name}"
+        elif real is None:
+            problem = f"the original object's code of {fn} does not reference a {name}.N to bind to"
+        elif not s.get("extern_decl"):
+            problem = s.get("extern_problem") or "it cannot be declared extern"
+        elif name in self.fdef or name in self.vdef:
+            problem = f"a file-scope {name} would capture its extern declaration"
+        else:
+            label = self.label(f"{fn}.{name}")
+            self.bound.append((s, label))
+            self.local_labels[label] = real
+            self.notes.append(f"{where} is the running kernel's {real}: bound to it, not copied")
+            return
+        self.refuse(STATE_COPY, f"{where} is function-local state the patch must share, but {problem}")
 
     def _use(self, name: str, user: str) -> None:
         if name in self.fdef:
@@ -335,8 +411,8 @@ class _Planner:
         elif name in self.vdef and name not in self.externs:
             d = self.vdef[name][1]
             if name in self.new_vars:
-                return  # refused on its own
-            if _freed(d["section"]):
+                self._own_new(self.vdef[name][0], name)
+            elif _freed(d["section"]):
                 self.refuse(FREED_CODE, f"{user} uses {name}, which is __initdata (section {d['section']})")
             elif self.present(name, "variable"):
                 self._extern(d, "variable")
@@ -348,6 +424,39 @@ class _Planner:
                     f"{user} uses static variable {name}, which the running kernel does not have "
                     "as a symbol (optimised away or new)",
                 )
+
+    def _own_new(self, g: _Group, name: str) -> None:
+        """A variable the running kernel does not have is the patch module's own, kept as written:
+        only the new code sees it, so it starts fresh (kpatch: new variables live in the module)."""
+        if g.role:
+            return
+        g.role = "copied"
+        others = [
+            m["name"] or m["kind"]
+            for m in g.members
+            if m["is_definition"]
+            and (m["kind"] not in ("variable", "type") or m["kind"] == "variable" and m["name"] not in self.new_vars)
+        ]
+        special = sorted({m["section"] for m in g.defs("variable")} - NEW_STATE_SECTIONS, key=str)
+        kind = "static" if self.vdef[name][1]["storage"] == "static" else "global"
+        if others:
+            self.refuse(
+                NEW_STATE, f"new {kind} variable {name}: {g.macro or 'its definition'} also defines {', '.join(others)}"
+            )
+        elif special:
+            self.refuse(
+                NEW_STATE,
+                f"new {kind} variable {name} is placed in section {special[0]}, which the loader or the kernel "
+                "treats specially (only plain data may be the patch module's own)",
+            )
+        else:
+            self.notes.append(
+                f"{name}: new {kind} variable, the patch module's own: it starts fresh (its initialiser) when "
+                "the patch loads, and only the new code sees it"
+            )
+        for d in g.defs("variable"):
+            for ref in d["refs"]:
+                self._use(ref, name)
 
     @staticmethod
     def _read_only(g: _Group) -> bool:
@@ -457,6 +566,8 @@ def _edit(p: _Planner, ed: _Editor) -> None:
     dropped_statics = {
         n for n, (g, d) in p.fdef.items() if not g.role and n not in p.externs and d["storage"] == "static"
     }
+    for s, label in p.bound:
+        _bind_local(p, ed, s, label)
     first_syscall = next((g for g in p.groups if g.syscall), None)
     if first_syscall:
         ed.insert(first_syscall.start, NO_SYSCALL_METADATA)
@@ -490,6 +601,22 @@ def _edit(p: _Planner, ed: _Editor) -> None:
                         NO_EXTERN,
                         f"{d['name']}: its static prototype comes from macro {d['macro']} and cannot be made extern",
                     )
+
+
+def _bind_local(p: _Planner, ed: _Editor, s: dict, label: str) -> None:
+    """`static T name = init;` -> `extern T name __asm__("label");`: the running kernel's copy."""
+    start, semi = s["start"], ed.data.find(b";", s["end"])
+    between = ed.data[s["end"] : semi]
+    shared = any(e_start < semi + 1 and start < e_end for e_start, e_end, _ in ed.edits)  # `static int a, b;`
+    if not ed.data.startswith(b"static", start) or semi < 0 or shared or any(c in between for c in b"{}=;,"):
+        p.refuse(
+            STATE_COPY,
+            f"static {s['name']} (line {s['line']}) is not written as a plain declaration: cannot bind it "
+            "to the running kernel's copy",
+        )
+        return
+    decl = s["extern_decl"].removesuffix(";")
+    ed.edits.append((start, semi + 1, f'{decl} __asm__("{label}"); /* kgenv: the running kernel\'s */'.encode()))
 
 
 def _declarations(p: _Planner, g: _Group, data: bytes) -> str:
@@ -543,6 +670,8 @@ def generate(
     if hashlib.sha256(data).hexdigest() != facts["sha256"]:
         raise ValueError(f"{facts['file']}: the facts describe another version of the file")
     p = _Planner(facts, present, original)
+    if context:
+        p.local_static, p.label = context.local_static, context.label
     diag = facts["diagnostics"]
     if diag["main_file_errors"]:
         p.refuse(
@@ -562,6 +691,7 @@ def generate(
             ed.replace(m["start"], m["end"], "")
             p.notes.append(f"#define {CREATE_TRACE_POINTS} removed: the tracepoints are the running kernel's")
     labels = _prologue(p, ed, context) if context else {}
+    labels.update(p.local_labels)
     body = ed.apply().decode(errors="surrogateescape")
     aliases = {n: alias_prefix + n for n in p.replaced}
     defined = {n: NEW_PREFIX + n if n in p.rebound else n for n in p.replaced}

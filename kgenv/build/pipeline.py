@@ -19,9 +19,9 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from kgenv import __version__
+from kgenv.build import abi, clones, diffapply, gensrc, headers, skeleton
 from kgenv.build import changes as changes_mod
-from kgenv.build import diffapply, gensrc, skeleton
-from kgenv.build.compile import cmd_file, compile_tus
+from kgenv.build.compile import CompileError, cmd_file, compile_tus
 from kgenv.build.kbuild import build_module
 from kgenv.build.report import BootSummary, BuildReport, EnvInfo, FixInfo, FunctionRecord, ResultInfo, ToolInfo
 from kgenv.build.target import (
@@ -29,13 +29,14 @@ from kgenv.build.target import (
     Resolver,
     Target,
     gnu_build_id,
-    load_order,
+    load_plan,
     modname_literal,
+    shipped_modules,
 )
 from kgenv.build.target import find as find_target
 from kgenv.elf import klp
 from kgenv.elf.symbols import STB_LOCAL, STT_FILE, SymbolIndex
-from kgenv.env import kbuildcmd
+from kgenv.env import headerusers, kbuildcmd
 from kgenv.errors import RefusedError, ToolError, UserError, describe
 from kgenv.fsutil import is_sha256, open_regular, sha256_file, sha256_stream, write_atomic
 from kgenv.manifest import Manifest
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
 
 SECTIONS = "-ffunction-sections -fdata-sections"
 _CLONE = re.compile(r"\.(isra|constprop|part|cold|lto_priv|localalias)(\.\d+)?")
-# the kernel's "once" flags: a fresh copy in the patch module only means the message may repeat once
-ONCE_FLAGS = ("__already_done", "__print_once", "__warned")
 TREE_OUT = "/kgenv-tree"
 _COLD = re.compile(r"\.cold(\.\d+)?$")
 # refusal classes (a refused function's `reason` in report.json, the refusal line's first word)
@@ -69,6 +68,7 @@ NOT_REPRODUCED = "env-does-not-reproduce"
 CLONE = "ipa-clone"
 AMBIGUOUS_SYMBOL = "ambiguous-symbol"
 BOOT_FAILED = "boot-test-failed"
+NO_COMPILE = "fix-does-not-compile"
 OUTPUTS = ".kgenv-outputs.json"  # in OUTDIR: the files the last run wrote there, name -> sha256
 REPORT = "report.json"
 
@@ -110,6 +110,7 @@ class Unit:
     patched: Path = _later()  # compile
     target: Target = _later()  # compile
     changes: changes_mod.Changes = _later()  # changes
+    static_signatures: list[str] = field(default_factory=list)  # statics whose prototype changed (interface)
     resolver: Resolver = _later()  # map
     replaced: list[str] = field(default_factory=list)  # source-level names to register (map)
     generated: Generated = _later()  # generate
@@ -219,6 +220,7 @@ class Build:
         self.functions: list[FunctionRecord] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="kgenv-build-"))
         self.diff: diffapply.FixDiff | None = None
+        self.overlay: Path | None = None  # the patched files (diff), over the env's tree in every compile
         self.klp_symbols: list[str] = []  # "<obj>.<name>,<sympos>", one per converted symbol
         self.guard_build_ids: dict[str, str] = {}  # what the module's pre_patch guard requires (kbuild)
         self.boot: Boot | None = None
@@ -268,6 +270,8 @@ class Build:
         overlay = self._timed("diff", self._apply_diff)
         self._timed("compile", self._compile, overlay)
         self._timed("changes", self._changes)
+        self._drop_unchanged()  # byte-identical code keeps working with the kernel's objects as it did
+        self._timed("interface", self._interface)
         self._timed("map", self._map)
         self._timed("generate", self._generate, overlay)
         self._must_register()
@@ -307,22 +311,38 @@ class Build:
                     cls=BUILD_FILES,
                 )
             self.notes.append(f"build file(s) changed, allowed by --allow-build-files: {', '.join(d.build_files)}")
-        if d.headers:
-            # the module build compiles the generated source against the env's unpatched headers, and
-            # a header's struct layouts are not compared: the module could lack the fix or misread memory
-            raise Refusal(
-                f"{self.req.diff}: changes header(s) {', '.join(d.headers)}, which the module build "
-                "would not compile in and whose struct layouts kgenv does not check yet",
-                cls=HEADERS,
-            )
         tus = list(dict.fromkeys([*d.translation_units, *self.req.extra_tus]))
+        tree = self._fetch_files([_source(tu) for tu in tus] + list(d.paths))
+        overlay = self.overlay = self.tmp / "overlay"
+        diffapply.apply(d, tree, overlay)
+        if d.headers and self.req.extra_tus:
+            self.notes.append(f"header(s) {', '.join(d.headers)}: rebuilt the units the diff and --tu name")
+        elif d.headers:
+            tus = list(dict.fromkeys([*tus, *self._header_users(d, tree, overlay)]))
+        if not tus and d.headers:
+            raise Refusal(f"{self.req.diff}: no unit of the running kernel uses the changed header(s)", cls=NO_CHANGE)
         if not tus:
             raise UserError(f"{self.req.diff}: touches no C translation unit")
-        self.units = [Unit(tu, str(PurePosixPath(tu).with_suffix(".c"))) for tu in tus]
-        tree = self._fetch_files([u.source for u in self.units] + list(d.paths))
-        overlay = self.tmp / "overlay"
-        diffapply.apply(d, tree, overlay)
+        self.units = [Unit(tu, _source(tu)) for tu in tus]
         return overlay
+
+    def _header_users(self, d: diffapply.FixDiff, tree: Path, overlay: Path) -> list[str]:
+        """Every unit a header change reaches (from the running kernel's debug info), or a refusal
+        when they cannot all be found or are too many for one live patch."""
+        index = headerusers.index(self.m, shipped_modules(self.m), self.progress)
+        reach = headers.reach(index, list(d.headers), tree, overlay)
+        if reach.problem:
+            raise Refusal(f"{self.req.diff}: {reach.problem}", cls=HEADERS)
+        counts = ", ".join(f"{h} {n}" for h, n in reach.counts.items())
+        self.notes.append(f"header(s) changed: the units whose debug info uses them were rebuilt ({counts})")
+        return [u.tu for u in reach.users]
+
+    def _drop_unchanged(self) -> None:
+        """Units rebuilt only because they use a changed header, and unchanged by it, patch nothing."""
+        same = [u.tu for u in self.units if not u.changes.changed and not u.changes.new]
+        if same and len(same) < len(self.units):
+            self.units = [u for u in self.units if u.tu not in same]
+            self.notes.append(f"rebuilt, unchanged by the fix: {', '.join(same)}")
 
     def _fetch_files(self, paths: list[str]) -> Path:
         """The touched files (and each parent directory, to see symlinks) out of the env's tree."""
@@ -357,19 +377,49 @@ class Build:
             patched = pool.submit(
                 compile_tus, self.rt, self.m, tus, self.tmp / "patched", overlay=overlay, extra_cflags=SECTIONS
             )
-            o, p = orig.result(), patched.result()
+            o = orig.result()  # the unpatched tree failing is the env's problem (error 2)
+            try:
+                p = patched.result()
+            except CompileError as exc:
+                if not exc.first_error:  # no compiler error: a killed container, say — not the fix's fault
+                    raise
+                raise Refusal(
+                    f"the patched {_names(u.source for u in self.units)} does not compile (the original does): "
+                    f"{exc.first_error}",
+                    cls=NO_COMPILE,
+                ) from None
         for u in self.units:
             u.original, u.patched = o[u.tu], p[u.tu]
             u.target = find_target(self.m, self.tmp / "orig" / cmd_file(u.tu))
 
-    def _changes(self) -> None:
+    def _interface(self) -> None:
+        """Code can be replaced, the running kernel's objects and callers cannot: refuse a fix that
+        changes a struct layout, an enumerator, a variable's type or a prototype they depend on."""
+        headers = set(self.diff.headers) if self.diff else set()
+        defined = set()
         for u in self.units:
-            u.changes = changes_mod.compare(u.original, u.patched, u.tu)
-            data = [d for d in u.changes.data if d.status != changes_mod.UNCHANGED and not _is_once_flag(d.name)]
+            defined |= {f.name for f in SymbolIndex.open(u.patched).symbols if f.is_func and f.defined}
+        refusals = []
+        for u in self.units:
+            v = abi.compare(u.source, u.original, u.patched, headers, defined)
+            refusals += [f"{r} ({u.source})" for r in v.refusals]
+            u.static_signatures = v.static_signatures
+        if refusals:
+            raise Refusal("; ".join(refusals[:3]) + (f"; and {len(refusals) - 3} more" if len(refusals) > 3 else ""))
+
+    def _changes(self) -> None:
+        hunks = {f.path: f.hunks for f in self.diff.files} if self.diff else {}
+        for u in self.units:
+            # the diff's line map: a __LINE__ argument that only moved with the lines is no change
+            lines = changes_mod.line_map(hunks[u.source]) if u.source in hunks else None
+            u.changes = changes_mod.compare(u.original, u.patched, u.tu, lines)
+            # new variables are the patch module's own (gensrc notes them); changed or removed
+            # ones the running kernel holds cannot be patched
+            data = changes_mod.refused_data(u.changes)
             if data:
                 raise Refusal(
                     f"{u.source}: the fix changes data ({_names(d.name + ' ' + d.status for d in data)}); "
-                    "data and struct layout cannot be live patched without shadow variables",
+                    "data the running kernel holds is not re-initialised by a live patch",
                     cls=DATA,
                 )
             for f in u.changes.functions:
@@ -402,7 +452,23 @@ class Build:
                 )
             u.resolver = Resolver(u.target, ObjectFile(u.original, u.tu))
             folded = _Folding(u)
-            for orig_name in _to_replace(u.changes):
+            names = _to_replace(u.changes)
+            # a changed IPA clone: its callers are replaced instead (kgenv/build/clones.py); a static
+            # whose prototype the fix changes is replaced, and so must every caller be: none may call it
+            # with the old arguments (by a tail jump, from a stored pointer)
+            prototype = [n for n in u.static_signatures if u.resolver.present(n, "function")]
+            changed = [n for n in names if clones.is_clone(n)] + _removed_clones(u.changes) + prototype
+            via = clones.callers(u.resolver.obj, list(dict.fromkeys(changed)), u.target.is_module)
+            failures += [
+                self._fn(u, c, "refused", reason=abi.SIGNATURE, note=f"changes its prototype and {why}")
+                if c in prototype
+                else self._fn(
+                    u, c, "refused", reason=CLONE, note=f"runs in place of the changed source function and {why}"
+                )
+                for c, why in via.refused.items()
+            ]
+            self.notes += [f"{u.source}: {n}" for n in via.notes()]
+            for orig_name in dict.fromkeys([*(n for n in names if not clones.is_clone(n)), *via.replace]):
                 if _CLONE.search(orig_name):
                     failures.append(
                         self._fn(
@@ -410,11 +476,12 @@ class Build:
                             orig_name,
                             "refused",
                             reason=CLONE,
-                            note=f"only the IPA clone {orig_name} runs; its ABI differs "
-                            "from the source function (patching callers not supported)",
+                            note=f"only the compiler's copy {orig_name} runs and its ABI may differ from the "
+                            "source function's (callers are replaced only for .isra/.constprop/.part clones)",
                         )
                     )
                     continue
+                because = [] if orig_name in names else via.replace.get(orig_name, [])  # changed itself: its own record
                 v = verdicts.get(orig_name)
                 if v is None or v.verdict != IDENTICAL:
                     failures.append(
@@ -422,8 +489,8 @@ class Build:
                             u,
                             orig_name,
                             "refused",
-                            reason=v.verdict if v else "missing",
-                            note=(v.note or v.trace or v.reason) if v else "not in the object",
+                            reason=CLONE if because else v.verdict if v else "missing",
+                            note=_for_clones(because, (v.note or v.trace or v.reason) if v else "not in the object"),
                         )
                     )
                     continue
@@ -434,9 +501,9 @@ class Build:
                             u,
                             orig_name,
                             "refused",
-                            reason=ICF,
+                            reason=CLONE if because else ICF,
                             address=v.address,
-                            note=f"shares its address with {_names(aliases)}",
+                            note=_for_clones(because, f"shares its address with {_names(aliases)}"),
                         )
                     )
                     continue
@@ -444,7 +511,13 @@ class Build:
                 pos = u.resolver.position(orig_name)
                 self.functions.append(
                     self._fn(
-                        u, orig_name, "replaced", sympos=pos[1] if pos else 0, address=v.address, trace=v.trace, note=""
+                        u,
+                        orig_name,
+                        "replaced",
+                        sympos=pos[1] if pos else 0,
+                        address=v.address,
+                        trace=v.trace,
+                        note=_for_clones(because, ""),
                     )
                 )
         if failures:
@@ -467,6 +540,7 @@ class Build:
                 u.target.is_module,
                 modname_literal(kbuildcmd.read_command(cmd)),
                 f"kgenv_{_slug(u.tu)}__",
+                _local_static(u),
             )
             g = generate_source(
                 self.rt,
@@ -525,16 +599,31 @@ class Build:
             )
         modules = {u.target.objname: gnu_build_id(u.target.binary_path) for u in self.units if u.target.is_module}
         self.guard_build_ids = skeleton.guard_ids(vmlinux, modules)
+        namespaces = skeleton.import_namespaces(
+            skeleton.symbol_namespaces(self.m.file("symvers").read_text()),
+            skeleton.referenced_symbols(u.patched for u in self.units),
+        )
         (src / f"{name}.c").write_text(
-            skeleton.render_registration(name, self.m.kernel.release, reps, self.guard_build_ids, pinned=self._pinned())
+            skeleton.render_registration(
+                name, self.m.kernel.release, reps, self.guard_build_ids, self._pinned(), namespaces
+            )
         )
         (src / "Kbuild").write_text(skeleton.render_kbuild(name, f"{name}.c", sources))
-        return build_module(self.rt, self.m, src, self.tmp / "kbuild-out", allow_undefined=True, progress=self.progress)
+        return build_module(
+            self.rt,
+            self.m,
+            src,
+            self.tmp / "kbuild-out",
+            allow_undefined=True,
+            overlay=self.overlay,  # the generated code sees the patched headers, as the patched compile did
+            progress=self.progress,
+        )
 
     def _klp(self, ko: Path) -> None:
         """Undefined symbols become .klp.sym relocations, but for exports of vmlinux and of modules
         the patch does not target (the module loader binds those)."""
         exported = _exported(self.m)
+        self._new_globals_are_new(exported)
         targets = {u.target.objname for u in self.units if u.target.is_module}
         index = SymbolIndex.open(ko)
         undefined = sorted(
@@ -593,6 +682,24 @@ class Build:
                 raise Refusal(str(exc), self._special_sections(exc)) from None
         self.klp_symbols = sorted(f"{obj}.{real},{pos}" for obj, pos, real in mapping.values())
 
+    def _new_globals_are_new(self, exported: dict[str, str]) -> None:
+        """A new global the module defines starts fresh; where the running kernel already has a
+        global of that name (a definition moved between files), its code keeps using that copy."""
+        clash = [
+            d.name
+            for u in self.units
+            for d in u.changes.data
+            if d.status == changes_mod.NEW
+            and d.binding != "local"
+            and (d.name in exported or any(s.bind != STB_LOCAL for s in u.resolver.binary.lookup(d.name)))
+        ]
+        if clash:
+            raise Refusal(
+                f"new global variable(s) {_names(clash)}: the running kernel already has a global of that name, "
+                "whose state a fresh copy in the patch module would not share",
+                cls=gensrc.NEW_STATE,
+            )
+
     def _special_sections(self, exc: klp.SpecialSectionError) -> list[FunctionRecord]:
         """The functions whose load-time entries need the target module: replaced → refused."""
         notes: dict[str, list[str]] = {}
@@ -619,13 +726,15 @@ class Build:
 
         vmlinuz = self.m.file("vmlinuz")
         sympos = "".join(self._sympos_line(f) for f in self.functions if f.verdict == "replaced")
-        extra = [ko for u in self.units if u.target.is_module for ko in load_order(self.m, u.target)]
+        loads = load_plan(self.m, [u.target for u in self.units])
+        self.notes += loads.notes
         boot = boot_test(
             ko,
             vmlinuz,
             check=self.req.check,
             sympos=sympos,
-            targets=list(dict.fromkeys(extra)),
+            targets=loads.paths,
+            optional=loads.optional,
             keep_tmp=self.req.keep_tmp,
             pinned=self._pinned(),
         )
@@ -751,6 +860,21 @@ def _to_replace(changes: changes_mod.Changes) -> list[str]:
     return out
 
 
+def _removed_clones(changes: changes_mod.Changes) -> list[str]:
+    """IPA clones the patched build no longer has (gcc kept the ABI this time, or cloned otherwise):
+    the old clone still runs for the old callers, which must be able to stand in for it exactly as
+    for a changed clone (fixture `refuse-clone-tail-jump`)."""
+    return list(dict.fromkeys(_COLD.sub("", n) for n in changes.removed if clones.is_clone(n)))
+
+
+def _for_clones(clones_: list[str], note: str) -> str:
+    """A caller's note: which changed IPA clones it is replaced for, then the note of its own."""
+    if not clones_:
+        return note
+    why = f"replaced because it calls {', '.join(clones_)}, whose calling convention changes"
+    return f"{why}: {note}" if note else why
+
+
 class _Folding:
     """gcc's identical-code folding: other function symbols at a replaced function's place in the
     running binary (vmlinux: the address; a module: section and value). ftrace redirects the place,
@@ -832,12 +956,24 @@ def _names(names) -> str:
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
 
-def _is_once_flag(name: str) -> bool:
-    return any(name.startswith(f) for f in ONCE_FLAGS)
+def _source(tu: str) -> str:
+    return str(PurePosixPath(tu).with_suffix(".c"))
 
 
 def _base(name: str) -> str:
     return name.split(".", 1)[0]
+
+
+def _local_static(u: Unit):
+    """(function, static) -> the running kernel's symbol (name.N) of that function-local static:
+    the one the original object's code of the function references (the original is proven equal
+    to the running binary), if the running object has it; else None."""
+
+    def find(function: str, name: str) -> str | None:
+        found = changes_mod.local_statics(u.resolver.obj, function, name)
+        return found[0] if len(found) == 1 and u.resolver.position(found[0]) else None
+
+    return find
 
 
 def _slug(tu: str) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from kgenv.build.target import VMLINUX
+from kgenv.elf.symbols import STB_LOCAL, STT_FILE, SymbolIndex
 from kgenv.env import kbuildcmd
 from kgenv.errors import UserError
 
@@ -19,6 +20,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,55}")
 _KEEP_FLAG = re.compile(r"-(I|D|U|include)")
 _SKIP_FLAG = re.compile(r"-D(MODULE$|KBUILD_|__KBUILD_)")
 _BUILD_ID = re.compile(r"[0-9a-f]{2,128}")  # hex of a GNU build-id note (the guard reads up to 64 bytes)
+_NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what MODULE_IMPORT_NS() stringifies
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,40 @@ def guard_ids(build_id: str, modules: Mapping[str, str] | None = None) -> dict[s
     return out
 
 
+def symbol_namespaces(symvers: str) -> dict[str, str]:
+    """Exported symbol -> its namespace, for the namespaced exports of a Module.symvers
+    (crc, symbol, module, export type, namespace; tab-separated)."""
+    out = {}
+    for line in symvers.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 5 and parts[4]:
+            out[parts[1]] = parts[4]
+    return out
+
+
+def referenced_symbols(objects: Iterable[Path]) -> set[str]:
+    """Every global name the objects reference or define. The generated sources keep a subset of
+    these units' code and turn their other definitions into declarations, so the module's
+    undefined symbols are among these names."""
+    return {
+        s.name
+        for o in objects
+        for s in SymbolIndex.open(o).symbols
+        if s.name and s.type != STT_FILE and (not s.defined or s.bind != STB_LOCAL)
+    }
+
+
+def import_namespaces(namespaces: Mapping[str, str], names: Iterable[str]) -> list[str]:
+    """The symbol namespaces the module must import: those of the namespaced exports among `names`.
+    modpost refuses a module that references one without importing it, and the loader refuses to
+    bind it; importing a namespace whose symbols end up as livepatch relocations costs nothing."""
+    out = sorted({namespaces[n] for n in names if n in namespaces})
+    bad = [ns for ns in out if not _NAMESPACE.fullmatch(ns)]
+    if bad:
+        raise UserError(f"Module.symvers: symbol namespace {bad[0]!r} is not a C identifier MODULE_IMPORT_NS takes")
+    return out
+
+
 # a pointer to a function new in the patch may be stored in kernel state: the module must outlive it
 PIN = (
     "\t/* kgenv: pointers to this module's new functions may outlive it; once enabled it stays loaded */\n"
@@ -83,11 +119,17 @@ PIN = (
 
 
 def render_registration(
-    name: str, release: str, reps: list[Replacement], ids: Mapping[str, str], pinned: bool = False
+    name: str,
+    release: str,
+    reps: list[Replacement],
+    ids: Mapping[str, str],
+    pinned: bool = False,
+    namespaces: Iterable[str] = (),
 ) -> str:
     """The module's registration file from kernel/livepatch/livepatch.c.in. Every klp_object
     (vmlinux always, with no functions when only modules are patched) gets the template's
-    build-id guard as its pre_patch callback, requiring the build-id `ids` (see guard_ids) names."""
+    build-id guard as its pre_patch callback, requiring the build-id `ids` (see guard_ids) names;
+    the module imports `namespaces` (see import_namespaces)."""
     if set(ids) != {VMLINUX, *(r.objname for r in reps)}:
         raise ValueError(f"guard build-ids for {sorted(ids)} do not match the patched objects")
     order = sorted(reps, key=lambda r: (r.old_name, r.new))
@@ -114,6 +156,7 @@ def render_registration(
         ("RELEASE", release),
         ("BUILD_ID", ids[VMLINUX]),
         ("PIN", PIN if pinned else ""),
+        ("IMPORTS", "".join(f"MODULE_IMPORT_NS({ns});\n" for ns in namespaces)),
     ):
         text = text.replace(f"@{key}@", value)
     return text

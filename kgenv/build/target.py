@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kgenv.boot.deps import LoadPlan, ModuleTree, plan
 from kgenv.elf.reader import open_elf
 from kgenv.elf.symbols import STB_LOCAL, STT_FUNC, STT_NOTYPE, STT_OBJECT, Symbol
 from kgenv.env import kbuildcmd
@@ -67,14 +69,15 @@ def shipped_modules(m: Manifest) -> dict[str, Path]:
     return {Path(line).name.removesuffix(".ko").replace("-", "_"): root / line for line in order.read_text().split()}
 
 
-def _depends(ko: Path) -> list[str]:
-    """The `depends=` entry of a module's .modinfo: the modules it needs loaded first."""
-    elf = open_elf(ko)
-    sec = elf.section(".modinfo")
-    for entry in bytes(elf.section_data(sec)).split(b"\0") if sec else ():
-        if entry.startswith(b"depends="):
-            return [d.replace("-", "_") for d in entry[8:].decode().split(",") if d]
-    return []
+def module_tree(m: Manifest) -> ModuleTree:
+    """The env's shipped modules, keyed by the kernel's build-id for the alias index cache."""
+    return ModuleTree(modules_dir(m), shipped_modules(m), m.kernel.build_id)
+
+
+def load_plan(m: Manifest, targets: Iterable[Target]) -> LoadPlan:
+    """The shipped modules the guest loads before a patch of these targets: each after its
+    `depends=` and `softdep=pre:` modules (kgenv.boot.deps); nothing for vmlinux."""
+    return plan(module_tree(m), [t.objname for t in targets if t.is_module])
 
 
 def gnu_build_id(path: Path) -> str:
@@ -95,22 +98,6 @@ def gnu_build_id(path: Path) -> str:
                 return data[desc : desc + descsz].hex()
             off = desc + (descsz + 3) // 4 * 4
     return ""
-
-
-def load_order(m: Manifest, target: Target) -> list[Path]:
-    """The shipped modules to insmod for a module target, dependencies first."""
-    shipped, out, seen = shipped_modules(m), [], set()
-
-    def visit(name: str) -> None:
-        if name in seen or name not in shipped:  # built in, or already placed
-            return
-        seen.add(name)
-        for dep in _depends(shipped[name]):
-            visit(dep)
-        out.append(shipped[name])
-
-    visit(target.objname)
-    return out
 
 
 def find(m: Manifest, cmd_file: Path) -> Target:

@@ -181,9 +181,31 @@ def _rewrite(img: _Image, targets: dict[str, KlpTarget], names: Mapping[str, str
     # a refusal names what the module's symbols stand for: functions and the running object's symbols
     _refuse_module_targets(img, objnames, converted, {**names, **{n: t.name for n, t in targets.items() if t.name}})
     klp = _split_relocations(img, symtab, objnames)
+    _drop_depends(img, set(objnames.values()) - {"vmlinux"})
     _finish(img, klp)
     symbols = tuple(sorted(targets[n].symbol_name(n) for n in converted.values()))
     return symbols, tuple(s[0] for s in klp), sum(len(s[2]) for s in klp)
+
+
+def _drop_depends(img: _Image, modules: set[str]) -> None:
+    """modpost wrote `depends=` from the symbols it saw undefined, before they became livepatch
+    symbols: a target module reached only through .klp.rela is no load-time dependency (the patch
+    may load first; livepatch binds it when the module comes). The string shrinks in place, NULs
+    after it (the kernel and modinfo skip empty strings)."""
+    found = [i for i, n in enumerate(img.names) if n == ".modinfo"]
+    if not modules or len(found) != 1:
+        return
+    sh = img.shdrs[found[0]]
+    data = img.section_bytes(found[0])
+    at = 0
+    for entry in data.split(b"\0"):
+        if entry.startswith(b"depends="):
+            names = [n for n in entry[8:].decode(errors="replace").split(",") if n]
+            kept = ",".join(n for n in names if n.replace("-", "_") not in modules).encode()
+            new = b"depends=" + kept
+            img.data[sh[4] + at : sh[4] + at + len(entry)] = new + bytes(len(entry) - len(new))
+            return
+        at += len(entry) + 1
 
 
 def _symtab_index(img: _Image) -> int:
