@@ -3,9 +3,12 @@ from the DWARF of two gcc builds of a small TU with a header, as a kernel unit a
 
 import subprocess
 
+import pytest
+
 from kgenv.build import abi, headers
 from kgenv.elf import dwarfunits, interface
 from kgenv.env.headerusers import Index, User
+from kgenv.errors import ToolError
 
 HEADER = r"""
 struct sock_like { int state; struct sock_like *next; unsigned int flags : 3; union { long a; int b; } u; };
@@ -129,7 +132,6 @@ def test_preprocessor_changes_need_named_units():
     assert headers.preprocessor_change(before, before.replace("#define A 1", "#define A 2")) == 1
     assert headers.preprocessor_change(before, before.replace("((x) + 1)", "((x) + 2)")) == 7  # continued
     assert headers.preprocessor_change(before, "#include <x.h>\n" + before) == 1
-    assert headers.preprocessor_change(None, "static int g;\n") == 0  # a new header without macros
 
 
 def test_reach_collects_users_and_refuses_too_many(tmp_path):
@@ -145,8 +147,39 @@ def test_reach_collects_users_and_refuses_too_many(tmp_path):
     assert r.users == [User("mod", "m/c.o"), User("mod", "m/d.o"), User("vmlinux", "k/a.o")]  # unreadable: a user
     many = Index({"vmlinux": {f"k/{i}.c": ["inc/h.h"] for i in range(headers.LIMIT + 1)}})
     assert "rebuilds at most" in headers.reach(many, ["inc/h.h"], tmp_path / "a", tmp_path / "b").problem
+    unread = Index({"vmlinux": {"k/a.c": ["inc/h.h"], "?": ["?"]}})
+    with pytest.raises(ToolError, match="unreadable"):  # a unit whose name is unknown may use any header
+        headers.reach(unread, ["inc/h.h"], tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / "inc" / "new.h").write_text("#ifndef NEW_H\n#define NEW_H\n#endif\n")
+    assert headers.reach(unread, ["inc/new.h"], tmp_path / "a", tmp_path / "b").users == []  # no running user
+    for d in "ab":
+        (tmp_path / d / "include" / "vdso").mkdir(parents=True)
+        (tmp_path / d / "include" / "vdso" / "t.h").write_text(f"static inline int t(void) {{ return {d!r}; }}\n")
+    assert "vDSO" in headers.reach(idx, ["include/vdso/t.h"], tmp_path / "a", tmp_path / "b").problem
     (tmp_path / "b" / "inc" / "h.h").write_text("#define F 2\nstatic inline int f(void) { return 1; }\n")
     assert (
         "inc/h.h:1 changes a preprocessor line"
         in headers.reach(idx, ["inc/h.h"], tmp_path / "a", tmp_path / "b").problem
     )
+
+
+def test_spelling_changes_that_keep_layout_and_calls_are_not_refused(tmp_path):
+    header = HEADER + "extern int log_it(char *msg, u32 level);\nstruct blob { int n; unsigned char data[0]; };\n"
+    source = "typedef unsigned int u32;\ntypedef unsigned int __u32;\n" + SOURCE  # as an unchanged header has them
+    source += "int use(struct blob *b) { return log_it(0, b->n) + b->data[0]; }\n"
+    edits = [
+        ("char *msg", "const char *msg"),  # a qualifier on a parameter
+        ("u32 level", "__u32 level"),  # another name for the same type
+        ("data[0];", "data[];"),  # a flexible array spelt the new way
+    ]
+    for old, new in edits:
+        before, after = build(tmp_path, "a", header, source), build(tmp_path, "b", header.replace(old, new), source)
+        v = abi.compare("x.c", before, after, {"inc/sk.h"}, set())
+        assert v.refusals == [], (old, v.refusals)
+
+
+def test_unique_id_variables_are_not_compared_by_their_counter(tmp_path):
+    source = SOURCE + 'static const char __UNIQUE_ID_firmware2[] __attribute__((used)) = "firmware=a.bin";\n'
+    renumbered = source.replace('"firmware=a.bin"', '"firmware=other.bin"')
+    v = abi.compare("x.c", build(tmp_path, "a", source=source), build(tmp_path, "b", source=renumbered), set(), set())
+    assert v.refusals == []

@@ -175,6 +175,8 @@ def test_refused_fix_writes_no_module(builds, name):
     assert rep.result.outcome == "refused"
     assert expect(name)["reason"] in rep.result.reason
     assert rep.result.reason.startswith(expect(name)["class"] + ": ") and "\n" not in rep.result.reason
+    for phrase in expect(name).get("notes", []):
+        assert any(phrase in n for n in rep.fix.notes), (phrase, rep.fix.notes)
     assert not list(out.glob("*.ko")) and build_report.load(out / "report.json") == rep
     assert rep.boot is None
 

@@ -494,3 +494,13 @@ def test_local_statics_are_the_ones_the_function_references(tmp_path):
     (other,) = changes.local_statics(obj, "g", "other")
     assert other.startswith("other.") and value(other) == 0
     assert changes.local_statics(obj, "h", "count") == [] and changes.local_statics(obj, "f", "other") == []
+
+
+def test_a_static_gone_and_a_new_one_is_a_lost_state(tmp_path):
+    """A renamed static: a fresh copy in the patch module would not hold the running kernel's value."""
+    ch = diff(tmp_path, ("static int counter;", "static int hits;"), ("counter++", "hits++"), ("+ counter;", "+ hits;"))
+    assert sorted((d.name, d.status) for d in changes.refused_data(ch)) == [("counter", REMOVED), ("hits", NEW)]
+    fresh = diff(
+        tmp_path, ("static int counter;", "static int counter;\nstatic int hits;"), ("counter++", "counter++, hits++")
+    )
+    assert changes.refused_data(fresh) == []  # only new: the module's own

@@ -1,7 +1,10 @@
 """bench/real_fixes.py's corpus making on tiny synthetic trees: diffs, header attachment, sampling."""
 
 import importlib.util
+import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -217,3 +220,34 @@ def test_a_new_header_the_fix_includes_comes_along(tmp_path):
     with_changed = rf.Case(case.name, case.source, case.tu, (*case.headers, "include/rdma/other.h"), "")
     bare = rf.without_changed_headers(with_changed, ch, lambda rel: rf.file_diff(old, new, rel))
     assert bare.headers == case.headers and bare.diff == case.diff
+
+
+# The CI sample of the corpus: real Debian fixes of 6.1.170-3 -> 6.1.176-1 built against the older
+# kernel's recorded env (bench/envs), restored into the engine when missing; each case as the bench
+# defines it (the .c diff with the changed headers its unit includes), boot-loaded when built.
+CI_CASES = {}  # changed .c -> the outcome class it must end in (filled from bench/real_fixes.md)
+
+
+@pytest.mark.archive
+@pytest.mark.docker
+@pytest.mark.qemu
+def test_a_corpus_sample_builds_or_is_refused_legitimately(tmp_path, docker_rt):
+    from kgenv import manifest
+
+    envs = ROOT / "bench" / "envs"
+    m = manifest.parse((envs / "debian-6.1.0-47-amd64.toml").read_text(), "bench/envs")
+    environ = {**os.environ, "KGENV_ENVS": str(envs), "CI": "true"}
+    if not docker_rt.image_id(m.image.id):
+        subprocess.run([sys.executable, "-m", "kgenv", "envs", "restore", m.name], env=environ, check=True, cwd=ROOT)
+    out = tmp_path / "out"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "real_fixes.py"), "--cases", ",".join(CI_CASES), "-o", str(out)],
+        env=environ,
+        check=True,
+        cwd=ROOT,
+    )
+    result = json.loads((out / "real_fixes.json").read_text())
+    bar = result["bar"]
+    assert (bar["errors"], bar["env_does_not_reproduce"], bar["other_refusals"]) == (0, 0, []), result["rows"]
+    got = {r["case"]: r["class"] for r in result["rows"]}
+    assert got == {rf.case_name(c): kind for c, kind in CI_CASES.items()}, result["rows"]

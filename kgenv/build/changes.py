@@ -137,7 +137,16 @@ def refused_data(ch: Changes) -> list[DataChange]:
         harmless = base_name(d.name, True) in HARMLESS_STATE
         if d.status == CHANGED and not harmless or d.status == REMOVED and d.binding != "local":
             out.append(d)
-    return out
+    # a static gone and a new one come: most likely renamed or moved, and a fresh copy would lose
+    # the running kernel's state
+    state = [d for d in ch.data if _writable(d) and base_name(d.name, True) not in HARMLESS_STATE]
+    gone = [d for d in state if d.status == REMOVED and d.binding == "local"]
+    new = [d for d in state if d.status == NEW]
+    return out + (gone + new if gone and new else [])
+
+
+def _writable(d: DataChange) -> bool:
+    return d.section.startswith((".data", ".bss")) and not d.section.startswith(".data..ro_after_init")
 
 
 def local_statics(obj: ObjectFile, function: str, name: str) -> list[str]:
@@ -253,6 +262,9 @@ def _pair_group(olds: list[_Item], news: list[_Item]) -> list[_Pair]:
     return out
 
 
+_ARG_REGISTERS = {"edi", "esi", "edx", "ecx", "r8d", "r9d", "rdi", "rsi", "rdx", "rcx", "r8", "r9"}
+
+
 def _without_line(descriptor: bytes) -> bytes:
     """A dynamic-debug descriptor without its line number (a blank line above moves it)."""
     word = int.from_bytes(descriptor[DDEBUG_LINE : DDEBUG_LINE + 4], "little") & ~DDEBUG_LINE_MASK
@@ -278,8 +290,12 @@ def _line_only(a: _Side, b: _Side, old: _Item, new: _Item, lines: LineMap) -> bo
         before, after = int(m[2], 0), int(k[2], 0)
         if before == after or lines(before) != after:
             return False
-        call = next((c for c in x[i + 1 :] if c.mnemonic == "call"), None)
-        if call is None or calls.get(call.offset + 1) not in LINE_USERS:
+        # an argument of the next instruction that transfers control, which is a LINE_USERS call:
+        # the value cannot reach a compare or a store first
+        after_mov = next((c for c in x[i + 1 :] if c.mnemonic.startswith(("call", "j", "ret"))), None)
+        if m[1] not in _ARG_REGISTERS or after_mov is None or after_mov.mnemonic != "call":
+            return False
+        if calls.get(after_mov.offset + 1) not in LINE_USERS:
             return False
         moved = True
     return moved

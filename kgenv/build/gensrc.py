@@ -97,7 +97,7 @@ class Generated:
     externs: list[Extern] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)  # replaced function -> global alias
     labels: dict[str, str] = field(default_factory=dict)  # assembler name -> the running object's symbol
-    pinned_by: list[str] = field(default_factory=list)  # new functions a pointer may lead to: pin the module
+    pinned_by: list[str] = field(default_factory=list)  # new functions and variables a pointer may lead to: pin
     refusals: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     facts: dict | None = None  # cfacts' JSON, for --keep-tmp
@@ -193,7 +193,7 @@ class _Planner:
         self.copied: list[str] = []
         self.refusals: list[str] = []
         self.notes: list[str] = []
-        self.pinned_by: list[str] = []  # new functions whose address may escape into kernel state
+        self.pinned_by: list[str] = []  # new functions and variables whose address may escape into kernel state
         self.rebound: list[str] = []  # replaced functions whose own name means the running one
 
     def refuse(self, cls: str, why: str) -> None:
@@ -449,10 +449,15 @@ class _Planner:
                 f"new {kind} variable {name} is placed in section {special[0]}, which the loader or the kernel "
                 "treats specially (only plain data may be the patch module's own)",
             )
+        elif self.vdef[name][1]["const"]:
+            self.notes.append(f"{name}: new read-only {kind} variable, the patch module's own")
         else:
+            # the new code may hand its address to the kernel (a list node, a lock): the module must
+            # outlive every such pointer, so once enabled it is never removed
+            self.pinned_by.append(name)
             self.notes.append(
                 f"{name}: new {kind} variable, the patch module's own: it starts fresh (its initialiser) when "
-                "the patch loads, and only the new code sees it"
+                "the patch loads, only the new code sees it, and the module pins itself once enabled"
             )
         for d in g.defs("variable"):
             for ref in d["refs"]:

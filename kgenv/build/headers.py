@@ -11,6 +11,8 @@ from pathlib import Path
 from kgenv.env.headerusers import Index, User
 
 LIMIT = 48  # units one build rebuilds for a header; more is a change to core kernel code
+# headers the vDSO is built from: it runs in userspace, has no debug info in vmlinux, and no livepatch reaches it
+VDSO = ("include/vdso/", "arch/x86/include/asm/vdso", "arch/x86/include/asm/vgtod.h", "lib/vdso/")
 
 
 @dataclass
@@ -20,11 +22,10 @@ class Reach:
     counts: dict[str, int] = field(default_factory=dict)  # header -> units that use it
 
 
-def preprocessor_change(original: str | None, patched: str) -> int:
+def preprocessor_change(original: str, patched: str) -> int:
     """The first patched line (1-based) of a changed preprocessor directive, or 0: a line starting
     with '#' or continuing one ('\\' at the end of the line before), on either side of the change."""
-    old = original.splitlines() if original is not None else []
-    new = patched.splitlines()
+    old, new = original.splitlines(), patched.splitlines()
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
         if tag == "equal":
             continue
@@ -45,12 +46,13 @@ def reach(index: Index, headers: list[str], tree: Path, overlay: Path) -> Reach:
     for h in headers:
         before = tree / h
         after = overlay / h
-        if not after.is_file():
-            continue  # deleted: refused earlier
-        line = preprocessor_change(
-            before.read_text(errors="surrogateescape") if before.is_file() else None,
-            after.read_text(errors="surrogateescape"),
-        )
+        if not after.is_file() or not before.is_file():
+            continue  # deleted (refused earlier) or new: no unit of the running kernel includes it
+        if h.startswith(VDSO):
+            r.problem = f"{h} is used by the vDSO, userspace code the kernel maps as data: no live patch replaces it"
+            return r
+        old, new = (f.read_text(errors="surrogateescape") for f in (before, after))
+        line = preprocessor_change(old, new)
         if line:
             r.problem = (
                 f"{h}:{line} changes a preprocessor line; debug info does not record which units use a "

@@ -317,6 +317,7 @@ class Build:
         diffapply.apply(d, tree, overlay)
         if d.headers and self.req.extra_tus:
             self.notes.append(f"header(s) {', '.join(d.headers)}: rebuilt the units the diff and --tu name")
+            self.notes += self._not_named(d, tus)
         elif d.headers:
             tus = list(dict.fromkeys([*tus, *self._header_users(d, tree, overlay)]))
         if not tus and d.headers:
@@ -336,6 +337,20 @@ class Build:
         counts = ", ".join(f"{h} {n}" for h, n in reach.counts.items())
         self.notes.append(f"header(s) changed: the units whose debug info uses them were rebuilt ({counts})")
         return [u.tu for u in reach.users]
+
+    def _not_named(self, d: diffapply.FixDiff, tus: list[str]) -> list[str]:
+        """--tu overrides the search for a header's users; the report still says which units the
+        running kernel's debug info names that the override leaves out."""
+        try:
+            index = headerusers.index(self.m, shipped_modules(self.m), self.progress)
+            users = {u.tu for h in d.headers for u in index.users(h)} - set(tus)
+        except ToolError as exc:
+            return [f"the units that use the changed header(s) are unknown: {exc}"]
+        if not users:
+            return []
+        return [
+            f"{len(users)} unit(s) using the changed header(s) by debug info were not rebuilt: {_names(sorted(users))}"
+        ]
 
     def _drop_unchanged(self) -> None:
         """Units rebuilt only because they use a changed header, and unchanged by it, patch nothing."""

@@ -113,7 +113,7 @@ def import_namespaces(namespaces: Mapping[str, str], names: Iterable[str]) -> li
 
 # a pointer to a function new in the patch may be stored in kernel state: the module must outlive it
 PIN = (
-    "\t/* kgenv: pointers to this module's new functions may outlive it; once enabled it stays loaded */\n"
+    "\t/* kgenv: pointers to this module's new functions or data may outlive it; once enabled it stays loaded */\n"
     "\tif (!ret)\n\t\t__module_get(THIS_MODULE);"
 )
 

@@ -72,7 +72,7 @@ class _Relocs:
 
 def compile_units(data: bytes) -> list[str]:
     """Relative names of the GNU C compile units of an ELF object (a `.ko` or an executable)."""
-    return sorted(unit_files(data, with_files=False))
+    return sorted(n for n in unit_files(data, with_files=False) if n != UNREADABLE)
 
 
 def unit_files(data: bytes, with_files: bool = True) -> dict[str, list[str]]:
@@ -100,7 +100,9 @@ def unit_files(data: bytes, with_files: bool = True) -> dict[str, list[str]]:
     lines = raw(".debug_line") if with_files else b""
     out: dict[str, list[str]] = {}
     for name, producer, stmt in _top_dies(info.data(), raw(".debug_abbrev"), relocs, strs):
-        if producer.startswith("GNU C") and name.endswith(".c") and not name.startswith(("/", ".")):
+        if name == UNREADABLE:
+            out[UNREADABLE] = [UNREADABLE]
+        elif producer.startswith("GNU C") and name.endswith(".c") and not name.startswith(("/", ".")):
             files = out.setdefault(name, [])
             if lines and stmt is not None:
                 try:
@@ -110,12 +112,12 @@ def unit_files(data: bytes, with_files: bool = True) -> dict[str, list[str]]:
     return {n: sorted(set(f)) for n, f in out.items()}
 
 
-UNREADABLE = "?"  # a line table this reader cannot follow: the unit may use any file
+UNREADABLE = "?"  # a unit (its name) or line table (its files) this reader cannot follow
 
 
 def _top_dies(info: bytes, abbrev: bytes, relocs: _Relocs | None, strs: dict[str, bytes]):
     """(DW_AT_name, DW_AT_producer, DW_AT_stmt_list or None) of each compile unit; a unit this reader
-    cannot follow is skipped."""
+    cannot follow is named UNREADABLE (other unit kinds are skipped)."""
     off = 0
     while off + 11 <= len(info):
         (length,) = struct.unpack_from("<I", info, off)
@@ -124,12 +126,15 @@ def _top_dies(info: bytes, abbrev: bytes, relocs: _Relocs | None, strs: dict[str
             (length,) = struct.unpack_from("<Q", info, hdr)
             osize, hdr = 8, hdr + 8
         end = hdr + length
-        if length == 0 or end > len(info):
+        if length == 0:
+            return
+        if end > len(info):
+            yield UNREADABLE, "", None
             return
         try:
             found = _unit(info, hdr, osize, abbrev, relocs, strs)
         except (IndexError, ValueError, struct.error, KeyError):
-            found = None
+            found = (UNREADABLE, "", None)
         if found:
             yield found
         off = end

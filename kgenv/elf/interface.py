@@ -17,12 +17,8 @@ from kgenv.errors import ToolError
 
 TYPE, ENUMERATOR, FUNCTION, VARIABLE = "type", "enumerator", "function", "variable"
 _AGGREGATES = {"DW_TAG_structure_type": "struct", "DW_TAG_union_type": "union", "DW_TAG_class_type": "class"}
-_QUALIFIERS = {
-    "DW_TAG_const_type": "const",
-    "DW_TAG_volatile_type": "volatile",
-    "DW_TAG_restrict_type": "restrict",
-    "DW_TAG_atomic_type": "_Atomic",
-}
+_QUALIFIERS = {"DW_TAG_const_type", "DW_TAG_volatile_type", "DW_TAG_restrict_type", "DW_TAG_atomic_type"}
+_NUMBERED = "__UNIQUE_ID_"
 _MAX_DEPTH = 24  # anonymous aggregates nest, named ones stop the recursion: deeper is a malformed object
 
 
@@ -109,6 +105,8 @@ class _Reader:
                 self.defined.add(name)
                 if not _flag(die, "DW_AT_external"):
                     self.statics.add(name)
+        elif tag == "DW_TAG_variable" and name.startswith(_NUMBERED):
+            return  # __UNIQUE_ID_<x><counter>: one more macro use earlier renumbers them all
         elif tag == "DW_TAG_variable" and name and "DW_AT_specification" not in die.attributes:
             self._add(VARIABLE, name, self._desc(_target(die), 0))
         elif tag == "DW_TAG_variable" and "DW_AT_specification" in die.attributes:
@@ -175,10 +173,10 @@ class _Reader:
             return f"{name}/{_int(die, 'DW_AT_byte_size')}"
         if tag == "DW_TAG_pointer_type":
             return self._desc(_target(die), depth + 1) + "*"
-        if tag in _QUALIFIERS:
-            return f"{_QUALIFIERS[tag]} {self._desc(_target(die), depth + 1, full)}"
-        if tag == "DW_TAG_typedef":
-            return f"typedef {name}"
+        if tag in _QUALIFIERS or tag == "DW_TAG_typedef":
+            # what the bytes are: a qualifier or a typedef's name changes neither layout nor calling
+            # convention (a typedef's own definition is compared under its name)
+            return self._desc(_target(die), depth + 1, full)
         if tag in _AGGREGATES or tag == "DW_TAG_enumeration_type":
             kind = "enum" if tag == "DW_TAG_enumeration_type" else _AGGREGATES[tag]
             if name:
@@ -232,4 +230,4 @@ def _count(subrange) -> str:
     if count is None:
         upper = _int(subrange, "DW_AT_upper_bound")
         count = upper + 1 if upper is not None else None
-    return "" if count is None else str(count)
+    return "" if not count else str(count)  # a flexible array: [] and [0] alike

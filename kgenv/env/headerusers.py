@@ -36,7 +36,11 @@ class Index:
         self.units = units
 
     def users(self, header: str) -> list[User]:
-        """Every unit whose line table names the header (or that could not be read)."""
+        """Every unit whose line table names the header (or whose line table could not be read).
+        ToolError when a unit's debug info could not be read at all: its users are unknown."""
+        unread = sorted(obj for obj, units in self.units.items() if UNREADABLE in units)
+        if unread:
+            raise ToolError(f"a unit's debug info in {', '.join(unread[:3])} is unreadable: its headers are unknown")
         return [
             User(obj, str(PurePosixPath(unit).with_suffix(".o")))
             for obj, units in sorted(self.units.items())
@@ -51,6 +55,9 @@ def index(m: Manifest, shipped: dict[str, Path], progress=None) -> Index:
     mods, why = modunits.module_units(m, shipped, progress)
     if why:
         raise ToolError(f"env {m.name}: cannot find the units that use a header: {why}")
+    missing = sorted(set(shipped) - set(mods))
+    if missing:
+        raise ToolError(f"env {m.name}: no debug info for module(s) {', '.join(missing[:5])}: header users unknown")
     units = {name: rec.get("files", {}) for name, rec in mods.items()}
     units[VMLINUX] = _vmlinux_units(m, progress)
     return Index(units)
