@@ -342,6 +342,9 @@ LEGITIMATE = {
     "not-traceable",
     "no-code-change",
     "fix-does-not-compile",
+    # a tracepoint or static branch of the target module in the replaced code: the kernel writes
+    # .klp.rela.<module> only after the loader consumed those sections (kpatch refuses these too)
+    "special-section-in-target-module",
 }
 
 
