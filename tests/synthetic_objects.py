@@ -1,10 +1,24 @@
 """The synthetic C sources of the verify tests: a tiny "kernel" of TUs the host gcc compiles.
 
-Shared by test_verify_synthetic.py, test_elf_reader.py and test_fuzz_elf.py (test modules never
-import each other). SHIPPED_A is the shipped TU; REBUILT_A the same TU with one change per verdict
-class; B defines the callees, C overrides the weak hook, UTIL gives two TUs a same-named static (`lonely`: one
-no function calls).
+Shared by test_verify_synthetic.py, test_elf_reader.py, test_fuzz_elf.py, test_changes.py and
+test_clones.py (test modules never import each other). SHIPPED_A is the shipped TU; REBUILT_A the
+same TU with one change per verdict class; B defines the callees, C overrides the weak hook, UTIL
+gives two TUs a same-named static (`lonely`: one no function calls). FLAGS shape a small TU's code
+as Kbuild shapes a kernel TU's.
 """
+
+FLAGS = [
+    "-O2",
+    "-ffunction-sections",
+    "-fdata-sections",
+    "-fno-PIE",
+    "-mcmodel=kernel",
+    "-pg",
+    "-mfentry",
+    "-mrecord-mcount",
+    "-fno-asynchronous-unwind-tables",
+]
+
 
 SHIPPED_A = """
 extern int g1(int); extern int g2(int);

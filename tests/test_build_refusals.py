@@ -30,7 +30,7 @@ def test_a_changed_cold_part_stands_for_its_parent():
             ("baz.isra.0.cold", CHANGED, "baz.isra.1.cold"),
         )
     )
-    assert got == ["foo", "bar", "baz.isra.1"]  # the parent once; a clone's parent is refused later
+    assert got == ["foo", "bar", "baz.isra.1"]  # the parent once; a clone stands for its callers (map)
 
 
 def test_clone_parent_of_a_cold_part_is_still_a_clone():

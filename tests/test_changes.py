@@ -3,7 +3,7 @@
 import subprocess
 
 import pytest
-from synthetic_objects import SPECIAL
+from synthetic_objects import FLAGS, SPECIAL
 
 from kgenv.build import changes, diffapply
 from kgenv.build.changes import CHANGED, NEW, REMOVED, UNCHANGED
@@ -11,18 +11,6 @@ from kgenv.elf.reader import open_elf
 from kgenv.elf.symbols import SymbolIndex
 from kgenv.errors import UserError
 from kgenv.verify.mapping import ObjectFile
-
-FLAGS = [
-    "-O2",
-    "-ffunction-sections",
-    "-fdata-sections",
-    "-fno-PIE",
-    "-mcmodel=kernel",
-    "-pg",
-    "-mfentry",
-    "-mrecord-mcount",
-    "-fno-asynchronous-unwind-tables",
-]
 
 # A kernel-shaped TU: statics, an inline helper, an IPA-CP clone, a WARN-style __bug_table entry.
 BASE = r"""

@@ -4,22 +4,11 @@ import re
 import subprocess
 
 import pytest
+from synthetic_objects import FLAGS
 
 from kgenv.build import clones, pipeline
 from kgenv.build.changes import NEW, REMOVED, Changes, FunctionChange
 from kgenv.verify.mapping import ObjectFile
-
-FLAGS = [
-    "-O2",
-    "-ffunction-sections",
-    "-fdata-sections",
-    "-fno-PIE",
-    "-mcmodel=kernel",
-    "-pg",
-    "-mfentry",
-    "-mrecord-mcount",
-    "-fno-asynchronous-unwind-tables",
-]
 
 # pick has a struct parameter it reads one field of (IPA-SRA: pick.isra.N); outer also gets a
 # constant argument folded in (outer.constprop.N.isra.N) and calls pick: a clone calling the clone

@@ -61,7 +61,7 @@ def reach(index: Index, headers: list[str], tree: Path, overlay: Path) -> Reach:
             return r
         found = index.users(h)
         r.counts[h] = len(found)
-        r.users += [u for u in found if u not in r.users]
+        r.users = list(dict.fromkeys([*r.users, *found]))
     if len(r.users) > LIMIT:
         counts = ", ".join(f"{h} {n}" for h, n in r.counts.items())
         r.problem = (

@@ -330,8 +330,11 @@ class Build:
     def _header_users(self, d: diffapply.FixDiff, tree: Path, overlay: Path) -> list[str]:
         """Every unit a header change reaches (from the running kernel's debug info), or a refusal
         when they cannot all be found or are too many for one live patch."""
-        index = headerusers.index(self.m, shipped_modules(self.m), self.progress)
-        reach = headers.reach(index, list(d.headers), tree, overlay)
+        try:
+            index = headerusers.index(self.m, shipped_modules(self.m), self.progress)
+            reach = headers.reach(index, list(d.headers), tree, overlay)
+        except ToolError as exc:  # the users cannot all be known: the engineer can still name them
+            raise Refusal(f"{self.req.diff}: {exc}; name the units to patch with --tu", cls=HEADERS) from None
         if reach.problem:
             raise Refusal(f"{self.req.diff}: {reach.problem}", cls=HEADERS)
         counts = ", ".join(f"{h} {n}" for h, n in reach.counts.items())
