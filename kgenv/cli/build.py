@@ -79,7 +79,8 @@ def same_image(given: str, image_id: str) -> bool:
     "tus",
     multiple=True,
     metavar="PATH.o",
-    help="Also rebuild and compare this TU (header changes are refused for now).",
+    help="Rebuild and compare this TU too; with a header change, the units named here and in the diff are "
+    "the ones patched (without --tu kgenv finds the header's users in the kernel's debug info).",
 )
 @click.option("--boot-test", is_flag=True, help="Boot the shipped kernel in QEMU and prove the module.")
 @click.option(
